@@ -1,0 +1,1 @@
+//! Clients of the UDP time service and chat relay.

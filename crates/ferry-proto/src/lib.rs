@@ -1,0 +1,8 @@
+//! ferry's wire protocol, sans I/O policy: frames, headers, request and
+//! response types, error codes, the SCRAM-SHA-256 math and UDP datagram formats.
+//!
+//! Nothing in here opens a socket, touches a file, reads a clock or decides a
+//! limit on its own: the server and the client bring those.
+
+pub mod scram;
+pub mod udp;

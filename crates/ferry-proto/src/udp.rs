@@ -1,0 +1,1 @@
+//! Datagram formats of the UDP time service and the chat relay.

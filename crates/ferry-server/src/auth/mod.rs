@@ -1,0 +1,1 @@
+//! Users, verifiers and login: the user store, SCRAM server side, throttling.

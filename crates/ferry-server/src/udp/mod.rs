@@ -1,0 +1,1 @@
+//! UDP services: the time service and the chat relay.

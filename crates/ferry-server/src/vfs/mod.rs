@@ -1,0 +1,1 @@
+//! The home-directory jail: virtual paths and file operations beneath a directory handle.
