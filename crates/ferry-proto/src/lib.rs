@@ -2,7 +2,15 @@
 //! response types, error codes, the SCRAM-SHA-256 math and UDP datagram formats.
 //!
 //! Nothing in here opens a socket, touches a file, reads a clock or decides a
-//! limit on its own: the server and the client bring those.
+//! limit on its own: the server and the client bring those. [`conn`] is generic
+//! over any async byte stream.
 
+pub mod conn;
+pub mod frame;
+pub mod msg;
 pub mod scram;
 pub mod udp;
+
+pub use conn::Connection;
+pub use frame::{FrameCodec, FrameError, FrameItem, Header};
+pub use msg::{Entry, ErrorCode, Request, WireError};

@@ -1,0 +1,185 @@
+//! A buffered frame connection over any async byte stream (TCP, TLS, Unix
+//! socket, or one half of a split stream).
+//!
+//! Reading goes through [`FrameCodec`]'s `Decoder`; writing through its
+//! `Encoder`. Large body writes skip the write buffer and go straight to the
+//! stream, so file data is never copied an extra time.
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_util::codec::{Decoder, Encoder};
+
+use crate::frame::{FrameCodec, FrameError, FrameItem, Header};
+
+/// Read buffer reservation: large reads keep the per-syscall cost low.
+const READ_RESERVE: usize = 256 * 1024;
+/// Body writes at least this large bypass the write buffer.
+const DIRECT_WRITE: usize = 32 * 1024;
+
+pub struct Connection<S> {
+    io: S,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    codec: FrameCodec,
+}
+
+impl<S> Connection<S> {
+    pub fn new(io: S, codec: FrameCodec) -> Self {
+        Connection { io, rbuf: BytesMut::with_capacity(16 * 1024), wbuf: BytesMut::with_capacity(16 * 1024), codec }
+    }
+
+    pub fn get_ref(&self) -> &S {
+        &self.io
+    }
+
+    /// The raw stream, for zero-copy writes. Call [`Connection::flush`] before
+    /// writing to it and [`Connection::note_body_written`] after.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.io
+    }
+
+    pub fn codec(&self) -> &FrameCodec {
+        &self.codec
+    }
+
+    /// Body bytes of the current incoming frame not yet read.
+    pub fn body_remaining(&self) -> u64 {
+        self.codec.body_remaining()
+    }
+
+    /// Bytes received but not yet decoded.
+    pub fn buffered(&self) -> usize {
+        self.rbuf.len()
+    }
+
+    pub fn note_body_written(&mut self, n: u64) -> Result<(), FrameError> {
+        self.codec.note_body_written(n)
+    }
+
+    pub fn into_inner(self) -> S {
+        self.io
+    }
+}
+
+impl<S: AsyncRead + Unpin> Connection<S> {
+    /// The next header or body piece; `None` when the peer closed the stream
+    /// cleanly between frames. Cancel-safe: partial input stays buffered.
+    pub async fn next_item(&mut self) -> Result<Option<FrameItem>, FrameError> {
+        loop {
+            if let Some(item) = self.codec.decode(&mut self.rbuf)? {
+                return Ok(Some(item));
+            }
+            if self.rbuf.capacity() - self.rbuf.len() < READ_RESERVE / 4 {
+                self.rbuf.reserve(READ_RESERVE);
+            }
+            if self.io.read_buf(&mut self.rbuf).await? == 0 {
+                return self.codec.decode_eof(&mut self.rbuf);
+            }
+        }
+    }
+
+    /// The next header. Any unread body of the previous frame is skipped first.
+    pub async fn read_header(&mut self) -> Result<Option<Header>, FrameError> {
+        self.skip_body().await?;
+        match self.next_item().await? {
+            Some(FrameItem::Header(h)) => Ok(Some(h)),
+            Some(FrameItem::Body(_)) => Err(FrameError::UnexpectedBody),
+            None => Ok(None),
+        }
+    }
+
+    /// The next piece of the current body, or `None` once it is complete.
+    pub async fn read_body_chunk(&mut self) -> Result<Option<Bytes>, FrameError> {
+        if self.codec.body_remaining() == 0 {
+            return Ok(None);
+        }
+        match self.next_item().await? {
+            Some(FrameItem::Body(b)) => Ok(Some(b)),
+            Some(FrameItem::Header(_)) => Err(FrameError::UnexpectedBody),
+            None => Err(FrameError::Truncated),
+        }
+    }
+
+    /// Reads the whole current body into memory. Only for bodies the caller
+    /// has already bounded (the header states the size).
+    pub async fn read_body_to_vec(&mut self, limit: u64) -> Result<Vec<u8>, FrameError> {
+        if self.codec.body_remaining() > limit {
+            return Err(FrameError::HeaderTooLarge { len: self.codec.body_remaining() as usize, max: limit as usize });
+        }
+        let mut out = Vec::with_capacity(self.codec.body_remaining() as usize);
+        while let Some(chunk) = self.read_body_chunk().await? {
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out)
+    }
+
+    /// Discards the rest of the current body.
+    pub async fn skip_body(&mut self) -> Result<u64, FrameError> {
+        let mut skipped = 0;
+        while let Some(chunk) = self.read_body_chunk().await? {
+            skipped += chunk.len() as u64;
+        }
+        Ok(skipped)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> Connection<S> {
+    /// Queues a header; it goes out with the next flush or large body write.
+    pub fn queue_header(&mut self, header: &Header) -> Result<(), FrameError> {
+        self.codec.encode(header, &mut self.wbuf)
+    }
+
+    /// Queues a header and flushes it.
+    pub async fn send(&mut self, header: &Header) -> Result<(), FrameError> {
+        self.queue_header(header)?;
+        self.flush().await
+    }
+
+    /// Writes body bytes announced by the last header.
+    pub async fn write_body(&mut self, data: &[u8]) -> Result<(), FrameError> {
+        if data.len() < DIRECT_WRITE {
+            self.codec.encode(data, &mut self.wbuf)?;
+            if self.wbuf.len() >= READ_RESERVE {
+                self.flush_buffer().await?;
+            }
+            return Ok(());
+        }
+        self.codec.note_body_written(data.len() as u64)?;
+        self.flush_buffer().await?;
+        self.io.write_all(data).await?;
+        Ok(())
+    }
+
+    /// Sends a header and its whole (small) body.
+    pub async fn send_with_body(&mut self, header: &Header, body: &[u8]) -> Result<(), FrameError> {
+        self.queue_header(header)?;
+        self.write_body(body).await?;
+        self.flush().await
+    }
+
+    async fn flush_buffer(&mut self) -> Result<(), FrameError> {
+        if !self.wbuf.is_empty() {
+            self.io.write_all(&self.wbuf).await?;
+            self.wbuf.clear();
+        }
+        Ok(())
+    }
+
+    /// Writes out everything queued and flushes the stream.
+    pub async fn flush(&mut self) -> Result<(), FrameError> {
+        self.flush_buffer().await?;
+        self.io.flush().await?;
+        Ok(())
+    }
+
+    /// Bytes queued but not yet written.
+    pub fn queued(&self) -> usize {
+        self.wbuf.len()
+    }
+
+    pub async fn shutdown(&mut self) -> Result<(), FrameError> {
+        self.flush().await?;
+        self.io.shutdown().await?;
+        Ok(())
+    }
+}
