@@ -307,7 +307,8 @@ mod tests {
 
     #[test]
     fn malformed_headers_are_typed_errors() {
-        let cases: &[(&[u8], fn(&FrameError) -> bool)] = &[
+        type Check = fn(&FrameError) -> bool;
+        let cases: &[(&[u8], Check)] = &[
             (b"\xff\xfe", |e| matches!(e, FrameError::InvalidUtf8)),
             (b"{nope", |e| matches!(e, FrameError::NotJson)),
             (b"[1,2]", |e| matches!(e, FrameError::NotAnObject)),
