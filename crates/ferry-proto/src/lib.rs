@@ -6,6 +6,7 @@
 //! over any async byte stream.
 
 pub mod conn;
+pub mod fingerprint;
 pub mod frame;
 pub mod msg;
 pub mod scram;
@@ -14,3 +15,4 @@ pub mod udp;
 pub use conn::Connection;
 pub use frame::{FrameCodec, FrameError, FrameItem, Header};
 pub use msg::{Entry, ErrorCode, Request, WireError};
+pub use fingerprint::fingerprint;

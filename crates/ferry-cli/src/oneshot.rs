@@ -1,0 +1,174 @@
+//! One-shot commands for scripts: each logs in, does one thing, and exits
+//! non-zero with one clear line on error.
+
+use std::io::Write;
+
+use anyhow::Result;
+use ferry_client::{Entry, ExecStreams, Remote, Session};
+
+use crate::args::{ExecArgs, LsArgs, MkdirArgs, MvArgs, PathsArgs, RemoteOnly, RmArgs};
+use crate::connect::open;
+
+/// The remote's path and the extra paths, in order.
+fn all_paths(remote: &Remote, more: &[String]) -> Vec<String> {
+    let mut v = vec![remote.path.clone().unwrap_or_else(|| ".".into())];
+    v.extend(more.iter().cloned());
+    v
+}
+
+pub async fn login(a: RemoteOnly) -> Result<u8> {
+    let (remote, session) = open(&a.remote, &a.conn).await?;
+    println!("logged in as {} on {}", remote.user, remote.host_port());
+    session.close().await?;
+    Ok(0)
+}
+
+pub fn format_mode(kind: &str, mode: u32) -> String {
+    let k = match kind {
+        "dir" => 'd',
+        "symlink" => 'l',
+        "file" => '-',
+        _ => '?',
+    };
+    let mut s = String::with_capacity(10);
+    s.push(k);
+    for shift in [6, 3, 0] {
+        let bits = (mode >> shift) & 7;
+        s.push(if bits & 4 != 0 { 'r' } else { '-' });
+        s.push(if bits & 2 != 0 { 'w' } else { '-' });
+        s.push(if bits & 1 != 0 { 'x' } else { '-' });
+    }
+    s
+}
+
+pub fn format_time(mtime: i64) -> String {
+    jiff::Timestamp::from_second(mtime)
+        .map(|t| t.strftime("%Y-%m-%d %H:%M").to_string())
+        .unwrap_or_else(|_| "-".into())
+}
+
+pub fn long_line(e: &Entry) -> String {
+    let suffix = if e.kind == "dir" { "/" } else { "" };
+    format!("{} {:>12} {} {}{}", format_mode(&e.kind, e.mode), e.size, format_time(e.mtime), e.name, suffix)
+}
+
+pub async fn ls(a: LsArgs) -> Result<u8> {
+    let (remote, mut session) = open(&a.remote, &a.conn).await?;
+    let out = std::io::stdout();
+    let mut out = std::io::BufWriter::new(out.lock());
+    session
+        .ls_pages(remote.path.as_deref(), |page| {
+            for e in page.iter().filter(|e| a.all || !e.name.starts_with('.')) {
+                let line = if a.long { long_line(e) } else { e.name.clone() };
+                writeln!(out, "{line}").map_err(ferry_client::ClientError::Io)?;
+            }
+            Ok(())
+        })
+        .await?;
+    out.flush()?;
+    session.close().await?;
+    Ok(0)
+}
+
+/// Runs `op` on every path, reporting each failure; fails if any failed.
+async fn each_path<F>(session: &mut Session, paths: Vec<String>, mut op: F) -> Result<u8>
+where
+    F: AsyncFnMut(&mut Session, &str) -> Result<(), ferry_client::ClientError>,
+{
+    let mut failed = 0;
+    for p in &paths {
+        if let Err(e) = op(session, p).await {
+            eprintln!("ferry: {p}: {e}");
+            failed += 1;
+        }
+    }
+    Ok(if failed > 0 { crate::EXIT_FAILURE } else { 0 })
+}
+
+pub async fn stat(a: PathsArgs) -> Result<u8> {
+    let (remote, mut session) = open(&a.remote, &a.conn).await?;
+    let code = each_path(&mut session, all_paths(&remote, &a.more), async |s, p| {
+        let e = s.stat(p).await?;
+        println!("{}", long_line(&e));
+        Ok(())
+    })
+    .await?;
+    session.close().await?;
+    Ok(code)
+}
+
+pub async fn mkdir(a: MkdirArgs) -> Result<u8> {
+    let (remote, mut session) = open(&a.remote, &a.conn).await?;
+    let parents = a.parents;
+    let code = each_path(&mut session, all_paths(&remote, &a.more), async |s, p| s.mkdir(p, parents).await).await?;
+    session.close().await?;
+    Ok(code)
+}
+
+pub async fn rm(a: RmArgs) -> Result<u8> {
+    let (remote, mut session) = open(&a.remote, &a.conn).await?;
+    let recursive = a.recursive;
+    let code = each_path(&mut session, all_paths(&remote, &a.more), async |s, p| s.rm(p, recursive).await).await?;
+    session.close().await?;
+    Ok(code)
+}
+
+pub async fn rmdir(a: PathsArgs) -> Result<u8> {
+    let (remote, mut session) = open(&a.remote, &a.conn).await?;
+    let code = each_path(&mut session, all_paths(&remote, &a.more), async |s, p| s.rmdir(p).await).await?;
+    session.close().await?;
+    Ok(code)
+}
+
+pub async fn mv(a: MvArgs) -> Result<u8> {
+    let (remote, mut session) = open(&a.remote, &a.conn).await?;
+    let from = remote.path.clone().ok_or_else(|| anyhow::anyhow!("mv: give the source as USER@HOST/PATH"))?;
+    session.mv(&from, &a.to, a.force).await?;
+    session.close().await?;
+    Ok(0)
+}
+
+pub async fn hash(a: PathsArgs) -> Result<u8> {
+    let (remote, mut session) = open(&a.remote, &a.conn).await?;
+    let code = each_path(&mut session, all_paths(&remote, &a.more), async |s, p| {
+        let h = s.hash(p, None).await?;
+        // The sha256sum format, so `sha256sum -c` can check a download.
+        println!("{h}  {}", p.trim_start_matches('/'));
+        Ok(())
+    })
+    .await?;
+    session.close().await?;
+    Ok(code)
+}
+
+pub fn human(bytes: u64) -> String {
+    bytesize::ByteSize(bytes).display().iec().to_string()
+}
+
+pub async fn df(a: RemoteOnly) -> Result<u8> {
+    let (_, mut session) = open(&a.remote, &a.conn).await?;
+    let d = session.df().await?;
+    println!("{:>14} {:>14} {:>14}", "used", "quota", "free");
+    let quota = d.quota.map(human).unwrap_or_else(|| "unlimited".into());
+    let free = d.free.map(human).unwrap_or_else(|| "unlimited".into());
+    println!("{:>14} {:>14} {:>14}", human(d.used), quota, free);
+    session.close().await?;
+    Ok(0)
+}
+
+pub async fn exec(a: ExecArgs) -> Result<u8> {
+    let (_, mut session) = open(&a.remote, &a.conn).await?;
+    let stdin = if a.no_stdin { None } else { Some(tokio::io::stdin()) };
+    let streams = ExecStreams { stdin, stdout: tokio::io::stdout(), stderr: tokio::io::stderr() };
+    let cancel = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let outcome = session.exec(&a.command, streams, cancel).await?;
+    if outcome.timed_out {
+        eprintln!("ferry: the remote command ran past its time limit and was killed");
+    } else if let Some(sig) = outcome.signal {
+        eprintln!("ferry: the remote command was killed by signal {sig}");
+    }
+    let _ = session.close().await;
+    Ok((outcome.shell_code() & 0xff) as u8)
+}

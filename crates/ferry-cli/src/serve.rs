@@ -1,0 +1,82 @@
+//! `ferry serve`: resolve the configuration, start, print what a person
+//! needs (address, fingerprint, how to add a user), stop on SIGINT/SIGTERM.
+
+use anyhow::{Context, Result};
+use ferry_server::ServerConfig;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::args::ServeArgs;
+
+fn config_from(a: &ServeArgs) -> Result<ServerConfig> {
+    let mut c = match &a.config {
+        Some(p) => ServerConfig::from_file(p)?,
+        None => ServerConfig::default(),
+    };
+    if let Some(d) = &a.data {
+        c.data_dir = d.clone();
+    }
+    if !a.listen.is_empty() {
+        c.listen = a.listen.clone();
+    }
+    if let Some(u) = &a.unix_socket {
+        c.unix_socket = Some(u.clone());
+    }
+    if a.insecure_plaintext {
+        c.insecure_plaintext = true;
+    }
+    if let Some(n) = a.max_connections {
+        c.limits.max_connections = n;
+    }
+    if let Some(n) = a.idle_timeout_secs {
+        c.limits.idle_timeout_secs = n;
+    }
+    if let Some(n) = a.login_timeout_secs {
+        c.limits.login_timeout_secs = n;
+    }
+    c.validate()?;
+    Ok(c)
+}
+
+fn init_logs(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        let _ = builder.json().try_init();
+    } else {
+        let _ = builder.try_init();
+    }
+}
+
+pub async fn run(a: ServeArgs) -> Result<u8> {
+    let config = config_from(&a)?;
+    init_logs(&a.log_format);
+    let data_dir = config.data_dir.clone();
+    let plaintext = config.insecure_plaintext;
+    let (running, prepared) = ferry_server::start(config).await?;
+    for addr in &running.tcp_addrs {
+        println!("ferry listening on {addr}");
+    }
+    if let Some(fp) = &running.fingerprint {
+        if prepared.generated_certificate {
+            println!("generated a new TLS key and certificate in {}", data_dir.display());
+        }
+        println!("certificate fingerprint: {fp}");
+    }
+    if plaintext {
+        println!("WARNING: --insecure-plaintext: file names and data travel unencrypted");
+    }
+    if prepared.user_count == 0 {
+        println!("no users yet; add one with:  ferry user add NAME --data {}", data_dir.display());
+    }
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("signal received: stopping");
+    running.shutdown();
+    running.wait().await;
+    Ok(0)
+}

@@ -1,0 +1,226 @@
+//! Connecting: TCP, TLS 1.3 with a pinned fingerprint, the version
+//! handshake, then SCRAM-SHA-256 login.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_proto::msg::{MECHANISM, PROTOCOL_VERSION, parse_response};
+use ferry_proto::scram::ScramClient;
+use ferry_proto::{Connection, FrameCodec, Header, Request};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_util::either::Either;
+
+use crate::known_hosts::{HostKeyPolicy, KnownHosts, Lookup};
+use crate::{ClientError, Remote, Session};
+
+pub type ClientStream = Either<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;
+
+/// A callback that asks a person whether to trust an unknown fingerprint.
+pub type AskFn = Box<dyn Fn(&str, &str) -> bool + Send + Sync>;
+
+pub struct ConnectOptions {
+    /// Speak plaintext (the server must run with `--insecure-plaintext`).
+    pub insecure_plaintext: bool,
+    pub policy: HostKeyPolicy,
+    pub known_hosts: KnownHosts,
+    /// Used with [`HostKeyPolicy::Ask`].
+    pub ask: Option<AskFn>,
+    pub connect_timeout: Duration,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions {
+            insecure_plaintext: false,
+            policy: HostKeyPolicy::Strict,
+            known_hosts: KnownHosts::new(KnownHosts::default_path()),
+            ask: None,
+            connect_timeout: Duration::from_secs(15),
+        }
+    }
+}
+
+/// A connected, not yet authenticated client: it has no file operations.
+pub struct Client {
+    conn: Connection<ClientStream>,
+    remote: Remote,
+    /// The server's certificate fingerprint (TLS only).
+    pub fingerprint: Option<String>,
+}
+
+impl Client {
+    pub async fn connect(remote: &Remote, opts: &ConnectOptions) -> Result<Client, ClientError> {
+        let addr = remote.host_port();
+        let tcp = tokio::time::timeout(opts.connect_timeout, TcpStream::connect((remote.host.as_str(), remote.port)))
+            .await
+            .map_err(|_| ClientError::Connect { addr: addr.clone(), source: std::io::ErrorKind::TimedOut.into() })?
+            .map_err(|source| ClientError::Connect { addr: addr.clone(), source })?;
+        let _ = tcp.set_nodelay(true);
+        let (stream, fingerprint) = if opts.insecure_plaintext {
+            (Either::Left(tcp), None)
+        } else {
+            let tls = tls_connect(tcp, remote).await?;
+            let fp = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| ferry_proto::fingerprint(c))
+                .ok_or_else(|| ClientError::Tls("the server presented no certificate".into()))?;
+            // Nothing but the TLS handshake has been sent yet: check the pin first.
+            check_pin(&addr, &fp, opts)?;
+            (Either::Right(tls), Some(fp))
+        };
+        let mut client = Client { conn: Connection::new(stream, FrameCodec::default()), remote: remote.clone(), fingerprint };
+        client.hello().await?;
+        Ok(client)
+    }
+
+    async fn hello(&mut self) -> Result<(), ClientError> {
+        let req = Request::Hello { version: PROTOCOL_VERSION, client: concat!("ferry/", env!("CARGO_PKG_VERSION")).into() };
+        round_trip(&mut self.conn, &req, 1).await?;
+        Ok(())
+    }
+
+    /// Logs in with SCRAM-SHA-256: the password never leaves this process.
+    pub async fn login(mut self, password: &str) -> Result<Session, ClientError> {
+        let nonce = random_nonce()?;
+        let scram = ScramClient::new(&self.remote.user, password, &nonce)
+            .map_err(|e| ClientError::Usage(format!("cannot log in as {:?}: {e}", self.remote.user)))?;
+        let start = Request::AuthStart { mechanism: MECHANISM.into(), data: scram.client_first() };
+        let server_first = round_trip(&mut self.conn, &start, 2).await?;
+        let server_first = server_first.get_str("data").ok_or_else(|| ClientError::protocol("auth_start: no data"))?;
+        let scram = scram.handle_server_first(server_first).map_err(|e| ClientError::protocol(format!("login: {e}")))?;
+        let finish = Request::AuthFinish { data: scram.client_final().to_string() };
+        let done = round_trip(&mut self.conn, &finish, 3).await?;
+        let server_final = done.get_str("data").ok_or_else(|| ClientError::protocol("auth_finish: no data"))?;
+        // The server proves it knows the verifier too: a fake server fails here.
+        scram
+            .verify_server_final(server_final)
+            .map_err(|_| ClientError::protocol("the server failed to prove its identity (SCRAM server signature)"))?;
+        Ok(Session::new(self.conn, self.remote, self.fingerprint))
+    }
+}
+
+/// Sends one request and reads its single answer.
+pub(crate) async fn round_trip<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Connection<S>,
+    req: &Request,
+    id: u64,
+) -> Result<Header, ClientError> {
+    conn.send(&req.to_header(id, 0)).await?;
+    let header = conn.read_header().await?.ok_or_else(|| ClientError::protocol("the server closed the connection"))?;
+    let (got, result) = parse_response(&header);
+    result?;
+    if got != id {
+        return Err(ClientError::protocol(format!("answer for request {got}, expected {id}")));
+    }
+    Ok(header)
+}
+
+fn random_nonce() -> Result<String, ClientError> {
+    let mut b = [0u8; 18];
+    getrandom::fill(&mut b).map_err(|e| ClientError::Local(format!("no randomness: {e}")))?;
+    Ok(base64_nonce(&b))
+}
+
+fn base64_nonce(b: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+fn check_pin(host: &str, presented: &str, opts: &ConnectOptions) -> Result<(), ClientError> {
+    if let HostKeyPolicy::Expect(expected) = &opts.policy {
+        if expected != presented {
+            return Err(ClientError::HostKeyMismatch { expected: expected.clone(), presented: presented.into() });
+        }
+        if opts.known_hosts.lookup(host, presented)? == Lookup::Unknown {
+            opts.known_hosts.pin(host, presented)?;
+        }
+        return Ok(());
+    }
+    match opts.known_hosts.lookup(host, presented)? {
+        Lookup::Match => Ok(()),
+        Lookup::Changed { pinned } => Err(ClientError::HostKeyChanged {
+            host: host.into(),
+            pinned,
+            presented: presented.into(),
+            known_hosts: opts.known_hosts.path().display().to_string(),
+        }),
+        Lookup::Unknown => {
+            let accept = match (&opts.policy, &opts.ask) {
+                (HostKeyPolicy::AcceptNew, _) => true,
+                (HostKeyPolicy::Ask, Some(ask)) => ask(host, presented),
+                _ => false,
+            };
+            if !accept {
+                return Err(ClientError::HostKeyUnknown { host: host.into(), presented: presented.into() });
+            }
+            opts.known_hosts.pin(host, presented)
+        }
+    }
+}
+
+async fn tls_connect(tcp: TcpStream, remote: &Remote) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ClientError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = Arc::new(PinningVerifier { provider: Arc::clone(&provider) });
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| ClientError::Tls(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    let name = ServerName::try_from(remote.host.clone()).unwrap_or_else(|_| ServerName::try_from("ferry").expect("static name is valid"));
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| ClientError::Tls(format!("handshake with {} failed: {e}", remote.host_port())))
+}
+
+/// Trusts no certificate authority: the certificate is checked against the
+/// pinned fingerprint right after the handshake (`check_pin`). The handshake
+/// signature is still verified, so the peer must hold the certificate's key.
+#[derive(Debug)]
+struct PinningVerifier {
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinningVerifier {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}

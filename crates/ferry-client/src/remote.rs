@@ -1,0 +1,80 @@
+//! Remote addresses: `[ferry://]USER@HOST[:PORT][/PATH]`.
+
+use std::fmt;
+
+use crate::ClientError;
+
+pub const DEFAULT_PORT: u16 = 7733;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Remote {
+    pub user: String,
+    /// Host name or address; IPv6 without brackets.
+    pub host: String,
+    pub port: u16,
+    /// The path after the host, if any (`/` included), else `None`.
+    pub path: Option<String>,
+}
+
+impl Remote {
+    pub fn parse(s: &str) -> Result<Remote, ClientError> {
+        let bad = |why: &str| ClientError::Usage(format!("invalid remote {s:?}: {why} (expected [ferry://]USER@HOST[:PORT][/PATH])"));
+        let rest = s.strip_prefix("ferry://").unwrap_or(s);
+        let (user, rest) = rest.split_once('@').ok_or_else(|| bad("missing USER@"))?;
+        if user.is_empty() {
+            return Err(bad("empty user"));
+        }
+        let (hostport, path) = match rest.find('/') {
+            Some(i) if !rest.starts_with('[') || rest[..i].contains(']') => (&rest[..i], Some(rest[i..].to_string())),
+            _ => (rest, None),
+        };
+        let (host, port) = if let Some(inner) = hostport.strip_prefix('[') {
+            let (h, after) = inner.split_once(']').ok_or_else(|| bad("unclosed ["))?;
+            let port = match after.strip_prefix(':') {
+                Some(p) => p.parse().map_err(|_| bad("bad port"))?,
+                None if after.is_empty() => DEFAULT_PORT,
+                None => return Err(bad("junk after ]")),
+            };
+            (h.to_string(), port)
+        } else {
+            match hostport.rsplit_once(':') {
+                Some((h, p)) if !h.contains(':') => (h.to_string(), p.parse().map_err(|_| bad("bad port"))?),
+                _ => (hostport.to_string(), DEFAULT_PORT),
+            }
+        };
+        if host.is_empty() {
+            return Err(bad("empty host"));
+        }
+        Ok(Remote { user: user.to_string(), host, port, path })
+    }
+
+    /// `host:port` as used to connect and in known_hosts (`[v6]:port`).
+    pub fn host_port(&self) -> String {
+        if self.host.contains(':') { format!("[{}]:{}", self.host, self.port) } else { format!("{}:{}", self.host, self.port) }
+    }
+}
+
+impl fmt::Display for Remote {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}{}", self.user, self.host_port(), self.path.as_deref().unwrap_or(""))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forms() {
+        let r = Remote::parse("ferry://alice@example.org:99/a/b c").unwrap();
+        assert_eq!((r.user.as_str(), r.host.as_str(), r.port, r.path.as_deref()), ("alice", "example.org", 99, Some("/a/b c")));
+        let r = Remote::parse("bob@127.0.0.1").unwrap();
+        assert_eq!((r.port, r.path), (DEFAULT_PORT, None));
+        let r = Remote::parse("bob@[::1]:8000/x").unwrap();
+        assert_eq!((r.host.as_str(), r.port, r.path.as_deref()), ("::1", 8000, Some("/x")));
+        assert_eq!(r.host_port(), "[::1]:8000");
+        assert!(Remote::parse("nohost").is_err());
+        assert!(Remote::parse("@h").is_err());
+        assert!(Remote::parse("a@h:notaport").is_err());
+    }
+}

@@ -1,0 +1,141 @@
+//! Navigation and file management: pwd, cd, ls, stat, mkdir, rm, rmdir, mv, df.
+
+use ferry_proto::msg::ok_header;
+use ferry_proto::{Entry, ErrorCode, WireError};
+use serde_json::json;
+
+use super::{Reply, blocking};
+use crate::session::{Conn, Session};
+use crate::vfs::{self, VirtualPath};
+
+/// Entries per `ls` response frame: large directories stream in pages
+/// rather than one huge header.
+const LS_PAGE: usize = 512;
+
+pub fn wire_entry(e: &vfs::Entry) -> Entry {
+    Entry { name: e.name.clone(), kind: e.kind.as_str().to_string(), size: e.size, mtime: e.mtime, mode: e.mode }
+}
+
+pub fn resolve(session: &Session, path: &str) -> Result<VirtualPath, WireError> {
+    Ok(session.cwd.join_user_input(path)?)
+}
+
+pub fn pwd(session: &mut Session, conn: &mut Conn, id: u64) -> Result<(), Reply> {
+    conn.queue_header(&ok_header(id, &json!({ "path": session.cwd.to_string() }), 0))?;
+    Ok(())
+}
+
+pub async fn cd(session: &mut Session, conn: &mut Conn, id: u64, path: String) -> Result<(), Reply> {
+    let target = resolve(session, &path)?;
+    let t = target.clone();
+    blocking(&session.jail, move |j| Ok(j.ensure_dir(&t)?)).await?;
+    session.cwd = target;
+    conn.queue_header(&ok_header(id, &json!({ "path": session.cwd.to_string() }), 0))?;
+    Ok(())
+}
+
+pub async fn ls(session: &mut Session, conn: &mut Conn, id: u64, path: Option<String>) -> Result<(), Reply> {
+    let target = match path {
+        Some(p) => resolve(session, &p)?,
+        None => session.cwd.clone(),
+    };
+    let entries = blocking(&session.jail, move |j| {
+        let meta = j.stat(&target)?;
+        if meta.kind == vfs::EntryKind::Dir { Ok(j.list(&target)?) } else { Ok(vec![meta]) }
+    })
+    .await?;
+    let mut pages = entries.chunks(LS_PAGE).peekable();
+    if pages.peek().is_none() {
+        conn.queue_header(&ok_header(id, &json!({ "entries": [], "more": false }), 0))?;
+    }
+    while let Some(page) = pages.next() {
+        let wire: Vec<Entry> = page.iter().map(wire_entry).collect();
+        let more = pages.peek().is_some();
+        conn.queue_header(&ok_header(id, &json!({ "entries": wire, "more": more }), 0))?;
+        if conn.queued() > 256 * 1024 {
+            conn.flush().await?;
+        }
+    }
+    Ok(())
+}
+
+pub async fn stat(session: &mut Session, conn: &mut Conn, id: u64, path: String) -> Result<(), Reply> {
+    let target = resolve(session, &path)?;
+    let entry = blocking(&session.jail, move |j| Ok(j.stat(&target)?)).await?;
+    conn.queue_header(&ok_header(id, &json!({ "entry": wire_entry(&entry) }), 0))?;
+    Ok(())
+}
+
+pub async fn mkdir(session: &mut Session, conn: &mut Conn, id: u64, path: String, parents: bool) -> Result<(), Reply> {
+    let target = resolve(session, &path)?;
+    blocking(&session.jail, move |j| Ok(j.mkdir(&target, parents)?)).await?;
+    conn.queue_header(&ok_header(id, &json!({}), 0))?;
+    Ok(())
+}
+
+pub async fn rm(session: &mut Session, conn: &mut Conn, id: u64, path: String, recursive: bool) -> Result<(), Reply> {
+    let target = resolve(session, &path)?;
+    if target.is_root() {
+        return Err(WireError::new(ErrorCode::PermissionDenied, "the home directory itself cannot be removed").into());
+    }
+    let (bytes, files) = blocking(&session.jail, move |j| {
+        if recursive {
+            Ok(j.remove_tree(&target)?)
+        } else {
+            let meta = j.stat(&target)?;
+            j.remove_file(&target)?;
+            let size = if meta.kind == vfs::EntryKind::File { meta.size } else { 0 };
+            Ok((size, 1))
+        }
+    })
+    .await?;
+    session.quota.release(bytes);
+    conn.queue_header(&ok_header(id, &json!({ "bytes": bytes, "files": files }), 0))?;
+    Ok(())
+}
+
+pub async fn rmdir(session: &mut Session, conn: &mut Conn, id: u64, path: String) -> Result<(), Reply> {
+    let target = resolve(session, &path)?;
+    if target.is_root() {
+        return Err(WireError::new(ErrorCode::PermissionDenied, "the home directory itself cannot be removed").into());
+    }
+    blocking(&session.jail, move |j| Ok(j.remove_dir(&target)?)).await?;
+    conn.queue_header(&ok_header(id, &json!({}), 0))?;
+    Ok(())
+}
+
+pub async fn mv(
+    session: &mut Session,
+    conn: &mut Conn,
+    id: u64,
+    from: String,
+    to: String,
+    overwrite: bool,
+) -> Result<(), Reply> {
+    let src = resolve(session, &from)?;
+    let mut dst = resolve(session, &to)?;
+    let replaced = blocking(&session.jail, move |j| {
+        // Like mv(1): moving onto an existing directory moves into it.
+        if let Ok(meta) = j.stat(&dst)
+            && meta.kind == vfs::EntryKind::Dir
+            && let Some(name) = src.file_name()
+            && src != dst
+        {
+            dst = dst.join_user_input(name)?;
+        }
+        Ok(j.rename(&src, &dst, overwrite)?)
+    })
+    .await?;
+    if let Some(bytes) = replaced {
+        session.quota.release(bytes);
+    }
+    conn.queue_header(&ok_header(id, &json!({}), 0))?;
+    Ok(())
+}
+
+pub fn df(session: &mut Session, conn: &mut Conn, id: u64) -> Result<(), Reply> {
+    let u = session.quota.usage();
+    let body = json!({ "used": u.used, "reserved": u.reserved, "quota": u.limit, "free": u.free() });
+    conn.queue_header(&ok_header(id, &body, 0))?;
+    Ok(())
+}

@@ -1,0 +1,126 @@
+//! One file per group of operations: the only layer that sees both wire
+//! types and the cores. Each handler answers its request (one or more
+//! response frames) and returns an error only when the stream itself failed.
+
+mod exec;
+mod fs;
+mod transfer;
+
+use std::sync::Arc;
+
+use ferry_proto::{ErrorCode, FrameError, Request, WireError};
+
+use crate::quota::QuotaExceeded;
+use crate::session::{Conn, Session, reply_error_skip};
+use crate::vfs::{Jail, VfsError};
+
+pub async fn dispatch(
+    session: &mut Session,
+    conn: &mut Conn,
+    id: u64,
+    req: Request,
+    body_len: u64,
+) -> Result<(), FrameError> {
+    // Only uploads and stdin carry bodies; anything else sent with one is a
+    // client bug, answered without losing the stream.
+    let carries_body = matches!(req, Request::Put { .. } | Request::Stdin { .. });
+    if body_len > 0 && !carries_body {
+        return reply_error_skip(conn, id, &WireError::new(ErrorCode::BadRequest, "this operation takes no body"))
+            .await;
+    }
+    let result = match req {
+        Request::Pwd => fs::pwd(session, conn, id),
+        Request::Cd { path } => fs::cd(session, conn, id, path).await,
+        Request::Ls { path } => fs::ls(session, conn, id, path).await,
+        Request::Stat { path } => fs::stat(session, conn, id, path).await,
+        Request::Mkdir { path, parents } => fs::mkdir(session, conn, id, path, parents).await,
+        Request::Rm { path, recursive } => fs::rm(session, conn, id, path, recursive).await,
+        Request::Rmdir { path } => fs::rmdir(session, conn, id, path).await,
+        Request::Mv { from, to, overwrite } => fs::mv(session, conn, id, from, to, overwrite).await,
+        Request::Df => fs::df(session, conn, id),
+        Request::Put { path, size, offset, upload_id, sha256, overwrite, wait } => {
+            let args = transfer::PutArgs { path, size, offset, upload_id, sha256, overwrite, wait, body_len };
+            transfer::put(session, conn, id, args).await
+        }
+        Request::UploadStatus { path, size, upload_id } => {
+            transfer::upload_status(session, conn, id, path, size, upload_id).await
+        }
+        Request::Get { path, offset } => transfer::get(session, conn, id, path, offset).await,
+        Request::Hash { path, length } => transfer::hash(session, conn, id, path, length).await,
+        Request::Exec { argv } => exec::exec(session, conn, id, argv).await,
+        Request::Hello { .. } | Request::AuthStart { .. } | Request::AuthFinish { .. } => {
+            Err(Reply::Wire(WireError::new(ErrorCode::BadRequest, "already logged in")))
+        }
+        Request::PutEnd { .. } => Err(Reply::Wire(WireError::new(ErrorCode::BadRequest, "put_end without a put"))),
+        Request::Stdin { .. } | Request::StdinEof { .. } | Request::Cancel { .. } => {
+            // The command they were meant for has already ended: ignore quietly.
+            return conn.skip_body().await.map(|_| ());
+        }
+        Request::Bye => Ok(()),
+    };
+    match result {
+        Ok(()) => Ok(()),
+        Err(Reply::Wire(err)) => reply_error_skip(conn, id, &err).await,
+        Err(Reply::Stream(e)) => Err(e),
+    }
+}
+
+/// A handler's failure: an answer for the client, or a broken stream.
+pub enum Reply {
+    Wire(WireError),
+    Stream(FrameError),
+}
+
+impl From<FrameError> for Reply {
+    fn from(e: FrameError) -> Self {
+        Reply::Stream(e)
+    }
+}
+
+impl From<WireError> for Reply {
+    fn from(e: WireError) -> Self {
+        Reply::Wire(e)
+    }
+}
+
+impl From<VfsError> for Reply {
+    fn from(e: VfsError) -> Self {
+        Reply::Wire(e.into())
+    }
+}
+
+/// The one place where file-system errors become wire errors.
+impl From<VfsError> for WireError {
+    fn from(e: VfsError) -> Self {
+        let code = match e.code() {
+            "not_found" => ErrorCode::NotFound,
+            "not_a_directory" => ErrorCode::NotADirectory,
+            "is_a_directory" => ErrorCode::IsADirectory,
+            "already_exists" => ErrorCode::AlreadyExists,
+            "directory_not_empty" => ErrorCode::DirectoryNotEmpty,
+            "invalid_name" => ErrorCode::InvalidName,
+            "permission_denied" => ErrorCode::PermissionDenied,
+            "outside_home" => ErrorCode::OutsideHome,
+            "invalid_move" => ErrorCode::InvalidMove,
+            _ => ErrorCode::Internal,
+        };
+        WireError::new(code, e.to_string())
+    }
+}
+
+impl From<QuotaExceeded> for WireError {
+    fn from(e: QuotaExceeded) -> Self {
+        WireError::new(ErrorCode::QuotaExceeded, e.to_string())
+    }
+}
+
+/// Runs a blocking jail operation on the blocking pool.
+pub async fn blocking<T: Send + 'static>(
+    jail: &Arc<Jail>,
+    f: impl FnOnce(&Jail) -> Result<T, WireError> + Send + 'static,
+) -> Result<T, WireError> {
+    let jail = Arc::clone(jail);
+    tokio::task::spawn_blocking(move || f(&jail))
+        .await
+        .unwrap_or_else(|_| Err(WireError::new(ErrorCode::Internal, "file operation failed")))
+}

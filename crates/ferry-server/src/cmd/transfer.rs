@@ -1,0 +1,360 @@
+//! put, get, hash and upload_status: the wire side of the transfer core.
+//!
+//! File data moves between the socket and a blocking thread through a small
+//! bounded channel, so network I/O (and TLS) runs on the async side while
+//! disk I/O and hashing run beside it, and memory stays bounded by the
+//! channel (a few MiB) whatever the file size.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::time::Instant;
+
+use bytes::Bytes;
+use ferry_proto::msg::ok_header;
+use ferry_proto::{ErrorCode, FrameError, Request, WireError};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use super::fs::resolve;
+use super::{Reply, blocking};
+use crate::session::{Conn, Session};
+use crate::transfer::{self, PartialUpload, READ_BLOCK, TransferError};
+use crate::vfs::EntryKind;
+
+/// File blocks in flight between the socket and the disk thread.
+const PIPE_DEPTH: usize = 8;
+
+impl From<TransferError> for WireError {
+    fn from(e: TransferError) -> Self {
+        match e {
+            TransferError::Vfs(v) => v.into(),
+            TransferError::UploadNotFound(_) | TransferError::OffsetMismatch { .. } => {
+                WireError::new(ErrorCode::UploadNotFound, e.to_string())
+            }
+            TransferError::ChecksumMismatch { .. } => WireError::new(ErrorCode::ChecksumMismatch, e.to_string()),
+            TransferError::Busy(_) => WireError::new(ErrorCode::Busy, e.to_string()),
+            TransferError::BadHash(_) => WireError::new(ErrorCode::BadRequest, e.to_string()),
+        }
+    }
+}
+
+impl From<TransferError> for Reply {
+    fn from(e: TransferError) -> Self {
+        Reply::Wire(e.into())
+    }
+}
+
+pub struct PutArgs {
+    pub path: String,
+    pub size: u64,
+    pub offset: u64,
+    pub upload_id: Option<String>,
+    pub sha256: Option<String>,
+    pub overwrite: bool,
+    pub wait: bool,
+    pub body_len: u64,
+}
+
+pub async fn put(session: &mut Session, conn: &mut Conn, id: u64, a: PutArgs) -> Result<(), Reply> {
+    let started = Instant::now();
+    let prepared = prepare_put(session, &a).await;
+    let (upload, reservation, guard) = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            // Without `wait` the client sends the body and put_end anyway:
+            // consume both so that exactly one answer goes back.
+            if !a.wait {
+                conn.skip_body().await?;
+                read_put_end(conn, id).await?;
+            }
+            return Err(e.into());
+        }
+    };
+    let target = resolve(session, &a.path)?;
+    if a.wait {
+        let ready = json!({ "ready": true, "upload_id": upload.id, "offset": upload.offset });
+        conn.send(&ok_header(id, &ready, 0)).await?;
+    }
+    let upload_id = upload.id.clone();
+
+    // Disk side: hash what is already there (a resume), then write and hash each block.
+    let (tx, mut rx) = mpsc::channel::<Bytes>(PIPE_DEPTH);
+    let writer = tokio::task::spawn_blocking(move || {
+        let mut upload = upload;
+        let mut hasher = Sha256::new();
+        let mut written = 0u64;
+        let mut result = if upload.offset > 0 { upload.hash_prefix(&mut hasher) } else { Ok(()) };
+        while let Some(block) = rx.blocking_recv() {
+            if result.is_ok() {
+                match upload.file.write_all(&block) {
+                    Ok(()) => {
+                        hasher.update(&block);
+                        written += block.len() as u64;
+                    }
+                    Err(e) => result = Err(e.into()),
+                }
+            }
+        }
+        (upload, hasher, written, result)
+    });
+
+    // Network side.
+    let mut stream_err = None;
+    loop {
+        match conn.read_body_chunk().await {
+            Ok(Some(chunk)) => {
+                // A failed disk thread stops receiving; keep draining the body.
+                let _ = tx.send(chunk).await;
+            }
+            Ok(None) => break,
+            Err(e) => {
+                stream_err = Some(e);
+                break;
+            }
+        }
+    }
+    drop(tx);
+    let (upload, hasher, written, disk_result) =
+        writer.await.map_err(|_| WireError::new(ErrorCode::Internal, "upload writer failed"))?;
+
+    if let Some(e) = stream_err {
+        // Cut mid-body: the partial stays for a resume and counts against the quota.
+        reservation.settle(written);
+        warn!(path = %target, bytes = written, "upload cut; partial kept for resume");
+        drop(guard);
+        return Err(Reply::Stream(e));
+    }
+    let end_hash = read_put_end(conn, id).await?;
+    if let Err(e) = disk_result {
+        reservation.settle(written);
+        return Err(e.into());
+    }
+    let expected = match end_hash.and_then(|h| transfer::validate_sha256(&h).map_err(WireError::from)) {
+        Ok(h) => h,
+        Err(e) => {
+            reservation.settle(written);
+            return Err(e.into());
+        }
+    };
+    let actual = hex::encode(hasher.finalize());
+    let header_hash = upload.meta.sha256.clone();
+    let fsync = session.shared.config.transfer.fsync;
+    let overwrite = a.overwrite;
+    let t = target.clone();
+    let committed = blocking(&session.jail, move |j| {
+        if let Some(h) = header_hash.filter(|h| !h.eq_ignore_ascii_case(&expected)) {
+            let freed = upload.discard();
+            return Ok(Err((TransferError::ChecksumMismatch { expected: h, actual: expected }, freed)));
+        }
+        match upload.commit(j, &t, &actual, &expected, overwrite, fsync) {
+            Ok(replaced) => Ok(Ok(replaced)),
+            Err(e) => Ok(Err((e, 0))),
+        }
+    })
+    .await?;
+    drop(guard);
+    match committed {
+        Ok(replaced) => {
+            reservation.settle(written);
+            if let Some(bytes) = replaced {
+                session.quota.release(bytes);
+            }
+            let elapsed = started.elapsed();
+            info!(path = %target, bytes = a.size, sent = written, ms = elapsed.as_millis() as u64, "upload committed");
+            conn.queue_header(&ok_header(id, &json!({ "size": a.size, "sha256": actual, "upload_id": upload_id }), 0))?;
+            Ok(())
+        }
+        Err((e, freed)) => {
+            reservation.settle(written);
+            // A failed commit must not leave a half-trusted partial behind.
+            let freed = if freed == 0 { discard_by_id(session, &upload_id).await } else { freed };
+            session.quota.release(freed);
+            warn!(path = %target, error = %e, "upload not committed");
+            Err(e.into())
+        }
+    }
+}
+
+async fn discard_by_id(session: &Session, upload_id: &str) -> u64 {
+    let id = upload_id.to_string();
+    blocking(&session.jail, move |j| Ok(transfer::discard(j, &id))).await.unwrap_or(0)
+}
+
+type Prepared = (PartialUpload, crate::quota::Reservation, transfer::ActiveGuard);
+
+async fn prepare_put(session: &mut Session, a: &PutArgs) -> Result<Prepared, WireError> {
+    if a.offset > a.size || a.body_len != a.size - a.offset {
+        return Err(WireError::new(ErrorCode::BadRequest, "body_len must equal size - offset"));
+    }
+    if let Some(h) = &a.sha256 {
+        transfer::validate_sha256(h)?;
+    }
+    let target = resolve(session, &a.path)?;
+    if target.is_root() {
+        return Err(WireError::new(ErrorCode::IsADirectory, "/ is a directory"));
+    }
+    let t = target.clone();
+    let overwrite = a.overwrite;
+    let existing = blocking(&session.jail, move |j| match j.stat(&t) {
+        Ok(e) => Ok(Some(e)),
+        Err(e) if e.code() == "not_found" => Ok(None),
+        Err(e) => Err(e.into()),
+    })
+    .await?;
+    if let Some(e) = existing {
+        if e.kind == EntryKind::Dir {
+            return Err(WireError::new(ErrorCode::IsADirectory, format!("{target} is a directory")));
+        }
+        if !overwrite {
+            return Err(WireError::new(
+                ErrorCode::AlreadyExists,
+                format!("{target} already exists (use --force to overwrite)"),
+            ));
+        }
+    }
+    // Only the bytes not yet on disk need a reservation: a partial's bytes are already counted.
+    let reservation = session.quota.reserve(a.size - a.offset)?;
+    let guard = match &a.upload_id {
+        Some(uid) => Some(session.shared.uploads.claim(&session.user.name, uid)?),
+        None => None,
+    };
+    let (size, offset, uid, sha) = (a.size, a.offset, a.upload_id.clone(), a.sha256.clone());
+    let (upload, released) = blocking(&session.jail, move |j| {
+        Ok(transfer::open_upload(j, &target, size, offset, uid.as_deref(), sha)?)
+    })
+    .await?;
+    session.quota.release(released);
+    drop(guard);
+    let guard = session.shared.uploads.claim(&session.user.name, &upload.id)?;
+    Ok((upload, reservation, guard))
+}
+
+/// Reads the `put_end` frame that follows a put's body; its hash, or an error
+/// answer when the client sent something else.
+async fn read_put_end(conn: &mut Conn, id: u64) -> Result<Result<String, WireError>, FrameError> {
+    let Some(header) = conn.read_header().await? else { return Err(FrameError::Truncated) };
+    conn.skip_body().await?;
+    match Request::from_header(&header) {
+        (end_id, Ok(Request::PutEnd { sha256 })) if end_id == id => Ok(Ok(sha256)),
+        _ => Ok(Err(WireError::new(ErrorCode::BadRequest, "a put body must be followed by its put_end"))),
+    }
+}
+
+pub async fn upload_status(
+    session: &mut Session,
+    conn: &mut Conn,
+    id: u64,
+    path: String,
+    size: u64,
+    upload_id: Option<String>,
+) -> Result<(), Reply> {
+    let target = resolve(session, &path)?;
+    let status =
+        blocking(&session.jail, move |j| Ok(transfer::upload_status(j, &target, size, upload_id.as_deref())?))
+            .await?;
+    let body = match status {
+        Some(s) => json!({ "found": true, "upload_id": s.upload_id, "offset": s.offset, "prefix_sha256": s.prefix_sha256 }),
+        None => json!({ "found": false, "offset": 0 }),
+    };
+    conn.queue_header(&ok_header(id, &body, 0))?;
+    Ok(())
+}
+
+pub async fn get(session: &mut Session, conn: &mut Conn, id: u64, path: String, offset: u64) -> Result<(), Reply> {
+    let started = Instant::now();
+    let target = resolve(session, &path)?;
+    let t = target.clone();
+    let (file, entry) = blocking(&session.jail, move |j| Ok(j.open_read(&t)?)).await?;
+    if entry.kind != EntryKind::File {
+        return Err(WireError::new(ErrorCode::IsADirectory, format!("{target} is not a regular file")).into());
+    }
+    let size = entry.size;
+    if offset > size {
+        return Err(WireError::new(ErrorCode::BadRequest, format!("offset {offset} is past the end ({size} bytes)"))
+            .into());
+    }
+    let body_len = size - offset;
+    conn.queue_header(&ok_header(id, &json!({ "size": size, "offset": offset, "mtime": entry.mtime }), body_len))?;
+
+    let (tx, mut rx) = mpsc::channel::<Bytes>(PIPE_DEPTH);
+    let reader = tokio::task::spawn_blocking(move || read_blocks(file, offset, size, tx));
+    let mut sent = 0u64;
+    while let Some(block) = rx.recv().await {
+        sent += block.len() as u64;
+        conn.write_body(&block).await?;
+    }
+    let outcome = reader.await.map_err(|_| WireError::new(ErrorCode::Internal, "download reader failed"))?;
+    // The header promised `body_len` bytes: if the file shrank, keep the
+    // stream framed with zeros and say so in the trailer rather than lie.
+    if sent < body_len {
+        let zeros = vec![0u8; READ_BLOCK];
+        while sent < body_len {
+            let n = (body_len - sent).min(READ_BLOCK as u64) as usize;
+            conn.write_body(&zeros[..n]).await?;
+            sent += n as u64;
+        }
+    }
+    match outcome {
+        Ok(sha256) if sent == body_len => {
+            conn.queue_header(&ok_header(id, &json!({ "done": true, "sha256": sha256 }), 0))?;
+            info!(path = %target, bytes = body_len, ms = started.elapsed().as_millis() as u64, "download sent");
+        }
+        _ => {
+            let e = WireError::new(ErrorCode::FileChanged, format!("{target} changed while it was being read"));
+            conn.queue_header(&ferry_proto::msg::error_header(id, &e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Reads `offset..size` of the file in blocks into the channel, hashing the
+/// whole file (the prefix too). Returns the hex SHA-256, or an error if the
+/// file ended early.
+fn read_blocks(mut file: std::fs::File, offset: u64, size: u64, tx: mpsc::Sender<Bytes>) -> std::io::Result<String> {
+    let mut hasher = Sha256::new();
+    if offset > 0 && transfer::hash_range(&mut file, offset, &mut hasher)? < offset {
+        return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
+    }
+    file.seek(SeekFrom::Start(offset))?;
+    let mut left = size - offset;
+    while left > 0 {
+        let want = left.min(READ_BLOCK as u64) as usize;
+        let mut buf = vec![0u8; want];
+        let mut filled = 0;
+        while filled < want {
+            let n = file.read(&mut buf[filled..])?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        buf.truncate(filled);
+        hasher.update(&buf);
+        left -= filled as u64;
+        if tx.blocking_send(Bytes::from(buf)).is_err() {
+            return Err(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
+        }
+        if filled < want {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
+        }
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+pub async fn hash(session: &mut Session, conn: &mut Conn, id: u64, path: String, length: Option<u64>) -> Result<(), Reply> {
+    let target = resolve(session, &path)?;
+    let (sha256, length, size) = blocking(&session.jail, move |j| {
+        let (mut file, entry) = j.open_read(&target)?;
+        if entry.kind != EntryKind::File {
+            return Err(WireError::new(ErrorCode::IsADirectory, format!("{target} is not a regular file")));
+        }
+        let want = length.unwrap_or(entry.size).min(entry.size);
+        let mut hasher = Sha256::new();
+        let got = transfer::hash_range(&mut file, want, &mut hasher).map_err(crate::vfs::VfsError::from)?;
+        Ok((hex::encode(hasher.finalize()), got, entry.size))
+    })
+    .await?;
+    conn.queue_header(&ok_header(id, &json!({ "sha256": sha256, "length": length, "size": size }), 0))?;
+    Ok(())
+}

@@ -1,0 +1,247 @@
+//! The server's configuration: every limit and timeout in one TOML file.
+//!
+//! Raw input (file and flags) is resolved once into [`ServerConfig`]; nothing
+//! downstream reads the file again. Unknown keys are errors, so a typo never
+//! silently leaves a default in force.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The documented default port (docs/PROTOCOL.md, README).
+pub const DEFAULT_PORT: u16 = 7733;
+pub const DEFAULT_DATA_DIR: &str = "ferry-data";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Where the database, certificate, key and homes live.
+    pub data_dir: PathBuf,
+    /// TCP addresses to listen on (IPv4 or IPv6).
+    pub listen: Vec<SocketAddr>,
+    /// Also listen on this Unix-domain socket (plaintext: local peers only).
+    pub unix_socket: Option<PathBuf>,
+    /// Serve without TLS. Login still never reveals the password, but file
+    /// data and names travel in the clear.
+    pub insecure_plaintext: bool,
+    pub limits: Limits,
+    pub auth: AuthConfig,
+    pub transfer: TransferConfig,
+    pub exec: ExecConfig,
+    pub time: UdpServiceConfig,
+    pub chat: UdpServiceConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Sessions at once; further connections are refused with `too_many_connections`.
+    pub max_connections: usize,
+    /// Connections from one address that have not logged in yet.
+    pub max_unauthenticated_per_ip: usize,
+    /// Seconds a connection may take to finish the TLS handshake and log in.
+    pub login_timeout_secs: u64,
+    /// Seconds a logged-in session may stay silent.
+    pub idle_timeout_secs: u64,
+    /// Seconds sessions get to finish after SIGINT/SIGTERM before they are cut.
+    pub shutdown_grace_secs: u64,
+    /// Largest JSON header accepted, in bytes.
+    pub max_header_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// PBKDF2 iterations for new verifiers (`ferry user add/passwd`).
+    pub scram_iterations: u32,
+    /// Failed logins from one address before delays start.
+    pub free_failures: u32,
+    /// Failed logins from one address before a temporary ban.
+    pub ban_after: u32,
+    pub ban_secs: u64,
+    pub max_delay_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransferConfig {
+    /// Seconds after its last write that an abandoned partial upload is removed.
+    pub partial_expiry_secs: u64,
+    /// fsync uploads before they are renamed into place.
+    pub fsync: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExecConfig {
+    /// Wall-clock limit of one command, seconds.
+    pub timeout_secs: u64,
+    pub max_per_user: usize,
+    pub max_total: usize,
+    /// When non-empty, only these program names may be run.
+    pub allowlist: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UdpServiceConfig {
+    pub enabled: bool,
+    pub listen: Option<SocketAddr>,
+    /// Time service only: answer in UTC rather than local time.
+    pub utc: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT))],
+            unix_socket: None,
+            insecure_plaintext: false,
+            limits: Limits::default(),
+            auth: AuthConfig::default(),
+            transfer: TransferConfig::default(),
+            exec: ExecConfig::default(),
+            time: UdpServiceConfig::default(),
+            chat: UdpServiceConfig::default(),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 20_000,
+            max_unauthenticated_per_ip: 256,
+            login_timeout_secs: 30,
+            idle_timeout_secs: 900,
+            shutdown_grace_secs: 10,
+            max_header_bytes: ferry_proto::frame::DEFAULT_MAX_HEADER,
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig { scram_iterations: 100_000, free_failures: 3, ban_after: 20, ban_secs: 300, max_delay_ms: 2_000 }
+    }
+}
+
+impl Default for TransferConfig {
+    fn default() -> Self {
+        TransferConfig { partial_expiry_secs: 7 * 24 * 3600, fsync: true }
+    }
+}
+
+impl Default for ExecConfig {
+    fn default() -> Self {
+        ExecConfig { timeout_secs: 300, max_per_user: 4, max_total: 64, allowlist: Vec::new() }
+    }
+}
+
+impl Default for UdpServiceConfig {
+    fn default() -> Self {
+        UdpServiceConfig { enabled: false, listen: None, utc: false }
+    }
+}
+
+/// A configuration that cannot be used; the message names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("configuration {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("configuration key `{key}`: {problem}")]
+    Invalid { key: &'static str, problem: String },
+}
+
+impl ServerConfig {
+    /// Reads and validates a TOML configuration file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let config: ServerConfig = toml::from_str(&text)
+            .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string().trim().to_string() })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn positive(key: &'static str, v: u64) -> Result<(), ConfigError> {
+            if v == 0 { Err(ConfigError::Invalid { key, problem: "must be greater than 0".into() }) } else { Ok(()) }
+        }
+        if self.listen.is_empty() && self.unix_socket.is_none() {
+            return Err(ConfigError::Invalid { key: "listen", problem: "no address to listen on".into() });
+        }
+        positive("limits.max_connections", self.limits.max_connections as u64)?;
+        positive("limits.max_unauthenticated_per_ip", self.limits.max_unauthenticated_per_ip as u64)?;
+        positive("limits.login_timeout_secs", self.limits.login_timeout_secs)?;
+        positive("limits.idle_timeout_secs", self.limits.idle_timeout_secs)?;
+        if self.limits.max_header_bytes < 1024 || self.limits.max_header_bytes > 16 * 1024 * 1024 {
+            return Err(ConfigError::Invalid {
+                key: "limits.max_header_bytes",
+                problem: "must be between 1024 and 16777216".into(),
+            });
+        }
+        if self.auth.scram_iterations < 4096 {
+            return Err(ConfigError::Invalid {
+                key: "auth.scram_iterations",
+                problem: "must be at least 4096 (RFC 7677)".into(),
+            });
+        }
+        positive("auth.ban_after", self.auth.ban_after as u64)?;
+        positive("transfer.partial_expiry_secs", self.transfer.partial_expiry_secs)?;
+        positive("exec.timeout_secs", self.exec.timeout_secs)?;
+        positive("exec.max_per_user", self.exec.max_per_user as u64)?;
+        positive("exec.max_total", self.exec.max_total as u64)?;
+        Ok(())
+    }
+
+    pub fn login_timeout(&self) -> Duration {
+        Duration::from_secs(self.limits.login_timeout_secs)
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.limits.idle_timeout_secs)
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.data_dir.join("users.db")
+    }
+
+    pub fn homes_dir(&self) -> PathBuf {
+        self.data_dir.join("homes")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<ServerConfig, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ferry.toml");
+        std::fs::write(&path, text).unwrap();
+        ServerConfig::from_file(&path)
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let err = parse("[limits]\nlogin_timeout_secs = 0\n").unwrap_err().to_string();
+        assert!(err.contains("limits.login_timeout_secs"), "{err}");
+        let err = parse("[limits]\nlogin_timeout = 5\n").unwrap_err().to_string();
+        assert!(err.contains("login_timeout"), "{err}");
+        let err = parse("listen = [\"not an address\"]\n").unwrap_err().to_string();
+        assert!(err.contains("listen"), "{err}");
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = parse("").unwrap();
+        assert_eq!(c.listen[0].port(), DEFAULT_PORT);
+        assert!(!c.insecure_plaintext);
+    }
+}

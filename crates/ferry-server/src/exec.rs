@@ -1,0 +1,120 @@
+//! Remote command execution policy: who may run what, how many at once, and
+//! the environment a command gets. The streaming itself is in `cmd/exec.rs`.
+//!
+//! The home jail does not apply here: a command runs as the server's own
+//! operating-system user. Run the server as a dedicated user and consider
+//! `exec.allowlist` (README, "Remote commands").
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use tokio::process::Command;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Caps on concurrent commands, in total and per user.
+pub struct ExecLimits {
+    total: Arc<Semaphore>,
+    per_user: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+/// A seat for one running command; released on drop.
+pub struct ExecPermit {
+    _total: OwnedSemaphorePermit,
+    per_user: Arc<Mutex<HashMap<String, usize>>>,
+    user: String,
+}
+
+impl Drop for ExecPermit {
+    fn drop(&mut self) {
+        let mut map = self.per_user.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&self.user) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.user);
+            }
+        }
+    }
+}
+
+impl ExecLimits {
+    pub fn new(max_total: usize) -> Self {
+        ExecLimits { total: Arc::new(Semaphore::new(max_total)), per_user: Arc::default() }
+    }
+
+    /// A seat for `user`, or `None` when either cap is reached.
+    pub fn try_acquire(&self, user: &str, max_per_user: usize) -> Option<ExecPermit> {
+        let total = Arc::clone(&self.total).try_acquire_owned().ok()?;
+        let mut map = self.per_user.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(user.to_string()).or_insert(0);
+        if *n >= max_per_user {
+            return None;
+        }
+        *n += 1;
+        Some(ExecPermit { _total: total, per_user: Arc::clone(&self.per_user), user: user.to_string() })
+    }
+}
+
+/// Whether `program` passes the allowlist (empty = everything allowed).
+/// Entries match the program name as given or its final path component.
+pub fn allowed(allowlist: &[String], program: &str) -> bool {
+    if allowlist.is_empty() {
+        return true;
+    }
+    let base = Path::new(program).file_name().and_then(|s| s.to_str()).unwrap_or(program);
+    allowlist.iter().any(|a| a == program || a == base)
+}
+
+/// The command, in its own process group, with a cleared environment but
+/// for a safe set.
+pub fn command(argv: &[String], cwd: &Path, home: &Path, user: &str) -> Command {
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .current_dir(cwd)
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("HOME", home)
+        .env("USER", user)
+        .env("LOGNAME", user)
+        .env("LANG", "C.UTF-8")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    cmd
+}
+
+/// Kills the whole process group led by `pid`.
+pub fn kill_group(pid: u32) {
+    if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allowlist_matches_name_or_basename() {
+        let list = vec!["ls".to_string(), "/usr/bin/wc".to_string()];
+        assert!(allowed(&list, "ls"));
+        assert!(allowed(&list, "/bin/ls"));
+        assert!(allowed(&list, "/usr/bin/wc"));
+        assert!(!allowed(&list, "sh"));
+        assert!(allowed(&[], "anything"));
+    }
+
+    #[test]
+    fn per_user_cap() {
+        let limits = ExecLimits::new(10);
+        let a = limits.try_acquire("a", 2);
+        let b = limits.try_acquire("a", 2);
+        assert!(a.is_some() && b.is_some());
+        assert!(limits.try_acquire("a", 2).is_none());
+        assert!(limits.try_acquire("b", 2).is_some());
+        drop(a);
+        assert!(limits.try_acquire("a", 2).is_some());
+    }
+}

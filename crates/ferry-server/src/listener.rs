@@ -1,0 +1,273 @@
+//! Listening and admission: bind with `SO_REUSEADDR`, admit a connection only
+//! with a permit, refuse the rest cleanly, run the TLS handshake under the
+//! login timeout, and drain sessions on shutdown within a grace period.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use ferry_proto::msg::error_header;
+use ferry_proto::{Connection, ErrorCode, FrameCodec, WireError};
+use tokio::net::{TcpListener, TcpSocket, TcpStream, UnixListener};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::state::Shared;
+use crate::stream::Stream;
+
+/// A running server: its bound addresses and the handle to stop it.
+pub struct Running {
+    pub tcp_addrs: Vec<SocketAddr>,
+    pub fingerprint: Option<String>,
+    shutdown: CancellationToken,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Starts a graceful shutdown: stop accepting, let sessions finish.
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Waits until every listener and session has ended.
+    pub async fn wait(self) {
+        let _ = self.done.await;
+    }
+}
+
+/// Binds every configured address and starts serving in the background.
+pub async fn start(shared: Arc<Shared>) -> Result<Running> {
+    let config = &shared.config;
+    let mut tcp = Vec::new();
+    for addr in &config.listen {
+        tcp.push(bind_tcp(*addr).with_context(|| format!("cannot listen on {addr}"))?);
+    }
+    let unix = match &config.unix_socket {
+        Some(path) => {
+            // A stale socket file from a crashed run would make bind fail.
+            let _ = std::fs::remove_file(path);
+            Some(UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?)
+        }
+        None => None,
+    };
+    let tcp_addrs = tcp.iter().filter_map(|l| l.local_addr().ok()).collect();
+    let shutdown = shared.shutdown.clone();
+    let tracker = shared.tracker.clone();
+
+    let mut accept_loops = Vec::new();
+    for listener in tcp {
+        accept_loops.push(tokio::spawn(accept_tcp(Arc::clone(&shared), listener)));
+    }
+    if let Some(listener) = unix {
+        accept_loops.push(tokio::spawn(accept_unix(Arc::clone(&shared), listener)));
+    }
+    let udp = crate::services::start_udp(&shared).await?;
+
+    let grace = Duration::from_secs(shared.config.limits.shutdown_grace_secs);
+    let token = shutdown.clone();
+    let done = tokio::spawn(async move {
+        token.cancelled().await;
+        for l in accept_loops {
+            let _ = l.await;
+        }
+        tracker.close();
+        info!(sessions = tracker.len(), grace_secs = grace.as_secs(), "shutting down: draining sessions");
+        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+            warn!(sessions = tracker.len(), "grace period over: cutting remaining sessions");
+        }
+        for u in udp {
+            let _ = u.await;
+        }
+        info!("server stopped");
+    });
+    let fingerprint = shared.tls.as_ref().map(|t| t.1.clone());
+    Ok(Running { tcp_addrs, fingerprint, shutdown, done })
+}
+
+fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    // A restarted server binds at once even with connections in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
+}
+
+async fn accept_tcp(shared: Arc<Shared>, listener: TcpListener) {
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = shared.shutdown.cancelled() => return,
+        };
+        let (socket, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = socket.set_nodelay(true);
+        match shared.admit(peer.ip()) {
+            Ok(admission) => {
+                let shared2 = Arc::clone(&shared);
+                shared.tracker.spawn(async move { serve_tcp(shared2, socket, peer, admission).await });
+            }
+            Err(err) => refuse(&shared, socket, peer, err),
+        }
+    }
+}
+
+async fn serve_tcp(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr, admission: Admission) {
+    let stream = match &shared.tls {
+        None => Stream::Tcp(socket),
+        Some((acceptor, _)) => {
+            match tokio::time::timeout(shared.config.login_timeout(), acceptor.accept(socket)).await {
+                Ok(Ok(tls)) => Stream::Tls(Box::new(tls)),
+                Ok(Err(e)) => {
+                    debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            }
+        }
+    };
+    crate::session::run(shared, stream, peer.to_string(), Some(peer.ip()), admission).await;
+}
+
+async fn accept_unix(shared: Arc<Shared>, listener: UnixListener) {
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = shared.shutdown.cancelled() => return,
+        };
+        let socket = match accepted {
+            Ok((s, _)) => s,
+            Err(e) => {
+                warn!(error = %e, "accept failed on unix socket");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(admission) = shared.admit_local() else { continue };
+        let shared2 = Arc::clone(&shared);
+        shared.tracker.spawn(async move {
+            crate::session::run(shared2, Stream::Unix(socket), "unix".into(), None, admission).await
+        });
+    }
+}
+
+/// Tells a refused peer why, then closes. Bounded: when even the refusal
+/// budget is spent, the socket is simply dropped.
+fn refuse(shared: &Arc<Shared>, socket: TcpStream, peer: SocketAddr, err: WireError) {
+    let Ok(permit) = Arc::clone(&shared.refusals).try_acquire_owned() else {
+        return;
+    };
+    debug!(%peer, code = %err.code, "connection refused");
+    let tls = shared.tls.as_ref().map(|(a, _)| a.clone());
+    tokio::spawn(async move {
+        let _permit = permit;
+        let _ = tokio::time::timeout(Duration::from_secs(2), async move {
+            match tls {
+                None => send_refusal(Stream::Tcp(socket), &err).await,
+                Some(acceptor) => {
+                    if let Ok(s) = acceptor.accept(socket).await {
+                        send_refusal(Stream::Tls(Box::new(s)), &err).await;
+                    }
+                }
+            }
+        })
+        .await;
+    });
+}
+
+async fn send_refusal(stream: Stream, err: &WireError) {
+    let mut conn = Connection::new(stream, FrameCodec::default());
+    let _ = conn.send(&error_header(0, err)).await;
+    let _ = conn.shutdown().await;
+}
+
+/// A connection's seat: the global permit and, until login, its place in the
+/// per-address count of unauthenticated connections.
+pub struct Admission {
+    _permit: OwnedSemaphorePermit,
+    unauth: Option<(Arc<UnauthCounts>, IpAddr)>,
+}
+
+impl Admission {
+    /// The connection logged in: it no longer counts as unauthenticated.
+    pub fn authenticated(&mut self) {
+        if let Some((counts, ip)) = self.unauth.take() {
+            counts.leave(ip);
+        }
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.authenticated();
+    }
+}
+
+#[derive(Default)]
+pub struct UnauthCounts(Mutex<HashMap<IpAddr, usize>>);
+
+impl UnauthCounts {
+    fn enter(&self, ip: IpAddr, max: usize) -> bool {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n >= max {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    fn leave(&self, ip: IpAddr) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&ip);
+            }
+        }
+    }
+}
+
+impl Shared {
+    fn admit(&self, ip: IpAddr) -> Result<Admission, WireError> {
+        let permit = Arc::clone(&self.connections)
+            .try_acquire_owned()
+            .map_err(|_| WireError::new(ErrorCode::TooManyConnections, "server is at its connection limit"))?;
+        if !self.unauth.enter(ip, self.config.limits.max_unauthenticated_per_ip) {
+            return Err(WireError::new(
+                ErrorCode::TooManyConnections,
+                "too many connections from your address that have not logged in",
+            ));
+        }
+        Ok(Admission { _permit: permit, unauth: Some((Arc::clone(&self.unauth), ip)) })
+    }
+
+    fn admit_local(&self) -> Result<Admission, WireError> {
+        let permit = Arc::clone(&self.connections)
+            .try_acquire_owned()
+            .map_err(|_| WireError::new(ErrorCode::TooManyConnections, "server is at its connection limit"))?;
+        Ok(Admission { _permit: permit, unauth: None })
+    }
+
+    pub fn next_session_id(&self) -> u64 {
+        self.session_ids.fetch_add(1, Ordering::Relaxed) + 1
+    }
+}
+

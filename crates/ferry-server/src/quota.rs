@@ -1,0 +1,200 @@
+//! Per-user disk quotas, enforced by reservation rather than check-then-write.
+//!
+//! Every session of one user shares one [`UserQuota`]. An upload reserves its
+//! whole remaining size before a byte is written; the reservation is settled
+//! with what actually landed on disk. So uploads from many sessions at once can
+//! never together pass the limit: the check and the reservation are one step
+//! under one lock. Usage is rescanned from the home at the user's first login
+//! after a start, which makes it survive restarts exactly.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    /// Bytes of files in the home, partial uploads included.
+    pub used: u64,
+    /// Bytes promised to uploads in flight, not yet on disk.
+    pub reserved: u64,
+    /// `None` means unlimited.
+    pub limit: Option<u64>,
+}
+
+impl Usage {
+    pub fn free(&self) -> Option<u64> {
+        self.limit.map(|l| l.saturating_sub(self.used + self.reserved))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("quota exceeded: {needed} more bytes needed, {free} free of {limit}")]
+pub struct QuotaExceeded {
+    pub needed: u64,
+    pub free: u64,
+    pub limit: u64,
+}
+
+#[derive(Debug)]
+pub struct UserQuota {
+    state: Mutex<Usage>,
+}
+
+impl UserQuota {
+    pub fn new(used: u64, limit: Option<u64>) -> Self {
+        UserQuota { state: Mutex::new(Usage { used, reserved: 0, limit }) }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Usage> {
+        // A poisoned lock only means another thread panicked mid-update of
+        // plain integers; the numbers are still the best we have.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn usage(&self) -> Usage {
+        *self.lock()
+    }
+
+    pub fn set_limit(&self, limit: Option<u64>) {
+        self.lock().limit = limit;
+    }
+
+    /// Reserves `bytes` for an upload, or refuses if they do not fit.
+    pub fn reserve(self: &Arc<Self>, bytes: u64) -> Result<Reservation, QuotaExceeded> {
+        let mut s = self.lock();
+        if let Some(limit) = s.limit {
+            let committed = s.used + s.reserved;
+            if committed.saturating_add(bytes) > limit {
+                return Err(QuotaExceeded { needed: bytes, free: limit.saturating_sub(committed), limit });
+            }
+        }
+        s.reserved += bytes;
+        Ok(Reservation { quota: Arc::clone(self), bytes, settled: false })
+    }
+
+    /// Bytes left the home (a file removed, a partial expired, a file overwritten).
+    pub fn release(&self, bytes: u64) {
+        let mut s = self.lock();
+        s.used = s.used.saturating_sub(bytes);
+    }
+
+    /// Bytes arrived outside a reservation (not normally used by uploads).
+    pub fn add(&self, bytes: u64) {
+        self.lock().used += bytes;
+    }
+}
+
+/// Bytes promised to one upload. Settle it with what reached the disk; if it
+/// is dropped unsettled, the promise is simply withdrawn.
+#[derive(Debug)]
+pub struct Reservation {
+    quota: Arc<UserQuota>,
+    bytes: u64,
+    settled: bool,
+}
+
+impl Reservation {
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Turns the reservation into `landed` bytes of usage (at most the
+    /// reservation: a writer never lands more than it reserved).
+    pub fn settle(mut self, landed: u64) {
+        let mut s = self.quota.lock();
+        s.reserved = s.reserved.saturating_sub(self.bytes);
+        s.used += landed.min(self.bytes);
+        self.settled = true;
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if !self.settled {
+            let mut s = self.quota.lock();
+            s.reserved = s.reserved.saturating_sub(self.bytes);
+        }
+    }
+}
+
+/// The quotas of all users with a session since this start.
+#[derive(Debug, Default)]
+pub struct QuotaRegistry {
+    users: Mutex<HashMap<String, Arc<UserQuota>>>,
+}
+
+impl QuotaRegistry {
+    /// The user's shared quota; `scan` is called once, at first use, to
+    /// measure the home (it runs under the registry lock so two first logins
+    /// cannot both scan and diverge).
+    pub fn get_or_scan<E>(
+        &self,
+        user: &str,
+        limit: Option<u64>,
+        scan: impl FnOnce() -> Result<u64, E>,
+    ) -> Result<Arc<UserQuota>, E> {
+        let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(q) = users.get(user) {
+            q.set_limit(limit);
+            return Ok(Arc::clone(q));
+        }
+        let used = scan()?;
+        let q = Arc::new(UserQuota::new(used, limit));
+        users.insert(user.to_string(), Arc::clone(&q));
+        Ok(q)
+    }
+
+    /// Forgets a user (deleted): the next login rescans.
+    pub fn forget(&self, user: &str) {
+        self.users.lock().unwrap_or_else(|e| e.into_inner()).remove(user);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reservations_from_many_threads_never_pass_the_limit() {
+        let q = Arc::new(UserQuota::new(0, Some(1000)));
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let q = Arc::clone(&q);
+                std::thread::spawn(move || {
+                    let mut won = 0;
+                    for _ in 0..100 {
+                        if let Ok(r) = q.reserve(30) {
+                            r.settle(30);
+                            won += 30;
+                        }
+                    }
+                    won
+                })
+            })
+            .collect();
+        let total: u64 = handles.into_iter().map(|h| h.join().unwrap()).sum();
+        assert!(total <= 1000);
+        assert_eq!(q.usage().used, total);
+        assert_eq!(q.usage().reserved, 0);
+    }
+
+    #[test]
+    fn dropped_reservation_is_withdrawn_and_partial_landing_counts() {
+        let q = Arc::new(UserQuota::new(100, Some(1000)));
+        let r = q.reserve(900).unwrap();
+        assert!(q.reserve(1).is_err());
+        drop(r);
+        assert_eq!(q.usage().reserved, 0);
+        q.reserve(500).unwrap().settle(200);
+        assert_eq!(q.usage().used, 300);
+        q.release(250);
+        assert_eq!(q.usage().used, 50);
+        assert_eq!(q.usage().free(), Some(950));
+    }
+
+    #[test]
+    fn unlimited_never_refuses() {
+        let q = Arc::new(UserQuota::new(0, None));
+        q.reserve(u64::MAX / 2).unwrap().settle(10);
+        assert_eq!(q.usage().free(), None);
+    }
+}

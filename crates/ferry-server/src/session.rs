@@ -1,0 +1,284 @@
+//! One connection's life: version handshake and login under the login
+//! timeout, then one loop over the next request with an idle timer, until the
+//! peer leaves, the idle timer fires or the server shuts down.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use ferry_proto::msg::{MECHANISM, PROTOCOL_VERSION, error_header, ok_header};
+use ferry_proto::{Connection, ErrorCode, FrameCodec, FrameError, Request, WireError};
+use serde_json::json;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::auth::{Decision, UserRecord};
+use crate::cmd;
+use crate::listener::Admission;
+use crate::quota::UserQuota;
+use crate::state::Shared;
+use crate::stream::Stream;
+use crate::vfs::{Jail, VirtualPath};
+
+pub type Conn = Connection<Stream>;
+
+/// Failed logins allowed on one connection before it is closed.
+const LOGIN_ATTEMPTS_PER_CONNECTION: u32 = 3;
+
+/// A logged-in session: who, where, and what it may use.
+pub struct Session {
+    pub id: u64,
+    pub shared: Arc<Shared>,
+    pub user: UserRecord,
+    pub jail: Arc<Jail>,
+    pub cwd: VirtualPath,
+    pub quota: Arc<UserQuota>,
+}
+
+/// Why a session ended, for the log.
+#[derive(Debug)]
+enum End {
+    Closed,
+    Bye,
+    LoginTimeout,
+    IdleTimeout,
+    Shutdown,
+    LoginRefused,
+    Frame(FrameError),
+}
+
+impl From<FrameError> for End {
+    fn from(e: FrameError) -> Self {
+        End::Frame(e)
+    }
+}
+
+pub async fn run(shared: Arc<Shared>, stream: Stream, peer: String, ip: Option<IpAddr>, mut admission: Admission) {
+    let id = shared.next_session_id();
+    let span = info_span!("session", id, peer = %peer);
+    async move {
+        info!("session start");
+        let mut conn = Connection::new(stream, FrameCodec::new(shared.config.limits.max_header_bytes));
+        let end = match login_phase(&shared, &mut conn, ip).await {
+            Ok(user) => {
+                admission.authenticated();
+                match open_session(&shared, id, user).await {
+                    Ok(mut session) => serve(&mut session, &mut conn).await,
+                    Err(err) => {
+                        warn!(code = %err.code, error = %err.message, "cannot open the user's home");
+                        let _ = conn.send(&error_header(0, &err)).await;
+                        End::LoginRefused
+                    }
+                }
+            }
+            Err(end) => end,
+        };
+        if let End::Frame(e) = &end {
+            let err = WireError::new(ErrorCode::BadFrame, e.to_string());
+            let _ = conn.send(&error_header(0, &err)).await;
+        }
+        let _ = conn.shutdown().await;
+        info!(reason = ?end, "session end");
+    }
+    .instrument(span)
+    .await
+}
+
+async fn open_session(shared: &Arc<Shared>, id: u64, user: UserRecord) -> Result<Session, WireError> {
+    let home = crate::users::home_of(&shared.config, &user);
+    let shared2 = Arc::clone(shared);
+    let name = user.name.clone();
+    let limit = user.quota_bytes;
+    let (jail, quota) = tokio::task::spawn_blocking(move || -> Result<_, WireError> {
+        std::fs::create_dir_all(&home).map_err(|e| WireError::new(ErrorCode::Internal, format!("home: {e}")))?;
+        let jail = Jail::open(&home).map_err(WireError::from)?;
+        crate::transfer::expire_partials(&jail, &shared2.config.transfer);
+        let quota = shared2.quotas.get_or_scan(&name, limit, || jail.disk_usage().map(|(bytes, _)| bytes))?;
+        Ok((Arc::new(jail), quota))
+    })
+    .await
+    .map_err(|_| WireError::new(ErrorCode::Internal, "session setup failed"))??;
+    Ok(Session { id, shared: Arc::clone(shared), user, jail, cwd: VirtualPath::root(), quota })
+}
+
+/// Handshake and login. Returns the user on success.
+async fn login_phase(shared: &Arc<Shared>, conn: &mut Conn, ip: Option<IpAddr>) -> Result<UserRecord, End> {
+    let timeout = shared.config.login_timeout();
+    let result = tokio::select! {
+        r = tokio::time::timeout(timeout, login_exchange(shared, conn, ip)) => r,
+        _ = shared.shutdown.cancelled() => {
+            let _ = conn.send(&error_header(0, &WireError::new(ErrorCode::ShuttingDown, "server is shutting down"))).await;
+            return Err(End::Shutdown);
+        }
+    };
+    match result {
+        Ok(r) => r,
+        Err(_) => {
+            let err = WireError::new(ErrorCode::Timeout, "login took too long");
+            let _ = conn.send(&error_header(0, &err)).await;
+            Err(End::LoginTimeout)
+        }
+    }
+}
+
+async fn login_exchange(shared: &Arc<Shared>, conn: &mut Conn, ip: Option<IpAddr>) -> Result<UserRecord, End> {
+    let mut said_hello = false;
+    let mut failures = 0;
+    let mut pending: Option<crate::auth::LoginAttempt> = None;
+    let throttle_ip = ip.unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    loop {
+        let Some(header) = conn.read_header().await? else { return Err(End::Closed) };
+        conn.skip_body().await?;
+        let (id, req) = Request::from_header(&header);
+        let req = match req {
+            Ok(r) => r,
+            Err(e) => {
+                conn.send(&error_header(id, &e)).await?;
+                continue;
+            }
+        };
+        match req {
+            Request::Hello { version, .. } => {
+                if version != PROTOCOL_VERSION {
+                    let e = WireError::new(
+                        ErrorCode::UnsupportedVersion,
+                        format!("protocol version {version} is not supported; this server speaks {PROTOCOL_VERSION}"),
+                    );
+                    conn.send(&error_header(id, &e)).await?;
+                    return Err(End::LoginRefused);
+                }
+                said_hello = true;
+                let body = json!({
+                    "version": PROTOCOL_VERSION,
+                    "server": concat!("ferry/", env!("CARGO_PKG_VERSION")),
+                    "mechanisms": [MECHANISM],
+                    "hashes": ["sha256"],
+                    "max_header": shared.config.limits.max_header_bytes,
+                });
+                conn.send(&ok_header(id, &body, 0)).await?;
+            }
+            Request::AuthStart { mechanism, data } if said_hello => {
+                if mechanism != MECHANISM {
+                    let e = WireError::new(ErrorCode::BadRequest, format!("unsupported mechanism; use {MECHANISM}"));
+                    conn.send(&error_header(id, &e)).await?;
+                    continue;
+                }
+                let auth = shared.authenticator.clone();
+                let begun = tokio::task::spawn_blocking(move || auth.begin(&data)).await;
+                match begun {
+                    Ok(Ok((server_first, attempt))) => {
+                        match shared.authenticator.throttle().check(attempt.username(), throttle_ip, now()) {
+                            Decision::Banned { .. } => {
+                                warn!(user = attempt.username(), ip = %throttle_ip, "login refused: address banned");
+                                let e = WireError::new(ErrorCode::Throttled, "too many failed logins; try again later");
+                                conn.send(&error_header(id, &e)).await?;
+                                return Err(End::LoginRefused);
+                            }
+                            Decision::Delay(d) => tokio::time::sleep(d).await,
+                            Decision::Allow => {}
+                        }
+                        pending = Some(attempt);
+                        conn.send(&ok_header(id, &json!({ "data": server_first }), 0)).await?;
+                    }
+                    Ok(Err(e)) => {
+                        let e = WireError::new(ErrorCode::BadRequest, e.to_string());
+                        conn.send(&error_header(id, &e)).await?;
+                    }
+                    Err(_) => return Err(End::LoginRefused),
+                }
+            }
+            Request::AuthFinish { data } if pending.is_some() => {
+                let Some(attempt) = pending.take() else { continue };
+                let username = attempt.username().to_string();
+                match attempt.finish(&data) {
+                    Ok((server_final, user)) => {
+                        shared.authenticator.throttle().record_success(&user.name, throttle_ip, now());
+                        info!(user = %user.name, "login succeeded");
+                        let body = json!({ "data": server_final, "user": user.name, "cwd": "/" });
+                        conn.send(&ok_header(id, &body, 0)).await?;
+                        return Ok(user);
+                    }
+                    Err(_) => {
+                        failures += 1;
+                        shared.authenticator.throttle().record_failure(&username, throttle_ip, now());
+                        warn!(user = %username, ip = %throttle_ip, "login failed");
+                        let delay = match shared.authenticator.throttle().check(&username, throttle_ip, now()) {
+                            Decision::Delay(d) => d,
+                            _ => std::time::Duration::ZERO,
+                        };
+                        tokio::time::sleep(delay).await;
+                        let e = WireError::new(ErrorCode::AuthFailed, "authentication failed");
+                        conn.send(&error_header(id, &e)).await?;
+                        if failures >= LOGIN_ATTEMPTS_PER_CONNECTION {
+                            return Err(End::LoginRefused);
+                        }
+                    }
+                }
+            }
+            Request::Bye => {
+                conn.send(&ok_header(id, &json!({}), 0)).await?;
+                return Err(End::Bye);
+            }
+            _ => {
+                let e = if said_hello {
+                    WireError::new(ErrorCode::AuthRequired, "log in first")
+                } else {
+                    WireError::new(ErrorCode::BadRequest, "send hello first")
+                };
+                conn.send(&error_header(id, &e)).await?;
+            }
+        }
+    }
+}
+
+fn now() -> std::time::Instant {
+    std::time::Instant::now()
+}
+
+/// The request loop of a logged-in session.
+async fn serve(session: &mut Session, conn: &mut Conn) -> End {
+    let idle = session.shared.config.idle_timeout();
+    let shutdown = session.shared.shutdown.clone();
+    loop {
+        // Answers to pipelined requests go out together: flush only when no
+        // further request is already waiting in the buffer.
+        if conn.buffered() == 0
+            && let Err(e) = conn.flush().await
+        {
+            return End::Frame(e);
+        }
+        let next = tokio::select! {
+            r = tokio::time::timeout(idle, conn.read_header()) => r,
+            _ = shutdown.cancelled() => {
+                let _ = conn.send(&error_header(0, &WireError::new(ErrorCode::ShuttingDown, "server is shutting down"))).await;
+                return End::Shutdown;
+            }
+        };
+        let header = match next {
+            Err(_) => {
+                let _ = conn.send(&error_header(0, &WireError::new(ErrorCode::Timeout, "idle timeout"))).await;
+                return End::IdleTimeout;
+            }
+            Ok(Err(e)) => return End::Frame(e),
+            Ok(Ok(None)) => return End::Closed,
+            Ok(Ok(Some(h))) => h,
+        };
+        let (id, req) = Request::from_header(&header);
+        let result = match req {
+            Err(e) => reply_error_skip(conn, id, &e).await,
+            Ok(Request::Bye) => {
+                let _ = conn.send(&ok_header(id, &json!({}), 0)).await;
+                return End::Bye;
+            }
+            Ok(req) => cmd::dispatch(session, conn, id, req, header.body_len).await,
+        };
+        if let Err(e) = result {
+            debug!(error = %e, "session stream error");
+            return End::Frame(e);
+        }
+    }
+}
+
+/// Answers an error and skips whatever body the request carried.
+pub async fn reply_error_skip(conn: &mut Conn, id: u64, err: &WireError) -> Result<(), FrameError> {
+    conn.skip_body().await?;
+    conn.queue_header(&error_header(id, err))
+}

@@ -1,0 +1,322 @@
+//! The transfer core: partial uploads that are never visible under their
+//! final name, bound to an upload id, verified by SHA-256, fsynced and renamed
+//! into place; and hashed reads for downloads. No wire types here.
+//!
+//! Partials live in the hidden `/.ferry-partial` folder of the user's own
+//! home (same filesystem, so the final rename is atomic), as `<id>.part` with
+//! a `<id>.json` sidecar naming the target path, size and expected hash.
+
+use std::collections::HashSet;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use cap_std::fs::Dir;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::config::TransferConfig;
+use crate::vfs::{Jail, VfsError, VirtualPath};
+
+pub const PARTIAL_DIR: &str = ".ferry-partial";
+/// Blocking reads of file data happen in blocks of this size.
+pub const READ_BLOCK: usize = 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransferError {
+    #[error(transparent)]
+    Vfs(#[from] VfsError),
+    #[error("no partial upload {0} for this path and size")]
+    UploadNotFound(String),
+    #[error("partial upload holds {have} bytes, not {asked}: ask upload_status for the offset")]
+    OffsetMismatch { have: u64, asked: u64 },
+    #[error("checksum mismatch: expected {expected}, received data hashes to {actual}; nothing was committed")]
+    ChecksumMismatch { expected: String, actual: String },
+    #[error("upload {0} is in progress in another session")]
+    Busy(String),
+    #[error("invalid sha256 {0:?}: expected 64 hex digits")]
+    BadHash(String),
+}
+
+impl From<std::io::Error> for TransferError {
+    fn from(e: std::io::Error) -> Self {
+        TransferError::Vfs(e.into())
+    }
+}
+
+/// What a partial upload is bound to.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PartialMeta {
+    pub path: String,
+    pub size: u64,
+    pub sha256: Option<String>,
+}
+
+/// Upload ids currently being written, so two sessions never append to one partial.
+#[derive(Debug, Default)]
+pub struct ActiveUploads(Mutex<HashSet<(String, String)>>);
+
+impl ActiveUploads {
+    pub fn claim(self: &Arc<Self>, user: &str, id: &str) -> Result<ActiveGuard, TransferError> {
+        let mut set = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (user.to_string(), id.to_string());
+        if !set.insert(key.clone()) {
+            return Err(TransferError::Busy(id.to_string()));
+        }
+        Ok(ActiveGuard { set: Arc::clone(self), key })
+    }
+}
+
+pub struct ActiveGuard {
+    set: Arc<ActiveUploads>,
+    key: (String, String),
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.set.0.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.key);
+    }
+}
+
+pub fn validate_sha256(hex: &str) -> Result<String, TransferError> {
+    if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(hex.to_ascii_lowercase())
+    } else {
+        Err(TransferError::BadHash(hex.chars().take(80).collect()))
+    }
+}
+
+fn new_upload_id() -> String {
+    let mut b = [0u8; 16];
+    // Without randomness, fall back to the clock: ids only need to be unique per home.
+    if getrandom::fill(&mut b).is_err() {
+        let t = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_nanos();
+        b.copy_from_slice(&t.to_le_bytes());
+    }
+    hex::encode(b)
+}
+
+fn is_upload_id(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+fn partial_dir(jail: &Jail) -> Result<Dir, TransferError> {
+    Ok(jail.internal_dir(PARTIAL_DIR)?)
+}
+
+fn read_meta(dir: &Dir, id: &str) -> Option<PartialMeta> {
+    let text = dir.read_to_string(format!("{id}.json")).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// An upload being written to its partial file.
+pub struct PartialUpload {
+    pub id: String,
+    pub meta: PartialMeta,
+    dir: Dir,
+    pub file: std::fs::File,
+    /// Bytes in the partial file when the upload (re)started.
+    pub offset: u64,
+}
+
+/// Where a partial upload stands: its id, length and the hash of its bytes.
+#[derive(Debug, Clone)]
+pub struct PartialStatus {
+    pub upload_id: String,
+    pub offset: u64,
+    pub prefix_sha256: String,
+}
+
+/// Opens the partial for an upload of `size` bytes to `target`: a new one when
+/// `offset` is 0, else the existing partial `upload_id`, which must be bound
+/// to the same path, size and hash and hold exactly `offset` bytes.
+pub fn open_upload(
+    jail: &Jail,
+    target: &VirtualPath,
+    size: u64,
+    offset: u64,
+    upload_id: Option<&str>,
+    sha256: Option<String>,
+) -> Result<(PartialUpload, u64), TransferError> {
+    let dir = partial_dir(jail)?;
+    let path = target.to_string();
+    let mut released = 0;
+    if offset == 0 {
+        // A fresh start discards the old partial of this id, if any.
+        if let Some(id) = upload_id.filter(|id| is_upload_id(id)) {
+            released += remove_partial(&dir, id);
+        }
+        let id = new_upload_id();
+        let meta = PartialMeta { path, size, sha256 };
+        let file = create_partial(&dir, &id, &meta)?;
+        return Ok((PartialUpload { id, meta, dir, file, offset: 0 }, released));
+    }
+    let id = upload_id.filter(|id| is_upload_id(id)).ok_or_else(|| TransferError::UploadNotFound("(none)".into()))?;
+    let meta = read_meta(&dir, id).ok_or_else(|| TransferError::UploadNotFound(id.to_string()))?;
+    let hash_conflict = matches!((&meta.sha256, &sha256), (Some(a), Some(b)) if a != b);
+    if meta.path != path || meta.size != size || hash_conflict {
+        return Err(TransferError::UploadNotFound(id.to_string()));
+    }
+    let file = dir.open_with(format!("{id}.part"), cap_std::fs::OpenOptions::new().read(true).write(true))?;
+    let mut file = file.into_std();
+    let have = file.metadata()?.len();
+    if have != offset || offset > size {
+        return Err(TransferError::OffsetMismatch { have, asked: offset });
+    }
+    file.seek(SeekFrom::Start(offset))?;
+    let meta = PartialMeta { sha256: meta.sha256.or(sha256), ..meta };
+    write_meta(&dir, id, &meta)?;
+    Ok((PartialUpload { id: id.to_string(), meta, dir, file, offset }, released))
+}
+
+fn create_partial(dir: &Dir, id: &str, meta: &PartialMeta) -> Result<std::fs::File, TransferError> {
+    write_meta(dir, id, meta)?;
+    let file = dir.open_with(
+        format!("{id}.part"),
+        cap_std::fs::OpenOptions::new().read(true).write(true).create_new(true),
+    )?;
+    Ok(file.into_std())
+}
+
+fn write_meta(dir: &Dir, id: &str, meta: &PartialMeta) -> Result<(), TransferError> {
+    let json = serde_json::to_vec(meta).map_err(std::io::Error::other)?;
+    dir.write(format!("{id}.json"), json)?;
+    Ok(())
+}
+
+/// Removes the partial upload `id`, if any; returns the bytes freed.
+pub fn discard(jail: &Jail, id: &str) -> u64 {
+    match partial_dir(jail) {
+        Ok(dir) if is_upload_id(id) => remove_partial(&dir, id),
+        _ => 0,
+    }
+}
+
+/// Removes a partial and its sidecar; returns the bytes freed.
+fn remove_partial(dir: &Dir, id: &str) -> u64 {
+    let part = format!("{id}.part");
+    let size = dir.metadata(&part).map(|m| m.len()).unwrap_or(0);
+    let freed = if dir.remove_file(&part).is_ok() { size } else { 0 };
+    let _ = dir.remove_file(format!("{id}.json"));
+    freed
+}
+
+impl PartialUpload {
+    /// Hashes the bytes already in the partial (for a resumed upload).
+    pub fn hash_prefix(&mut self, hasher: &mut Sha256) -> Result<(), TransferError> {
+        hash_range(&mut self.file, self.offset, hasher)?;
+        self.file.seek(SeekFrom::Start(self.offset))?;
+        Ok(())
+    }
+
+    /// Verifies, syncs and renames the partial into place. Returns the size of
+    /// a file it replaced (when `overwrite`), for quota accounting.
+    pub fn commit(
+        mut self,
+        jail: &Jail,
+        target: &VirtualPath,
+        actual_sha256: &str,
+        expected_sha256: &str,
+        overwrite: bool,
+        fsync: bool,
+    ) -> Result<Option<u64>, TransferError> {
+        if !actual_sha256.eq_ignore_ascii_case(expected_sha256) {
+            return Err(TransferError::ChecksumMismatch {
+                expected: expected_sha256.to_string(),
+                actual: actual_sha256.to_string(),
+            });
+        }
+        self.file.flush()?;
+        if fsync {
+            self.file.sync_all()?;
+        }
+        let replaced = jail.rename_from_internal(&self.dir, &format!("{}.part", self.id), target, overwrite)?;
+        let _ = self.dir.remove_file(format!("{}.json", self.id));
+        Ok(replaced)
+    }
+
+    /// Drops the partial entirely (checksum mismatch, quota). Returns bytes freed.
+    pub fn discard(self) -> u64 {
+        remove_partial(&self.dir, &self.id)
+    }
+}
+
+/// Reads `len` bytes from the start of `file` into the hasher.
+pub fn hash_range(file: &mut std::fs::File, len: u64, hasher: &mut Sha256) -> Result<u64, std::io::Error> {
+    file.seek(SeekFrom::Start(0))?;
+    let mut buf = vec![0u8; READ_BLOCK];
+    let mut left = len;
+    while left > 0 {
+        let want = left.min(READ_BLOCK as u64) as usize;
+        let n = file.read(&mut buf[..want])?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        left -= n as u64;
+    }
+    Ok(len - left)
+}
+
+/// Where a partial upload to `target` of `size` bytes stands, if one exists
+/// (by id, or else the most recent one bound to the same path and size).
+pub fn upload_status(
+    jail: &Jail,
+    target: &VirtualPath,
+    size: u64,
+    upload_id: Option<&str>,
+) -> Result<Option<PartialStatus>, TransferError> {
+    let dir = partial_dir(jail)?;
+    let path = target.to_string();
+    let mut candidates = Vec::new();
+    match upload_id.filter(|id| is_upload_id(id)) {
+        Some(id) => candidates.push(id.to_string()),
+        None => {
+            for entry in dir.entries()? {
+                let name = entry?.file_name();
+                if let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".json")) {
+                    candidates.push(id.to_string());
+                }
+            }
+        }
+    }
+    let mut best: Option<(SystemTime, String)> = None;
+    for id in candidates {
+        let Some(meta) = read_meta(&dir, &id) else { continue };
+        if meta.path != path || meta.size != size {
+            continue;
+        }
+        let Ok(m) = dir.metadata(format!("{id}.part")) else { continue };
+        let mtime = m.modified().map(|t| t.into_std()).unwrap_or(SystemTime::UNIX_EPOCH);
+        if best.as_ref().is_none_or(|(t, _)| mtime > *t) {
+            best = Some((mtime, id));
+        }
+    }
+    let Some((_, id)) = best else { return Ok(None) };
+    let mut file = dir.open(format!("{id}.part"))?.into_std();
+    let len = file.metadata()?.len();
+    let mut hasher = Sha256::new();
+    hash_range(&mut file, len, &mut hasher)?;
+    Ok(Some(PartialStatus { upload_id: id, offset: len, prefix_sha256: hex::encode(hasher.finalize()) }))
+}
+
+/// Removes partial uploads untouched for longer than the configured expiry.
+/// Returns the bytes freed, for the quota.
+pub fn expire_partials(jail: &Jail, config: &TransferConfig) -> u64 {
+    let Ok(dir) = partial_dir(jail) else { return 0 };
+    let Ok(entries) = dir.entries() else { return 0 };
+    let expiry = Duration::from_secs(config.partial_expiry_secs);
+    let now = SystemTime::now();
+    let mut freed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".part")) else { continue };
+        let Ok(meta) = entry.metadata() else { continue };
+        let mtime = meta.modified().map(|t| t.into_std()).unwrap_or(now);
+        if now.duration_since(mtime).unwrap_or_default() > expiry {
+            freed += remove_partial(&dir, id);
+        }
+    }
+    freed
+}
