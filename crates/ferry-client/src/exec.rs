@@ -104,7 +104,7 @@ impl Session {
             }
         };
         let reader = async {
-            let result = async {
+            let result: Result<ExecOutcome, ClientError> = async {
                 loop {
                     let head = read_answer(rd, id).await?;
                     let frame: Frame = head.decode()?;

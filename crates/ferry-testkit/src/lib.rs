@@ -1,1 +1,247 @@
-//! placeholder
+//! Test-only helpers shared by every test suite: a real ferry server on
+//! 127.0.0.1:0 with a temporary data folder and users, in-process
+//! ([`TestServer`]) or as the real binary ([`ServerProcess`]). Readiness is
+//! signalled (the bound address), never guessed with sleeps.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use ferry_client::{Client, ConnectOptions, HostKeyPolicy, KnownHosts, Remote, Session};
+use ferry_server::users::Admin;
+use ferry_server::{Running, ServerConfig};
+use tempfile::TempDir;
+
+/// PBKDF2 iterations in tests: the RFC 7677 minimum keeps logins fast.
+pub const TEST_ITERATIONS: u32 = 4096;
+
+/// A server running inside the test process.
+pub struct TestServer {
+    pub dir: TempDir,
+    pub config: ServerConfig,
+    pub addr: SocketAddr,
+    pub fingerprint: Option<String>,
+    running: Option<Running>,
+}
+
+impl TestServer {
+    pub async fn start() -> Result<Self> {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_plaintext() -> Result<Self> {
+        Self::start_with(|c| c.insecure_plaintext = true).await
+    }
+
+    /// Starts with a configuration adjusted by `tweak`.
+    pub async fn start_with(tweak: impl FnOnce(&mut ServerConfig)) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let mut config = ServerConfig {
+            data_dir: dir.path().join("data"),
+            listen: vec!["127.0.0.1:0".parse()?],
+            ..ServerConfig::default()
+        };
+        config.auth.scram_iterations = TEST_ITERATIONS;
+        config.transfer.fsync = false;
+        tweak(&mut config);
+        let (running, _) = ferry_server::start(config.clone()).await?;
+        let addr = running.tcp_addrs[0];
+        let fingerprint = running.fingerprint.clone();
+        Ok(TestServer { dir, config, addr, fingerprint, running: Some(running) })
+    }
+
+    pub fn admin(&self) -> Result<Admin> {
+        Admin::open(self.config.clone())
+    }
+
+    pub fn add_user(&self, name: &str, password: &str, quota: Option<u64>, allow_exec: bool) -> Result<()> {
+        self.admin()?.add(name, password, quota, allow_exec, None)?;
+        Ok(())
+    }
+
+    /// The host folder of a user's home.
+    pub fn home(&self, name: &str) -> PathBuf {
+        self.config.homes_dir().join(name)
+    }
+
+    pub fn remote(&self, user: &str) -> Remote {
+        Remote { user: user.into(), host: self.addr.ip().to_string(), port: self.addr.port(), path: None }
+    }
+
+    pub fn connect_options(&self) -> ConnectOptions {
+        ConnectOptions {
+            insecure_plaintext: self.config.insecure_plaintext,
+            policy: match &self.fingerprint {
+                Some(fp) => HostKeyPolicy::Expect(fp.clone()),
+                None => HostKeyPolicy::Strict,
+            },
+            known_hosts: KnownHosts::new(self.dir.path().join("known_hosts")),
+            ..ConnectOptions::default()
+        }
+    }
+
+    pub async fn connect(&self, user: &str) -> Result<Client> {
+        Ok(Client::connect(&self.remote(user), &self.connect_options()).await?)
+    }
+
+    pub async fn login(&self, user: &str, password: &str) -> Result<Session> {
+        Ok(self.connect(user).await?.login(password).await?)
+    }
+
+    /// Starts a graceful shutdown and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown();
+            r.wait().await;
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(r) = &self.running {
+            r.shutdown();
+        }
+    }
+}
+
+/// The real `ferry serve` binary, for tests that must see what a user sees.
+pub struct ServerProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub fingerprint: Option<String>,
+    /// Everything the server printed on stdout before it was ready.
+    pub banner: Vec<String>,
+}
+
+impl ServerProcess {
+    /// Runs `ferry serve --data DATA --listen 127.0.0.1:0 EXTRA...` and waits
+    /// (bounded) for its "listening" line. Logs go to `DATA/../server.log`.
+    pub fn spawn(ferry: &Path, data: &Path, extra: &[&str]) -> Result<Self> {
+        let log_path = data.with_extension("log");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+        let mut child = Command::new(ferry)
+            .args(["serve", "--data"])
+            .arg(data)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .context("starting ferry serve")?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut banner = Vec::new();
+        let mut addr = None;
+        let mut fingerprint = None;
+        while Instant::now() < deadline {
+            let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) else {
+                if let Some(status) = child.try_wait()? {
+                    bail!("ferry serve exited early with {status}; log: {}", std::fs::read_to_string(&log_path).unwrap_or_default());
+                }
+                continue;
+            };
+            if let Some(a) = line.strip_prefix("ferry listening on ") {
+                addr = Some(a.trim().parse()?);
+            }
+            if let Some(f) = line.strip_prefix("certificate fingerprint: ") {
+                fingerprint = Some(f.trim().to_string());
+            }
+            let done = line.starts_with("no users yet") || line.starts_with("certificate fingerprint") || line.starts_with("WARNING");
+            banner.push(line);
+            if addr.is_some() && done {
+                break;
+            }
+        }
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || while rx.recv().is_ok() {});
+        let addr = addr.context("ferry serve did not report its address in time")?;
+        Ok(ServerProcess { child, addr, fingerprint, banner })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Sends a signal (SIGTERM = graceful, SIGKILL = crash).
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status();
+    }
+
+    /// Waits (bounded) for the process to exit.
+    pub fn wait_exit(&mut self, within: Duration) -> Result<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(s) = self.child.try_wait()? {
+                return Ok(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!("server did not exit within {within:?}")
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `ferry user add NAME --data DATA --password-stdin [extra]` through the binary.
+pub fn add_user_cli(ferry: &Path, data: &Path, name: &str, password: &str, extra: &[&str]) -> Result<()> {
+    let mut child = Command::new(ferry)
+        .args(["user", "add", name, "--password-stdin", "--data"])
+        .arg(data)
+        .args(extra)
+        .env("FERRY_SCRAM_ITERATIONS", TEST_ITERATIONS.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    child.stdin.take().context("stdin")?.write_all(format!("{password}\n").as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!("user add failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+/// Writes `len` bytes of deterministic pseudo-random data (xorshift) to `path`.
+pub fn write_random_file(path: &Path, len: u64, seed: u64) -> Result<()> {
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut x = seed | 1;
+    let mut left = len;
+    let mut buf = [0u8; 8192];
+    while left > 0 {
+        for chunk in buf.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+        }
+        let n = left.min(buf.len() as u64) as usize;
+        f.write_all(&buf[..n])?;
+        left -= n as u64;
+    }
+    f.flush()?;
+    Ok(())
+}
+
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let (_, full, _) = ferry_client::hash_local(path, 0, &ferry_client::NoProgress)?;
+    Ok(full)
+}
