@@ -1,1 +1,5 @@
 //! Users, verifiers and login: the user store, SCRAM server side, throttling.
+
+pub mod throttle;
+
+pub use throttle::{Decision, Throttle, ThrottleConfig};
