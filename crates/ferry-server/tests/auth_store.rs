@@ -1,0 +1,238 @@
+//! The SQLite user store: round trip, two handles on one file, file mode,
+//! schema version, and no password on disk.
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use ferry_proto::scram::{MIN_ITERATIONS, Verifier};
+use ferry_server::auth::admin::new_user;
+use ferry_server::auth::{
+    MemoryUserStore, SqliteUserStore, StoreError, UserRecord, UserStore, UsernameError,
+};
+
+const PASSWORD: &str = "correct horse battery staple";
+
+fn verifier(password: &str) -> Verifier {
+    Verifier::new(password, b"0123456789abcdef", MIN_ITERATIONS).unwrap()
+}
+
+fn record(name: &str) -> UserRecord {
+    UserRecord {
+        name: name.to_owned(),
+        verifier: verifier(PASSWORD),
+        quota_bytes: Some(10 << 30),
+        allow_exec: true,
+        home: Some(PathBuf::from("/srv/ferry/homes/alice")),
+        created: 1_700_000_000,
+    }
+}
+
+/// The same checks for any store.
+fn round_trip(store: &dyn UserStore) {
+    assert!(store.get("alice").unwrap().is_none());
+    store.add(record("alice")).unwrap();
+    store.add(new_user("bob", verifier("other"))).unwrap();
+    assert_eq!(store.get("alice").unwrap(), Some(record("alice")));
+
+    let names: Vec<_> = store.list().unwrap().into_iter().map(|u| u.name).collect();
+    assert_eq!(names, ["alice", "bob"]);
+
+    assert!(matches!(
+        store.add(record("alice")),
+        Err(StoreError::AlreadyExists(n)) if n == "alice"
+    ));
+    assert!(matches!(
+        store.add(record("Bad Name")),
+        Err(StoreError::InvalidName(UsernameError::BadChar))
+    ));
+
+    store.set_verifier("alice", verifier("new")).unwrap();
+    store.set_quota("alice", None).unwrap();
+    store.set_allow_exec("alice", false).unwrap();
+    let alice = store.get("alice").unwrap().unwrap();
+    assert_eq!(alice.verifier, verifier("new"));
+    assert_eq!(alice.quota_bytes, None);
+    assert!(!alice.allow_exec);
+    assert_eq!(alice.created, 1_700_000_000);
+
+    let bob = store.get("bob").unwrap().unwrap();
+    assert_eq!(bob.quota_bytes, None);
+    assert_eq!(bob.home, None);
+    assert!(!bob.allow_exec);
+
+    for result in [
+        store.set_verifier("carol", verifier("x")),
+        store.set_quota("carol", Some(1)),
+        store.set_allow_exec("carol", true),
+        store.delete("carol"),
+    ] {
+        assert!(matches!(result, Err(StoreError::NotFound(n)) if n == "carol"));
+    }
+
+    store.delete("alice").unwrap();
+    assert!(store.get("alice").unwrap().is_none());
+    assert_eq!(store.list().unwrap().len(), 1);
+}
+
+#[test]
+fn memory_store_round_trip() {
+    round_trip(&MemoryUserStore::new());
+}
+
+#[test]
+fn sqlite_store_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteUserStore::open(&dir.path().join("users.db")).unwrap();
+    round_trip(&store);
+}
+
+#[test]
+fn sqlite_store_is_object_safe_and_shared() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn UserStore> =
+        Arc::new(SqliteUserStore::open(&dir.path().join("users.db")).unwrap());
+    let threads: Vec<_> = (0..4)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            std::thread::spawn(move || store.add(new_user(&format!("u{i}"), verifier("p"))))
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap().unwrap();
+    }
+    assert_eq!(store.list().unwrap().len(), 4);
+}
+
+#[test]
+fn sqlite_quota_above_i64_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteUserStore::open(&dir.path().join("users.db")).unwrap();
+    let mut rec = record("alice");
+    rec.quota_bytes = Some(u64::MAX);
+    assert!(matches!(
+        store.add(rec),
+        Err(StoreError::InvalidValue { .. })
+    ));
+    store.add(record("alice")).unwrap();
+    assert!(matches!(
+        store.set_quota("alice", Some(u64::MAX)),
+        Err(StoreError::InvalidValue { .. })
+    ));
+    store.set_quota("alice", Some(i64::MAX as u64)).unwrap();
+}
+
+/// The server keeps its handle open while an admin command opens another on
+/// the same file; each sees the other's writes.
+#[test]
+fn two_handles_on_one_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("users.db");
+    let server = SqliteUserStore::open(&path).unwrap();
+    let admin = SqliteUserStore::open(&path).unwrap();
+
+    admin.add(record("alice")).unwrap();
+    assert_eq!(server.get("alice").unwrap(), Some(record("alice")));
+
+    server.set_quota("alice", Some(5)).unwrap();
+    assert_eq!(admin.get("alice").unwrap().unwrap().quota_bytes, Some(5));
+
+    assert!(matches!(
+        server.add(record("alice")),
+        Err(StoreError::AlreadyExists(_))
+    ));
+
+    // Writers from both handles at once wait for each other (busy timeout)
+    // instead of failing with SQLITE_BUSY.
+    let server = Arc::new(server);
+    let admin = Arc::new(admin);
+    let mut threads = Vec::new();
+    for (h, store) in [Arc::clone(&server), Arc::clone(&admin)]
+        .into_iter()
+        .enumerate()
+    {
+        threads.push(std::thread::spawn(move || {
+            for i in 0..25 {
+                store.add(new_user(&format!("h{h}-{i}"), verifier("p")))?;
+                store.set_allow_exec("alice", i % 2 == 0)?;
+            }
+            Ok::<_, StoreError>(())
+        }));
+    }
+    for t in threads {
+        t.join().unwrap().unwrap();
+    }
+    assert_eq!(server.list().unwrap().len(), 51);
+
+    admin.delete("alice").unwrap();
+    assert!(server.get("alice").unwrap().is_none());
+
+    // A third open after the fact (a new admin command) sees it all too.
+    drop((server, admin));
+    assert_eq!(
+        SqliteUserStore::open(&path).unwrap().list().unwrap().len(),
+        50
+    );
+}
+
+#[test]
+fn db_file_is_private_and_holds_no_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("users.db");
+    let store = SqliteUserStore::open(&path).unwrap();
+    store.add(record("alice")).unwrap();
+
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+
+    let mut bytes = std::fs::read(&path).unwrap();
+    if let Ok(wal) = std::fs::read(dir.path().join("users.db-wal")) {
+        bytes.extend(wal);
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(!text.contains(PASSWORD));
+    assert!(text.contains("SCRAM-SHA-256$4096:"));
+}
+
+#[test]
+fn schema_version_is_set_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("users.db");
+    drop(SqliteUserStore::open(&path).unwrap());
+
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 1);
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+
+    conn.pragma_update(None, "user_version", 99).unwrap();
+    drop(conn);
+    assert!(matches!(
+        SqliteUserStore::open(&path),
+        Err(StoreError::UnsupportedSchema {
+            found: 99,
+            supported: 1
+        })
+    ));
+}
+
+#[test]
+fn corrupt_rows_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("users.db");
+    let store = SqliteUserStore::open(&path).unwrap();
+    store.add(record("alice")).unwrap();
+
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute("UPDATE users SET verifier = 'plaintext?'", [])
+        .unwrap();
+    let err = store.get("alice").unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { ref name, .. } if name == "alice"));
+    // The message names the user and the problem, not the stored value.
+    assert!(!err.to_string().contains("plaintext?"), "{err}");
+}
