@@ -31,6 +31,8 @@ pub struct ConnectOptions {
     /// Used with [`HostKeyPolicy::Ask`].
     pub ask: Option<AskFn>,
     pub connect_timeout: Duration,
+    /// Local address to connect from (tests and load harnesses use 127.0.0.x).
+    pub bind: Option<std::net::IpAddr>,
 }
 
 impl Default for ConnectOptions {
@@ -41,6 +43,7 @@ impl Default for ConnectOptions {
             known_hosts: KnownHosts::new(KnownHosts::default_path()),
             ask: None,
             connect_timeout: Duration::from_secs(15),
+            bind: None,
         }
     }
 }
@@ -56,7 +59,7 @@ pub struct Client {
 impl Client {
     pub async fn connect(remote: &Remote, opts: &ConnectOptions) -> Result<Client, ClientError> {
         let addr = remote.host_port();
-        let tcp = tokio::time::timeout(opts.connect_timeout, TcpStream::connect((remote.host.as_str(), remote.port)))
+        let tcp = tokio::time::timeout(opts.connect_timeout, tcp_connect(remote, opts.bind))
             .await
             .map_err(|_| ClientError::Connect { addr: addr.clone(), source: std::io::ErrorKind::TimedOut.into() })?
             .map_err(|source| ClientError::Connect { addr: addr.clone(), source })?;
@@ -105,6 +108,22 @@ impl Client {
             .map_err(|_| ClientError::protocol("the server failed to prove its identity (SCRAM server signature)"))?;
         Ok(Session::new(self.conn, self.remote, self.fingerprint))
     }
+}
+
+async fn tcp_connect(remote: &Remote, bind: Option<std::net::IpAddr>) -> std::io::Result<TcpStream> {
+    let Some(local) = bind else {
+        return TcpStream::connect((remote.host.as_str(), remote.port)).await;
+    };
+    let mut last = std::io::Error::from(std::io::ErrorKind::AddrNotAvailable);
+    for addr in tokio::net::lookup_host((remote.host.as_str(), remote.port)).await? {
+        let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+        socket.bind(std::net::SocketAddr::new(local, 0))?;
+        match socket.connect(addr).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }
 
 /// Sends one request and reads its single answer.

@@ -271,6 +271,20 @@ impl Encoder<Bytes> for FrameCodec {
     }
 }
 
+/// Fuzzing entry point: decodes arbitrary bytes to the end, with a small
+/// header cap so the fuzzer also reaches the length check.
+pub fn fuzz_decode(data: &[u8]) {
+    let mut codec = FrameCodec::new(4096).with_body_chunk(64);
+    let mut buf = BytesMut::from(data);
+    // Each item consumes at least one byte or ends the loop, so this is bounded.
+    for _ in 0..=data.len() {
+        match codec.decode_eof(&mut buf) {
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => return,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,13 +4,14 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use ferry_proto::msg::{MECHANISM, PROTOCOL_VERSION, error_header, ok_header};
 use ferry_proto::{Connection, ErrorCode, FrameCodec, FrameError, Request, WireError};
 use serde_json::json;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::auth::{Decision, UserRecord};
+use crate::auth::{AuthError, UserRecord};
 use crate::cmd;
 use crate::listener::Admission;
 use crate::quota::UserQuota;
@@ -161,51 +162,52 @@ async fn login_exchange(shared: &Arc<Shared>, conn: &mut Conn, ip: Option<IpAddr
                     conn.send(&error_header(id, &e)).await?;
                     continue;
                 }
-                let auth = shared.authenticator.clone();
-                let begun = tokio::task::spawn_blocking(move || auth.begin(&data)).await;
+                let auth = Arc::clone(&shared.authenticator);
+                let begun = tokio::task::spawn_blocking(move || auth.begin(&data, throttle_ip, Instant::now())).await;
                 match begun {
-                    Ok(Ok((server_first, attempt))) => {
-                        match shared.authenticator.throttle().check(attempt.username(), throttle_ip, now()) {
-                            Decision::Banned { .. } => {
-                                warn!(user = attempt.username(), ip = %throttle_ip, "login refused: address banned");
-                                let e = WireError::new(ErrorCode::Throttled, "too many failed logins; try again later");
-                                conn.send(&error_header(id, &e)).await?;
-                                return Err(End::LoginRefused);
-                            }
-                            Decision::Delay(d) => tokio::time::sleep(d).await,
-                            Decision::Allow => {}
-                        }
+                    Ok(Ok(attempt)) => {
+                        conn.send(&ok_header(id, &json!({ "data": attempt.server_first() }), 0)).await?;
                         pending = Some(attempt);
-                        conn.send(&ok_header(id, &json!({ "data": server_first }), 0)).await?;
+                    }
+                    Ok(Err(AuthError::Banned { .. })) => {
+                        warn!(ip = %throttle_ip, "login refused: address temporarily banned");
+                        let e = WireError::new(ErrorCode::Throttled, "too many failed logins; try again later");
+                        conn.send(&error_header(id, &e)).await?;
+                        return Err(End::LoginRefused);
+                    }
+                    Ok(Err(AuthError::Protocol(e))) => {
+                        let e = WireError::new(ErrorCode::BadRequest, format!("login: {e}"));
+                        conn.send(&error_header(id, &e)).await?;
                     }
                     Ok(Err(e)) => {
-                        let e = WireError::new(ErrorCode::BadRequest, e.to_string());
+                        warn!(error = %e, "login could not be checked");
+                        let e = WireError::new(ErrorCode::Internal, "login is unavailable right now");
                         conn.send(&error_header(id, &e)).await?;
+                        return Err(End::LoginRefused);
                     }
                     Err(_) => return Err(End::LoginRefused),
                 }
             }
             Request::AuthFinish { data } if pending.is_some() => {
                 let Some(attempt) = pending.take() else { continue };
-                let username = attempt.username().to_string();
-                match attempt.finish(&data) {
+                let username = format!("{:?}", attempt.username());
+                // The throttle's delay applies whether or not the proof is right,
+                // so timing tells nothing.
+                tokio::time::sleep(attempt.delay()).await;
+                match attempt.finish(&data, Instant::now()) {
                     Ok((server_final, user)) => {
-                        shared.authenticator.throttle().record_success(&user.name, throttle_ip, now());
                         info!(user = %user.name, "login succeeded");
                         let body = json!({ "data": server_final, "user": user.name, "cwd": "/" });
                         conn.send(&ok_header(id, &body, 0)).await?;
                         return Ok(user);
                     }
-                    Err(_) => {
+                    Err(err) => {
                         failures += 1;
-                        shared.authenticator.throttle().record_failure(&username, throttle_ip, now());
-                        warn!(user = %username, ip = %throttle_ip, "login failed");
-                        let delay = match shared.authenticator.throttle().check(&username, throttle_ip, now()) {
-                            Decision::Delay(d) => d,
-                            _ => std::time::Duration::ZERO,
+                        warn!(user = %username, ip = %throttle_ip, reason = %err, "login failed");
+                        let e = match err {
+                            AuthError::Protocol(p) => WireError::new(ErrorCode::BadRequest, format!("login: {p}")),
+                            _ => WireError::new(ErrorCode::AuthFailed, "authentication failed"),
                         };
-                        tokio::time::sleep(delay).await;
-                        let e = WireError::new(ErrorCode::AuthFailed, "authentication failed");
                         conn.send(&error_header(id, &e)).await?;
                         if failures >= LOGIN_ATTEMPTS_PER_CONNECTION {
                             return Err(End::LoginRefused);
@@ -227,10 +229,6 @@ async fn login_exchange(shared: &Arc<Shared>, conn: &mut Conn, ip: Option<IpAddr
             }
         }
     }
-}
-
-fn now() -> std::time::Instant {
-    std::time::Instant::now()
 }
 
 /// The request loop of a logged-in session.

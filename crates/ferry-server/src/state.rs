@@ -22,7 +22,7 @@ use crate::transfer::ActiveUploads;
 pub struct Shared {
     pub config: ServerConfig,
     pub store: Arc<dyn UserStore>,
-    pub authenticator: Authenticator,
+    pub authenticator: Arc<Authenticator>,
     pub quotas: QuotaRegistry,
     /// The TLS acceptor and the certificate's fingerprint; `None` when plaintext.
     pub tls: Option<(TlsAcceptor, String)>,
@@ -59,14 +59,14 @@ impl Shared {
         let secret = load_or_create_secret(&config.data_dir.join("server.secret"))?;
         let throttle = Throttle::new(ThrottleConfig {
             free_failures: config.auth.free_failures,
-            base_delay: Duration::from_millis(100),
             max_delay: Duration::from_millis(config.auth.max_delay_ms),
             ban_after: config.auth.ban_after,
             ban_for: Duration::from_secs(config.auth.ban_secs),
             forget_after: Duration::from_secs(config.auth.ban_secs.max(600)),
+            ..ThrottleConfig::default()
         });
         let authenticator =
-            Authenticator::new(Arc::clone(&store), throttle, secret, config.auth.scram_iterations);
+            Arc::new(Authenticator::new(Arc::clone(&store), throttle, secret, config.auth.scram_iterations));
         let (tls, generated_certificate) = if config.insecure_plaintext {
             (None, false)
         } else {

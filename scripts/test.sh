@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The test command (README): every Rust test through cargo-nextest, then the
+# standard-library Python client against the real server binary.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo nextest run --workspace --no-fail-fast "$@"
+cargo build --quiet -p ferry-cli
+target="${CARGO_TARGET_DIR:-target}"
+python3 clients/python/test_ferry_client.py --ferry "$target/debug/ferry"
