@@ -313,6 +313,11 @@ pub mod reliable {
             Offer::New
         }
 
+        /// Whether [`Inbox::pop_ready`] would return an item.
+        pub fn has_ready(&self) -> bool {
+            self.buffered.contains_key(&self.expected)
+        }
+
         /// The next item in sequence order, once it has arrived.
         pub fn pop_ready(&mut self) -> Option<T> {
             let item = self.buffered.remove(&self.expected)?;
