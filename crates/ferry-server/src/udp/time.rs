@@ -119,7 +119,9 @@ pub async fn serve(
     let mut limiter = RateLimiter::new(cfg.rate_per_sec, cfg.burst, cfg.max_sources);
     // One byte more than allowed tells an oversized request from a full one
     // (the kernel truncates the rest).
-    let mut buf = vec![0u8; cfg.max_request + 1];
+    // (65507 is the largest UDP payload over IPv4.)
+    let max_request = cfg.max_request.min(65_507);
+    let mut buf = vec![0u8; max_request + 1];
     tracing::info!(addr = ?socket.local_addr().ok(), "time service listening");
     loop {
         let (n, from) = tokio::select! {
@@ -138,7 +140,7 @@ pub async fn serve(
             tracing::debug!(%from, "time: rate limited, no reply");
             continue;
         }
-        let reply = answer(&buf[..n], &now(cfg.utc), cfg.max_request);
+        let reply = answer(&buf[..n], &now(cfg.utc), max_request);
         if let Err(e) = socket.send_to(&reply, from).await {
             tracing::debug!(%from, error = %e, "time: send failed");
         }
