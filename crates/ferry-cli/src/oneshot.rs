@@ -42,9 +42,7 @@ pub fn format_mode(kind: &str, mode: u32) -> String {
 }
 
 pub fn format_time(mtime: i64) -> String {
-    jiff::Timestamp::from_second(mtime)
-        .map(|t| t.strftime("%Y-%m-%d %H:%M").to_string())
-        .unwrap_or_else(|_| "-".into())
+    jiff::Timestamp::from_second(mtime).map(|t| t.strftime("%Y-%m-%d %H:%M").to_string()).unwrap_or_else(|_| "-".into())
 }
 
 pub fn long_line(e: &Entry) -> String {

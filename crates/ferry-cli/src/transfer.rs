@@ -169,12 +169,7 @@ struct GetPlan {
     files: Vec<(String, PathBuf, u64)>,
 }
 
-async fn plan_get(
-    session: &mut Session,
-    sources: &[String],
-    target: &Path,
-    recursive: bool,
-) -> Result<GetPlan> {
+async fn plan_get(session: &mut Session, sources: &[String], target: &Path, recursive: bool) -> Result<GetPlan> {
     let target_is_dir = target.is_dir();
     if sources.len() > 1 && !target_is_dir {
         bail!("{} is not a directory (needed for several sources)", target.display());

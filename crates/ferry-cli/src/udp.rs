@@ -1,21 +1,65 @@
 //! `ferry time`, `time-server`, `chat`, `chat-server`.
 
-use anyhow::{Result, bail};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use ferry_client::udp::{CHAT_DEFAULT_PORT, TIME_DEFAULT_PORT, chat, query_time, resolve_addr};
+use ferry_server::udp::{ChatConfig, TimeConfig};
+use tokio::net::UdpSocket;
+use tokio_util::sync::CancellationToken;
 
 use crate::args::{ChatArgs, TimeArgs, UdpServerArgs};
 
-pub async fn time(_a: TimeArgs) -> Result<u8> {
-    bail!("not yet available")
+pub async fn time(a: TimeArgs) -> Result<u8> {
+    let addr =
+        resolve_addr(&a.server, TIME_DEFAULT_PORT).await.with_context(|| format!("cannot resolve {}", a.server))?;
+    let answer =
+        query_time(addr, a.format.as_deref().unwrap_or(""), Duration::from_millis(a.timeout_ms), a.retries).await?;
+    println!("{answer}");
+    Ok(0)
 }
 
-pub async fn time_server(_a: UdpServerArgs) -> Result<u8> {
-    bail!("not yet available")
+/// Cancels the token on SIGINT or SIGTERM.
+fn stop_on_signal() -> Result<CancellationToken> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let token = CancellationToken::new();
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let t = token.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        t.cancel();
+    });
+    Ok(token)
 }
 
-pub async fn chat(_a: ChatArgs) -> Result<u8> {
-    bail!("not yet available")
+async fn bind(listen: Option<std::net::SocketAddr>, default: std::net::SocketAddr, what: &str) -> Result<UdpSocket> {
+    let addr = listen.unwrap_or(default);
+    let socket = UdpSocket::bind(addr).await.with_context(|| format!("{what} cannot bind {addr}"))?;
+    println!("{what} listening on {}", socket.local_addr()?);
+    Ok(socket)
 }
 
-pub async fn chat_server(_a: UdpServerArgs) -> Result<u8> {
-    bail!("not yet available")
+pub async fn time_server(a: UdpServerArgs) -> Result<u8> {
+    let socket = bind(a.listen, ferry_server::services::TIME_DEFAULT, "time service").await?;
+    let cfg = TimeConfig { utc: a.utc, ..TimeConfig::default() };
+    ferry_server::udp::time::serve(socket, cfg, stop_on_signal()?).await?;
+    Ok(0)
+}
+
+pub async fn chat(a: ChatArgs) -> Result<u8> {
+    let addr =
+        resolve_addr(&a.server, CHAT_DEFAULT_PORT).await.with_context(|| format!("cannot resolve {}", a.server))?;
+    let stdin = tokio::io::BufReader::new(tokio::io::stdin());
+    chat::run_line_chat(addr, &a.name, stdin, tokio::io::stdout()).await?;
+    Ok(0)
+}
+
+pub async fn chat_server(a: UdpServerArgs) -> Result<u8> {
+    let socket = bind(a.listen, ferry_server::services::CHAT_DEFAULT, "chat relay").await?;
+    ferry_server::udp::chat::serve(socket, ChatConfig::default(), stop_on_signal()?).await?;
+    Ok(0)
 }

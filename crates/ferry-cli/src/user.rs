@@ -78,7 +78,13 @@ pub fn run(cmd: UserCommand) -> Result<u8> {
             let admin = Admin::open(server_config(&data)?)?;
             let changes = UserChanges {
                 quota: quota.as_deref().map(parse_quota).transpose()?,
-                allow_exec: if allow_exec { Some(true) } else if deny_exec { Some(false) } else { None },
+                allow_exec: if allow_exec {
+                    Some(true)
+                } else if deny_exec {
+                    Some(false)
+                } else {
+                    None
+                },
             };
             let u = admin.set(&name, changes)?;
             let quota = u.quota_bytes.map(human).unwrap_or_else(|| "unlimited".into());

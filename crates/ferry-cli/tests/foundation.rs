@@ -127,7 +127,10 @@ fn user_admin_commands_work_and_report_errors() {
     let list = Command::new(ferry()).args(["user", "list", "--data", d]).output().unwrap();
     let text = String::from_utf8_lossy(&list.stdout);
     assert!(text.contains("bob") && text.contains("10") && text.contains("yes"), "{text}");
-    let set = Command::new(ferry()).args(["user", "set", "bob", "--quota", "unlimited", "--deny-exec", "--data", d]).output().unwrap();
+    let set = Command::new(ferry())
+        .args(["user", "set", "bob", "--quota", "unlimited", "--deny-exec", "--data", d])
+        .output()
+        .unwrap();
     assert!(set.status.success(), "{}", stderr(&set));
     let list = Command::new(ferry()).args(["user", "list", "--data", d]).output().unwrap();
     let text = String::from_utf8_lossy(&list.stdout);
@@ -211,7 +214,8 @@ async fn plaintext_login_never_sends_the_password() {
     });
     let mut remote = server.remote("alice");
     remote.port = proxy_addr.port();
-    let session = ferry_client::Client::connect(&remote, &server.connect_options()).await.unwrap().login(password).await.unwrap();
+    let session =
+        ferry_client::Client::connect(&remote, &server.connect_options()).await.unwrap().login(password).await.unwrap();
     session.close().await.unwrap();
     let seen = recorder.await.unwrap();
     assert!(seen.len() > 100, "the proxy saw the login ({} bytes)", seen.len());

@@ -12,9 +12,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use ferry_proto::udp::chat::{
-    self as wire, ClientDatagram, MAX_DATAGRAM, RefuseCode, RelayDatagram, TooLong,
-};
+use ferry_proto::udp::chat::{self as wire, ClientDatagram, MAX_DATAGRAM, RefuseCode, RelayDatagram, TooLong};
 use ferry_proto::udp::reliable::{Inbox, Offer, Outbox, RetryPolicy};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::UdpSocket;
@@ -109,10 +107,7 @@ pub fn parse_line(line: &str) -> Result<Line, ChatError> {
         if text.trim().is_empty() {
             return Err(ChatError::EmptyPrivate(to.to_owned()));
         }
-        return Ok(Line::Tell {
-            to: to.to_owned(),
-            text: text.to_owned(),
-        });
+        return Ok(Line::Tell { to: to.to_owned(), text: text.to_owned() });
     }
     if line.starts_with('/') {
         return match line.trim() {
@@ -152,19 +147,13 @@ impl ChatClient {
         Self::join_with(relay, nick, ChatOptions::default()).await
     }
 
-    pub async fn join_with(
-        relay: SocketAddr,
-        nick: &str,
-        opts: ChatOptions,
-    ) -> Result<ChatClient, ChatError> {
+    pub async fn join_with(relay: SocketAddr, nick: &str, opts: ChatOptions) -> Result<ChatClient, ChatError> {
         if !wire::valid_nick(nick) {
             return Err(ChatError::BadNick(nick.to_owned()));
         }
         let socket = super::connected_socket(relay).await?;
         let local_addr = socket.local_addr()?;
-        let join = wire::encode_client(&ClientDatagram::Join {
-            nick: nick.to_owned(),
-        });
+        let join = wire::encode_client(&ClientDatagram::Join { nick: nick.to_owned() });
         let mut buf = vec![0u8; MAX_DATAGRAM + 1];
         let mut welcome = None;
         'attempts: for _ in 0..opts.join_attempts.max(1) {
@@ -181,12 +170,7 @@ impl ChatClient {
                     Ok(r) => r?,
                 };
                 match wire::decode_relay(&buf[..n]) {
-                    Ok(RelayDatagram::Welcome {
-                        key,
-                        heartbeat_ms,
-                        timeout_ms,
-                        ..
-                    }) => {
+                    Ok(RelayDatagram::Welcome { key, heartbeat_ms, timeout_ms, .. }) => {
                         welcome = Some((key, heartbeat_ms, timeout_ms));
                         break 'attempts;
                     }
@@ -240,9 +224,7 @@ impl ChatClient {
     }
 
     fn send(&mut self, req: Request) -> Result<(), ChatError> {
-        self.cmds
-            .send(Cmd::Send(req))
-            .map_err(|_| ChatError::Closed)?;
+        self.cmds.send(Cmd::Send(req)).map_err(|_| ChatError::Closed)?;
         self.submitted += 1;
         Ok(())
     }
@@ -251,10 +233,7 @@ impl ChatClient {
     /// error here, before anything is sent.
     pub fn say(&mut self, text: &str) -> Result<(), ChatError> {
         wire::check_fits(&self.nick, None, text)?;
-        self.send(Request::Msg {
-            text: text.to_owned(),
-            to: None,
-        })
+        self.send(Request::Msg { text: text.to_owned(), to: None })
     }
 
     /// Sends `text` to `to` only.
@@ -263,10 +242,7 @@ impl ChatClient {
             return Err(ChatError::BadNick(to.to_owned()));
         }
         wire::check_fits(&self.nick, Some(to), text)?;
-        self.send(Request::Msg {
-            text: text.to_owned(),
-            to: Some(to.to_owned()),
-        })
+        self.send(Request::Msg { text: text.to_owned(), to: Some(to.to_owned()) })
     }
 
     /// Asks for the list of who is online; the answer is a [`ChatEvent::Who`].
@@ -359,25 +335,19 @@ impl Engine {
                 }
             }
             RelayDatagram::Bye => return Flow::Stop("the relay closed".into()),
-            RelayDatagram::Refused {
-                code: RefuseCode::BadKey,
-                reason,
-            } => return Flow::Stop(format!("the relay no longer knows us: {reason}")),
+            RelayDatagram::Refused { code: RefuseCode::BadKey, reason } => {
+                return Flow::Stop(format!("the relay no longer knows us: {reason}"));
+            }
             RelayDatagram::Refused { reason, .. } => {
                 let _ = self.events.try_send(ChatEvent::Notice(reason));
             }
             RelayDatagram::Welcome { .. } | RelayDatagram::Pong => {}
-            d @ (RelayDatagram::Deliver { .. }
-            | RelayDatagram::WhoList { .. }
-            | RelayDatagram::Notice { .. }) => {
+            d @ (RelayDatagram::Deliver { .. } | RelayDatagram::WhoList { .. } | RelayDatagram::Notice { .. }) => {
                 // stream_seq is Some for exactly these three variants.
                 let seq = d.stream_seq().unwrap_or(0);
                 match self.inbox.offer(seq, d) {
                     Offer::New | Offer::Duplicate => {
-                        let ack = ClientDatagram::Ack {
-                            key: self.key.clone(),
-                            seq,
-                        };
+                        let ack = ClientDatagram::Ack { key: self.key.clone(), seq };
                         self.send(&ack).await;
                     }
                     Offer::OutOfWindow => {}
@@ -388,9 +358,7 @@ impl Engine {
     }
 
     async fn goodbye(&mut self, wait_for_bye: bool) {
-        let quit = ClientDatagram::Quit {
-            key: self.key.clone(),
-        };
+        let quit = ClientDatagram::Quit { key: self.key.clone() };
         let mut buf = vec![0u8; MAX_DATAGRAM + 1];
         for _ in 0..3 {
             self.send(&quit).await;
@@ -398,9 +366,7 @@ impl Engine {
                 return;
             }
             let deadline = Instant::now() + self.outbox_rto();
-            while let Ok(Ok(n)) =
-                tokio::time::timeout_at(deadline, self.socket.recv(&mut buf)).await
-            {
+            while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, self.socket.recv(&mut buf)).await {
                 if matches!(wire::decode_relay(&buf[..n]), Ok(RelayDatagram::Bye)) {
                     return;
                 }
@@ -421,17 +387,13 @@ impl Engine {
                 self.send(&d).await;
             }
             if now >= self.next_ping {
-                let ping = ClientDatagram::Ping {
-                    key: self.key.clone(),
-                };
+                let ping = ClientDatagram::Ping { key: self.key.clone() };
                 self.send(&ping).await;
                 self.next_ping = now + self.heartbeat;
             }
             let silent_until = self.last_heard + self.timeout;
             if now >= silent_until {
-                let _ = self
-                    .events
-                    .try_send(ChatEvent::Disconnected("the relay went silent".into()));
+                let _ = self.events.try_send(ChatEvent::Disconnected("the relay went silent".into()));
                 break;
             }
             if let Some((_, deadline)) = &quitting
@@ -506,16 +468,7 @@ impl Engine {
 
 fn to_event(d: RelayDatagram) -> ChatEvent {
     match d {
-        RelayDatagram::Deliver {
-            from,
-            text,
-            private,
-            ..
-        } => ChatEvent::Message {
-            from,
-            text,
-            private,
-        },
+        RelayDatagram::Deliver { from, text, private, .. } => ChatEvent::Message { from, text, private },
         RelayDatagram::WhoList { nicks, .. } => ChatEvent::Who(nicks),
         RelayDatagram::Notice { text, .. } => ChatEvent::Notice(text),
         // Only numbered stream items enter the inbox.
@@ -526,24 +479,14 @@ fn to_event(d: RelayDatagram) -> ChatEvent {
 /// Replaces control characters so that another user's text cannot drive
 /// the terminal (escape sequences).
 fn printable(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
-        .collect()
+    s.chars().map(|c| if c.is_control() { '\u{FFFD}' } else { c }).collect()
 }
 
 /// One line of text for an event, without the newline.
 pub fn format_event(ev: &ChatEvent) -> String {
     match ev {
-        ChatEvent::Message {
-            from,
-            text,
-            private: false,
-        } => format!("<{}> {}", printable(from), printable(text)),
-        ChatEvent::Message {
-            from,
-            text,
-            private: true,
-        } => format!("*{}* {}", printable(from), printable(text)),
+        ChatEvent::Message { from, text, private: false } => format!("<{}> {}", printable(from), printable(text)),
+        ChatEvent::Message { from, text, private: true } => format!("*{}* {}", printable(from), printable(text)),
         ChatEvent::Who(nicks) => format!("* online: {}", printable(&nicks.join(", "))),
         ChatEvent::Notice(text) => format!("* {}", printable(text)),
         ChatEvent::Disconnected(why) => format!("! disconnected: {}", printable(why)),
@@ -562,9 +505,7 @@ pub async fn run_line_chat(
 ) -> Result<(), ChatError> {
     let mut client = ChatClient::join(addr, nick).await?;
     let mut lines = stdin.lines();
-    stdout
-        .write_all(format!("* joined as {nick}; @nick text to whisper, /who, /quit\n").as_bytes())
-        .await?;
+    stdout.write_all(format!("* joined as {nick}; @nick text to whisper, /who, /quit\n").as_bytes()).await?;
     stdout.flush().await?;
     loop {
         let out = tokio::select! {
@@ -606,38 +547,19 @@ mod tests {
 
     #[test]
     fn lines() {
-        assert_eq!(
-            parse_line("hi there").unwrap(),
-            Line::Say("hi there".into())
-        );
-        assert_eq!(
-            parse_line("@bob psst").unwrap(),
-            Line::Tell {
-                to: "bob".into(),
-                text: "psst".into()
-            }
-        );
+        assert_eq!(parse_line("hi there").unwrap(), Line::Say("hi there".into()));
+        assert_eq!(parse_line("@bob psst").unwrap(), Line::Tell { to: "bob".into(), text: "psst".into() });
         assert_eq!(parse_line("/who\r\n").unwrap(), Line::Who);
         assert_eq!(parse_line("/quit").unwrap(), Line::Quit);
         assert_eq!(parse_line("   ").unwrap(), Line::Empty);
-        assert!(matches!(
-            parse_line("/nope"),
-            Err(ChatError::UnknownCommand(_))
-        ));
-        assert!(matches!(
-            parse_line("@bob"),
-            Err(ChatError::EmptyPrivate(_))
-        ));
+        assert!(matches!(parse_line("/nope"), Err(ChatError::UnknownCommand(_))));
+        assert!(matches!(parse_line("@bob"), Err(ChatError::EmptyPrivate(_))));
         assert!(matches!(parse_line("@b!b x"), Err(ChatError::BadNick(_))));
     }
 
     #[test]
     fn control_characters_are_not_printed() {
-        let ev = ChatEvent::Message {
-            from: "m".into(),
-            text: "\u{1b}[2Jboo".into(),
-            private: false,
-        };
+        let ev = ChatEvent::Message { from: "m".into(), text: "\u{1b}[2Jboo".into(), private: false };
         assert_eq!(format_event(&ev), "<m> \u{FFFD}[2Jboo");
     }
 }

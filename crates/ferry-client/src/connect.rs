@@ -79,13 +79,15 @@ impl Client {
             check_pin(&addr, &fp, opts)?;
             (Either::Right(tls), Some(fp))
         };
-        let mut client = Client { conn: Connection::new(stream, FrameCodec::default()), remote: remote.clone(), fingerprint };
+        let mut client =
+            Client { conn: Connection::new(stream, FrameCodec::default()), remote: remote.clone(), fingerprint };
         client.hello().await?;
         Ok(client)
     }
 
     async fn hello(&mut self) -> Result<(), ClientError> {
-        let req = Request::Hello { version: PROTOCOL_VERSION, client: concat!("ferry/", env!("CARGO_PKG_VERSION")).into() };
+        let req =
+            Request::Hello { version: PROTOCOL_VERSION, client: concat!("ferry/", env!("CARGO_PKG_VERSION")).into() };
         round_trip(&mut self.conn, &req, 1).await?;
         Ok(())
     }
@@ -98,7 +100,8 @@ impl Client {
         let start = Request::AuthStart { mechanism: MECHANISM.into(), data: scram.client_first() };
         let server_first = round_trip(&mut self.conn, &start, 2).await?;
         let server_first = server_first.get_str("data").ok_or_else(|| ClientError::protocol("auth_start: no data"))?;
-        let scram = scram.handle_server_first(server_first).map_err(|e| ClientError::protocol(format!("login: {e}")))?;
+        let scram =
+            scram.handle_server_first(server_first).map_err(|e| ClientError::protocol(format!("login: {e}")))?;
         let finish = Request::AuthFinish { data: scram.client_final().to_string() };
         let done = round_trip(&mut self.conn, &finish, 3).await?;
         let server_final = done.get_str("data").ok_or_else(|| ClientError::protocol("auth_finish: no data"))?;
@@ -185,7 +188,10 @@ fn check_pin(host: &str, presented: &str, opts: &ConnectOptions) -> Result<(), C
     }
 }
 
-async fn tls_connect(tcp: TcpStream, remote: &Remote) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ClientError> {
+async fn tls_connect(
+    tcp: TcpStream,
+    remote: &Remote,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ClientError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = Arc::new(PinningVerifier { provider: Arc::clone(&provider) });
     let config = rustls::ClientConfig::builder_with_provider(provider)
@@ -194,7 +200,8 @@ async fn tls_connect(tcp: TcpStream, remote: &Remote) -> Result<tokio_rustls::cl
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
-    let name = ServerName::try_from(remote.host.clone()).unwrap_or_else(|_| ServerName::try_from("ferry").expect("static name is valid"));
+    let name = ServerName::try_from(remote.host.clone())
+        .unwrap_or_else(|_| ServerName::try_from("ferry").expect("static name is valid"));
     tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(name, tcp)
         .await

@@ -18,7 +18,9 @@ pub struct Remote {
 
 impl Remote {
     pub fn parse(s: &str) -> Result<Remote, ClientError> {
-        let bad = |why: &str| ClientError::Usage(format!("invalid remote {s:?}: {why} (expected [ferry://]USER@HOST[:PORT][/PATH])"));
+        let bad = |why: &str| {
+            ClientError::Usage(format!("invalid remote {s:?}: {why} (expected [ferry://]USER@HOST[:PORT][/PATH])"))
+        };
         let rest = s.strip_prefix("ferry://").unwrap_or(s);
         let (user, rest) = rest.split_once('@').ok_or_else(|| bad("missing USER@"))?;
         if user.is_empty() {
@@ -50,7 +52,11 @@ impl Remote {
 
     /// `host:port` as used to connect and in known_hosts (`[v6]:port`).
     pub fn host_port(&self) -> String {
-        if self.host.contains(':') { format!("[{}]:{}", self.host, self.port) } else { format!("{}:{}", self.host, self.port) }
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
     }
 }
 
@@ -67,7 +73,10 @@ mod tests {
     #[test]
     fn forms() {
         let r = Remote::parse("ferry://alice@example.org:99/a/b c").unwrap();
-        assert_eq!((r.user.as_str(), r.host.as_str(), r.port, r.path.as_deref()), ("alice", "example.org", 99, Some("/a/b c")));
+        assert_eq!(
+            (r.user.as_str(), r.host.as_str(), r.port, r.path.as_deref()),
+            ("alice", "example.org", 99, Some("/a/b c"))
+        );
         let r = Remote::parse("bob@127.0.0.1").unwrap();
         assert_eq!((r.port, r.path), (DEFAULT_PORT, None));
         let r = Remote::parse("bob@[::1]:8000/x").unwrap();

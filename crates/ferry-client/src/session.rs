@@ -158,10 +158,7 @@ impl Session {
     }
 }
 
-pub(crate) async fn read_answer(
-    rd: &mut Connection<ReadHalf<ClientStream>>,
-    id: u64,
-) -> Result<Header, ClientError> {
+pub(crate) async fn read_answer(rd: &mut Connection<ReadHalf<ClientStream>>, id: u64) -> Result<Header, ClientError> {
     let header = rd.read_header().await?.ok_or_else(|| ClientError::protocol("the server closed the connection"))?;
     let (got, result) = parse_response(&header);
     // id 0 is the server speaking for the whole session (shutdown, idle timeout).

@@ -128,7 +128,11 @@ fn resume_path(opts: &PutOptions, session: &Session, local: &Path, remote: &str,
     let key = format!("{}|{}|{}|{size}", session.remote().host_port(), session.remote().user, remote);
     let local_abs = std::fs::canonicalize(local).unwrap_or_else(|_| local.to_path_buf());
     let digest = Sha256::new().chain_update(key).chain_update(local_abs.as_os_str().as_encoded_bytes()).finalize();
-    opts.state_dir.clone().unwrap_or_else(default_state_dir).join("uploads").join(format!("{}.json", hex::encode(&digest[..16])))
+    opts.state_dir
+        .clone()
+        .unwrap_or_else(default_state_dir)
+        .join("uploads")
+        .join(format!("{}.json", hex::encode(&digest[..16])))
 }
 
 fn local_err(what: &str, path: &Path, e: std::io::Error) -> ClientError {
@@ -181,13 +185,8 @@ impl Session {
         let mut summary = TransferSummary { size, ..Default::default() };
         let (mut offset, mut upload_id, mut full_hash) = (0u64, None, None);
         if opts.resume {
-            let saved: Option<ResumeRecord> =
-                std::fs::read(&state).ok().and_then(|b| serde_json::from_slice(&b).ok());
-            let req = Request::UploadStatus {
-                path: remote.into(),
-                size,
-                upload_id: saved.map(|r| r.upload_id),
-            };
+            let saved: Option<ResumeRecord> = std::fs::read(&state).ok().and_then(|b| serde_json::from_slice(&b).ok());
+            let req = Request::UploadStatus { path: remote.into(), size, upload_id: saved.map(|r| r.upload_id) };
             let status: StatusAnswer = self.request(&req).await?.decode()?;
             if status.found && status.offset > 0 {
                 let (prefix, full, _) = hash_local(local, status.offset, progress)?;
@@ -216,7 +215,8 @@ impl Session {
         self.wr.send(&req.to_header(id, size - offset)).await?;
         if wait {
             let ready: ReadyAnswer = self.read_answer(id).await?.decode()?;
-            let record = ResumeRecord { upload_id: ready.upload_id, local: local.to_path_buf(), remote: remote.into(), size };
+            let record =
+                ResumeRecord { upload_id: ready.upload_id, local: local.to_path_buf(), remote: remote.into(), size };
             if let Some(dir) = state.parent() {
                 let _ = std::fs::create_dir_all(dir);
             }
@@ -343,7 +343,8 @@ impl Session {
             && m.len() > 0
         {
             let have = m.len();
-            let server: HashAnswer = self.request(&Request::Hash { path: remote.into(), length: Some(have) }).await?.decode()?;
+            let server: HashAnswer =
+                self.request(&Request::Hash { path: remote.into(), length: Some(have) }).await?.decode()?;
             let mut hasher = Sha256::new();
             let mut f = std::fs::File::open(&part).map_err(|e| local_err("cannot open", &part, e))?;
             progress.begin(&part.display().to_string(), "hashing", have);
@@ -521,7 +522,13 @@ fn hash_reader(f: &mut std::fs::File, len: u64, hasher: &mut Sha256, progress: &
 
 /// Reads `offset..size` of a file into the channel in blocks; hashes the
 /// whole file when `hash` (the prefix included).
-fn read_blocks(path: &Path, offset: u64, size: u64, hash: bool, tx: mpsc::Sender<Bytes>) -> Result<Option<String>, ClientError> {
+fn read_blocks(
+    path: &Path,
+    offset: u64,
+    size: u64,
+    hash: bool,
+    tx: mpsc::Sender<Bytes>,
+) -> Result<Option<String>, ClientError> {
     let mut f = std::fs::File::open(path).map_err(|e| local_err("cannot open", path, e))?;
     let mut hasher = Sha256::new();
     if hash && offset > 0 {

@@ -50,11 +50,7 @@ pub async fn resolve_addr(host_port: &str, default_port: u16) -> io::Result<Sock
     if let Ok(ip) = host_port.trim_matches(['[', ']']).parse::<IpAddr>() {
         return Ok((ip, default_port).into());
     }
-    let target = if host_port.contains(':') {
-        host_port.to_owned()
-    } else {
-        format!("{host_port}:{default_port}")
-    };
+    let target = if host_port.contains(':') { host_port.to_owned() } else { format!("{host_port}:{default_port}") };
     tokio::net::lookup_host(target)
         .await?
         .next()
@@ -64,12 +60,7 @@ pub async fn resolve_addr(host_port: &str, default_port: u16) -> io::Result<Sock
 /// Asks the time service at `addr` for the time in `format` (empty: the
 /// server's default). Each attempt waits `timeout`; a lost request or reply
 /// is retried `retries` more times, since UDP loses datagrams.
-pub async fn query_time(
-    addr: SocketAddr,
-    format: &str,
-    timeout: Duration,
-    retries: u32,
-) -> Result<String, TimeError> {
+pub async fn query_time(addr: SocketAddr, format: &str, timeout: Duration, retries: u32) -> Result<String, TimeError> {
     let socket = connected_socket(addr).await?;
     let mut buf = vec![0u8; wire::ABSOLUTE_MAX_REPLY + 1];
     let attempts = retries.saturating_add(1);

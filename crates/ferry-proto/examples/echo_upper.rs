@@ -41,10 +41,7 @@ struct Args {
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut args = Args {
-        listen: "127.0.0.1:7000".into(),
-        max_clients: None,
-    };
+    let mut args = Args { listen: "127.0.0.1:7000".into(), max_clients: None };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {

@@ -13,6 +13,6 @@ pub mod scram;
 pub mod udp;
 
 pub use conn::Connection;
+pub use fingerprint::fingerprint;
 pub use frame::{FrameCodec, FrameError, FrameItem, Header};
 pub use msg::{Entry, ErrorCode, Request, WireError};
-pub use fingerprint::fingerprint;

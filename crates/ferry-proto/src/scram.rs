@@ -120,8 +120,7 @@ pub enum ScramError {
 
 fn hmac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
     // HMAC takes keys of any length; the error case cannot happen.
-    let mut mac = <HmacSha256 as KeyInit>::new_from_slice(key)
-        .expect("invariant: HMAC accepts keys of any length");
+    let mut mac = <HmacSha256 as KeyInit>::new_from_slice(key).expect("invariant: HMAC accepts keys of any length");
     for p in parts {
         mac.update(p);
     }
@@ -180,11 +179,7 @@ pub fn encode_nonce(random: &[u8]) -> String {
 
 /// RFC 5802 `printable = %x21-2B / %x2D-7E`: no comma, no space, ASCII only.
 fn valid_nonce(nonce: &str) -> bool {
-    !nonce.is_empty()
-        && nonce.len() <= MAX_FIELD_LEN
-        && nonce
-            .bytes()
-            .all(|b| (0x21..=0x7e).contains(&b) && b != b',')
+    !nonce.is_empty() && nonce.len() <= MAX_FIELD_LEN && nonce.bytes().all(|b| (0x21..=0x7e).contains(&b) && b != b',')
 }
 
 /// RFC 5802 §5.1: `=` becomes `=3D` and `,` becomes `=2C`.
@@ -227,11 +222,7 @@ fn unescape_username(escaped: &str) -> Result<String, ScramError> {
 fn attr<'a>(part: Option<&'a str>, key: u8, what: &'static str) -> Result<&'a str, ScramError> {
     let part = part.ok_or(ScramError::Malformed(what))?;
     let b = part.as_bytes();
-    if b.len() >= 2 && b[0] == key && b[1] == b'=' {
-        Ok(&part[2..])
-    } else {
-        Err(ScramError::Malformed(what))
-    }
+    if b.len() >= 2 && b[0] == key && b[1] == b'=' { Ok(&part[2..]) } else { Err(ScramError::Malformed(what)) }
 }
 
 /// Checks that the remaining parts are well-formed extensions (`a=value`,
@@ -254,9 +245,7 @@ fn decode_b64(s: &str, what: &'static str) -> Result<Vec<u8>, ScramError> {
 }
 
 fn decode_b64_32(s: &str, what: &'static str) -> Result<[u8; 32], ScramError> {
-    decode_b64(s, what)?
-        .try_into()
-        .map_err(|_| ScramError::Malformed(what))
+    decode_b64(s, what)?.try_into().map_err(|_| ScramError::Malformed(what))
 }
 
 // ---------------------------------------------------------------------------
@@ -286,21 +275,12 @@ impl Verifier {
         if salt.is_empty() {
             return Err(ScramError::InvalidVerifier("empty salt"));
         }
-        Ok(Self::from_salted_password(
-            &salted_password(password, salt, iterations),
-            salt.to_vec(),
-            iterations,
-        ))
+        Ok(Self::from_salted_password(&salted_password(password, salt, iterations), salt.to_vec(), iterations))
     }
 
     fn from_salted_password(salted: &[u8; 32], salt: Vec<u8>, iterations: u32) -> Self {
         let client_key = hmac(salted, &[b"Client Key"]);
-        Self {
-            salt,
-            iterations,
-            stored_key: sha256(&client_key),
-            server_key: hmac(salted, &[b"Server Key"]),
-        }
+        Self { salt, iterations, stored_key: sha256(&client_key), server_key: hmac(salted, &[b"Server Key"]) }
     }
 
     /// A deterministic stand-in verifier for a user that does not exist.
@@ -373,10 +353,8 @@ impl FromStr for Verifier {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = ScramError::InvalidVerifier;
-        let rest = s
-            .strip_prefix(MECHANISM)
-            .and_then(|r| r.strip_prefix('$'))
-            .ok_or(bad("missing SCRAM-SHA-256$ prefix"))?;
+        let rest =
+            s.strip_prefix(MECHANISM).and_then(|r| r.strip_prefix('$')).ok_or(bad("missing SCRAM-SHA-256$ prefix"))?;
         let (params, keys) = rest.split_once('$').ok_or(bad("missing keys"))?;
         let (iter, salt) = params.split_once(':').ok_or(bad("missing salt"))?;
         let (stored, server) = keys.split_once(':').ok_or(bad("missing server key"))?;
@@ -411,18 +389,14 @@ impl ClientFirst {
     /// Parses a client-first message. Refuses channel binding (`y`, `p=`),
     /// an authorization identity and mandatory extensions (`m=`).
     pub fn parse(msg: &str) -> Result<Self, ScramError> {
-        let (flag, rest) = msg
-            .split_once(',')
-            .ok_or(ScramError::Malformed("missing GS2 header"))?;
+        let (flag, rest) = msg.split_once(',').ok_or(ScramError::Malformed("missing GS2 header"))?;
         match flag {
             "n" => {}
             "y" => return Err(ScramError::ChannelBinding),
             f if f.starts_with("p=") => return Err(ScramError::ChannelBinding),
             _ => return Err(ScramError::Malformed("bad channel binding flag")),
         }
-        let (authzid, bare) = rest
-            .split_once(',')
-            .ok_or(ScramError::Malformed("missing GS2 header"))?;
+        let (authzid, bare) = rest.split_once(',').ok_or(ScramError::Malformed("missing GS2 header"))?;
         if !authzid.is_empty() {
             if authzid.starts_with("a=") {
                 return Err(ScramError::Unsupported("authorization identity"));
@@ -439,11 +413,7 @@ impl ClientFirst {
             return Err(ScramError::Malformed("bad nonce"));
         }
         check_extensions(parts)?;
-        Ok(Self {
-            username,
-            nonce: nonce.to_owned(),
-            bare: bare.to_owned(),
-        })
+        Ok(Self { username, nonce: nonce.to_owned(), bare: bare.to_owned() })
     }
 
     /// The username, unescaped. Not validated beyond the SCRAM grammar: the
@@ -491,16 +461,10 @@ impl ServerFirst {
         if iter.is_empty() || !iter.bytes().all(|b| b.is_ascii_digit()) {
             return Err(ScramError::Malformed("bad iteration count"));
         }
-        let iterations: u32 = iter
-            .parse()
-            .map_err(|_| ScramError::IterationCount(u32::MAX))?;
+        let iterations: u32 = iter.parse().map_err(|_| ScramError::IterationCount(u32::MAX))?;
         check_iterations(iterations)?;
         check_extensions(parts)?;
-        Ok(Self {
-            nonce: nonce.to_owned(),
-            salt,
-            iterations,
-        })
+        Ok(Self { nonce: nonce.to_owned(), salt, iterations })
     }
 }
 
@@ -513,9 +477,7 @@ struct ClientFinal<'a> {
 
 impl<'a> ClientFinal<'a> {
     fn parse(msg: &'a str) -> Result<Self, ScramError> {
-        let (without_proof, proof) = msg
-            .rsplit_once(",p=")
-            .ok_or(ScramError::Malformed("missing proof"))?;
+        let (without_proof, proof) = msg.rsplit_once(",p=").ok_or(ScramError::Malformed("missing proof"))?;
         let mut parts = without_proof.split(',');
         let cb = attr(parts.next(), b'c', "missing channel binding")?;
         if cb != CHANNEL_BINDING_B64 {
@@ -524,11 +486,7 @@ impl<'a> ClientFinal<'a> {
         }
         let nonce = attr(parts.next(), b'r', "missing nonce")?;
         check_extensions(parts)?;
-        Ok(Self {
-            without_proof,
-            nonce,
-            proof: decode_b64_32(proof, "bad proof")?,
-        })
+        Ok(Self { without_proof, nonce, proof: decode_b64_32(proof, "bad proof")? })
     }
 }
 
@@ -548,9 +506,7 @@ pub struct ScramClient {
 
 impl fmt::Debug for ScramClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ScramClient")
-            .field("bare", &self.bare)
-            .finish_non_exhaustive()
+        f.debug_struct("ScramClient").field("bare", &self.bare).finish_non_exhaustive()
     }
 }
 
@@ -650,10 +606,7 @@ impl ScramClientFinal {
             // The value comes from the peer: keep it only if it looks like an
             // RFC 5802 error token, so it cannot smuggle text into logs.
             let token = err.split(',').next().unwrap_or_default();
-            let clean = token.len() <= 64
-                && token
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+            let clean = token.len() <= 64 && token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
             let shown = if clean { token } else { "(unprintable)" };
             return Err(ScramError::ServerRejected(shown.to_owned()));
         }
@@ -661,11 +614,7 @@ impl ScramClientFinal {
         let v = attr(parts.next(), b'v', "missing server signature")?;
         check_extensions(parts)?;
         let sig = decode_b64_32(v, "bad server signature")?;
-        if ct_eq(&sig, &self.server_signature) {
-            Ok(())
-        } else {
-            Err(ScramError::ServerSignature)
-        }
+        if ct_eq(&sig, &self.server_signature) { Ok(()) } else { Err(ScramError::ServerSignature) }
     }
 }
 
@@ -687,9 +636,7 @@ pub struct ScramServer {
 
 impl fmt::Debug for ScramServer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ScramServer")
-            .field("server_first", &self.server_first)
-            .finish_non_exhaustive()
+        f.debug_struct("ScramServer").field("server_first", &self.server_first).finish_non_exhaustive()
     }
 }
 
@@ -698,26 +645,13 @@ impl ScramServer {
     ///
     /// `server_nonce` must be printable ASCII without `,` (see [`encode_nonce`]);
     /// otherwise [`ScramError::InvalidNonce`].
-    pub fn new(
-        client_first: &ClientFirst,
-        verifier: Verifier,
-        server_nonce: &str,
-    ) -> Result<Self, ScramError> {
+    pub fn new(client_first: &ClientFirst, verifier: Verifier, server_nonce: &str) -> Result<Self, ScramError> {
         if !valid_nonce(server_nonce) {
             return Err(ScramError::InvalidNonce);
         }
         let nonce = format!("{}{server_nonce}", client_first.nonce);
-        let server_first = format!(
-            "r={nonce},s={},i={}",
-            B64.encode(&verifier.salt),
-            verifier.iterations
-        );
-        Ok(Self {
-            verifier,
-            client_first_bare: client_first.bare.clone(),
-            server_first,
-            nonce,
-        })
+        let server_first = format!("r={nonce},s={},i={}", B64.encode(&verifier.salt), verifier.iterations);
+        Ok(Self { verifier, client_first_bare: client_first.bare.clone(), server_first, nonce })
     }
 
     /// Parses the client-first message and starts the exchange in one step,
@@ -752,11 +686,7 @@ impl ScramServer {
         if !ct_eq(parsed.nonce.as_bytes(), self.nonce.as_bytes()) {
             return Err(ScramError::NonceMismatch);
         }
-        let auth = auth_message(
-            &self.client_first_bare,
-            &self.server_first,
-            parsed.without_proof,
-        );
+        let auth = auth_message(&self.client_first_bare, &self.server_first, parsed.without_proof);
         let client_signature = hmac(&self.verifier.stored_key, &[auth.as_bytes()]);
         let client_key = xor32(&parsed.proof, &client_signature);
         if !ct_eq(&sha256(&client_key), &self.verifier.stored_key) {
@@ -778,9 +708,9 @@ mod tests {
     const SNONCE: &str = "%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0";
     const SALT_B64: &str = "W22ZaJ0SNY7soEsUEjb6gQ==";
     const CLIENT_FIRST: &str = "n,,n=user,r=rOprNGfwEbeRWgbNEkqO";
-    const SERVER_FIRST: &str =
-        "r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096";
-    const CLIENT_FINAL: &str = "c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=";
+    const SERVER_FIRST: &str = "r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096";
+    const CLIENT_FINAL: &str =
+        "c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=";
     const SERVER_FINAL: &str = "v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=";
 
     fn rfc_verifier() -> Verifier {
@@ -805,9 +735,7 @@ mod tests {
         let sf = ServerFirst::parse(SERVER_FIRST).unwrap();
         let salted = salted_password(PASSWORD, &sf.salt, sf.iterations);
         let client = ScramClient::new(USER, "ignored", CNONCE).unwrap();
-        let fin = client
-            .handle_server_first_with(SERVER_FIRST, &salted)
-            .unwrap();
+        let fin = client.handle_server_first_with(SERVER_FIRST, &salted).unwrap();
         assert_eq!(fin.client_final(), CLIENT_FINAL);
     }
 
@@ -897,10 +825,7 @@ mod tests {
         let cases: &[(&str, ScramError)] = &[
             ("y,,n=user,r=abc", ChannelBinding),
             ("p=tls-unique,,n=user,r=abc", ChannelBinding),
-            (
-                "n,a=admin,n=user,r=abc",
-                Unsupported("authorization identity"),
-            ),
+            ("n,a=admin,n=user,r=abc", Unsupported("authorization identity")),
             ("n,,m=ext,n=user,r=abc", Unsupported("mandatory extension")),
             ("x,,n=user,r=abc", Malformed("bad channel binding flag")),
             ("n,,n=us=er,r=abc", Malformed("bad escape in username")),
@@ -920,24 +845,16 @@ mod tests {
     fn client_refuses_hostile_server_first() {
         let mk = || ScramClient::new(USER, PASSWORD, CNONCE).unwrap();
         // Nonce that does not extend ours.
-        assert_eq!(
-            mk().handle_server_first("r=other,s=QUJD,i=4096")
-                .unwrap_err(),
-            ScramError::NonceMismatch
-        );
+        assert_eq!(mk().handle_server_first("r=other,s=QUJD,i=4096").unwrap_err(), ScramError::NonceMismatch);
         // Nonce that adds nothing.
         assert_eq!(
-            mk().handle_server_first(&format!("r={CNONCE},s=QUJD,i=4096"))
-                .unwrap_err(),
+            mk().handle_server_first(&format!("r={CNONCE},s=QUJD,i=4096")).unwrap_err(),
             ScramError::NonceMismatch
         );
         // Too many or too few iterations.
         for i in ["4294967295", "99999999999999", "1", "0"] {
             let msg = format!("r={CNONCE}x,s=QUJD,i={i}");
-            assert!(matches!(
-                mk().handle_server_first(&msg).unwrap_err(),
-                ScramError::IterationCount(_)
-            ));
+            assert!(matches!(mk().handle_server_first(&msg).unwrap_err(), ScramError::IterationCount(_)));
         }
         assert!(matches!(
             mk().handle_server_first(&format!("r={CNONCE}x,s=QUJD,i=+4096")),
@@ -947,18 +864,9 @@ mod tests {
 
     #[test]
     fn server_final_error_is_reported_and_sanitized() {
-        let fin = ScramClient::new(USER, PASSWORD, CNONCE)
-            .unwrap()
-            .handle_server_first(SERVER_FIRST)
-            .unwrap();
-        assert_eq!(
-            fin.verify_server_final("e=invalid-proof"),
-            Err(ScramError::ServerRejected("invalid-proof".into()))
-        );
-        assert_eq!(
-            fin.verify_server_final("e=\x1b[31mevil"),
-            Err(ScramError::ServerRejected("(unprintable)".into()))
-        );
+        let fin = ScramClient::new(USER, PASSWORD, CNONCE).unwrap().handle_server_first(SERVER_FIRST).unwrap();
+        assert_eq!(fin.verify_server_final("e=invalid-proof"), Err(ScramError::ServerRejected("invalid-proof".into())));
+        assert_eq!(fin.verify_server_final("e=\x1b[31mevil"), Err(ScramError::ServerRejected("(unprintable)".into())));
     }
 
     #[test]
@@ -978,14 +886,8 @@ mod tests {
         let msg = CLIENT_FINAL.replace("p=dHzbZapWIk4jUhN+", "p=");
         assert!(matches!(mk().finish(&msg), Err(ScramError::Malformed(_))));
         // Bad server nonce from the caller.
-        assert_eq!(
-            ScramServer::new(&first, rfc_verifier(), "a,b").unwrap_err(),
-            ScramError::InvalidNonce
-        );
-        assert_eq!(
-            ScramClient::new(USER, PASSWORD, "").unwrap_err(),
-            ScramError::InvalidNonce
-        );
+        assert_eq!(ScramServer::new(&first, rfc_verifier(), "a,b").unwrap_err(), ScramError::InvalidNonce);
+        assert_eq!(ScramClient::new(USER, PASSWORD, "").unwrap_err(), ScramError::InvalidNonce);
     }
 
     #[test]
@@ -1029,12 +931,8 @@ mod tests {
             let _ = ServerFirst::parse(g);
             let _ = g.parse::<Verifier>();
             let _ = ScramClient::new(g, g, g);
-            let _ = ScramClient::new(USER, PASSWORD, CNONCE)
-                .unwrap()
-                .handle_server_first_with(g, &[0; 32]);
-            let _ = ScramServer::new(&first, rfc_verifier(), SNONCE)
-                .unwrap()
-                .finish(g);
+            let _ = ScramClient::new(USER, PASSWORD, CNONCE).unwrap().handle_server_first_with(g, &[0; 32]);
+            let _ = ScramServer::new(&first, rfc_verifier(), SNONCE).unwrap().finish(g);
             let fin = ScramClient::new(USER, PASSWORD, CNONCE)
                 .unwrap()
                 .handle_server_first_with(SERVER_FIRST, &[0; 32])

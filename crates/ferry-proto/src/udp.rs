@@ -14,7 +14,7 @@ pub mod time {
     pub const DEFAULT_FORMAT: &str = "%Y-%m-%d %H:%M:%S";
 
     /// Suggested port when `HOST` comes without `:PORT`.
-    pub const DEFAULT_PORT: u16 = 7037;
+    pub const DEFAULT_PORT: u16 = 7734;
 
     /// No reply is ever longer than this, whatever the request.
     pub const ABSOLUTE_MAX_REPLY: usize = 512;
@@ -26,10 +26,7 @@ pub mod time {
     /// server send at most a small constant factor of what it sent itself
     /// (and the per-address rate limit bounds the total).
     pub fn reply_limit(request_len: usize) -> usize {
-        request_len
-            .saturating_mul(4)
-            .saturating_add(64)
-            .min(ABSOLUTE_MAX_REPLY)
+        request_len.saturating_mul(4).saturating_add(64).min(ABSOLUTE_MAX_REPLY)
     }
 
     /// Error codes of `ERR` replies. The text form is what goes on the wire.
@@ -86,16 +83,9 @@ pub mod time {
         if bytes.len() > max_request {
             return Err(ErrorCode::TooLarge);
         }
-        let bytes = bytes
-            .strip_suffix(b"\r\n")
-            .or_else(|| bytes.strip_suffix(b"\n"))
-            .unwrap_or(bytes);
+        let bytes = bytes.strip_suffix(b"\r\n").or_else(|| bytes.strip_suffix(b"\n")).unwrap_or(bytes);
         let format = std::str::from_utf8(bytes).map_err(|_| ErrorCode::BadUtf8)?;
-        Ok(if format.is_empty() {
-            DEFAULT_FORMAT
-        } else {
-            format
-        })
+        Ok(if format.is_empty() { DEFAULT_FORMAT } else { format })
     }
 
     /// A reply of the time service.
@@ -153,10 +143,7 @@ pub mod time {
         if let Some(rest) = text.strip_prefix("ERR ") {
             let (code, message) = rest.split_once(' ').unwrap_or((rest, ""));
             let code = ErrorCode::parse(code).ok_or(MalformedReply("unknown error code"))?;
-            return Ok(Reply::Err {
-                code,
-                message: message.to_owned(),
-            });
+            return Ok(Reply::Err { code, message: message.to_owned() });
         }
         Err(MalformedReply("neither OK nor ERR"))
     }
@@ -181,11 +168,7 @@ pub mod reliable {
 
     impl Default for RetryPolicy {
         fn default() -> Self {
-            RetryPolicy {
-                initial: Duration::from_millis(200),
-                max: Duration::from_secs(2),
-                window: 32,
-            }
+            RetryPolicy { initial: Duration::from_millis(200), max: Duration::from_secs(2), window: 32 }
         }
     }
 
@@ -207,12 +190,7 @@ pub mod reliable {
 
     impl<T: Clone> Outbox<T> {
         pub fn new(policy: RetryPolicy) -> Self {
-            Outbox {
-                next_seq: 1,
-                in_flight: BTreeMap::new(),
-                queued: VecDeque::new(),
-                policy,
-            }
+            Outbox { next_seq: 1, in_flight: BTreeMap::new(), queued: VecDeque::new(), policy }
         }
 
         /// Queues an item built from its sequence number; returns that number.
@@ -254,14 +232,8 @@ pub mod reliable {
                     break;
                 };
                 out.push((seq, item.clone()));
-                self.in_flight.insert(
-                    seq,
-                    Pending {
-                        item,
-                        due: now + self.policy.initial,
-                        backoff: self.policy.initial,
-                    },
-                );
+                self.in_flight
+                    .insert(seq, Pending { item, due: now + self.policy.initial, backoff: self.policy.initial });
             }
             out
         }
@@ -295,11 +267,7 @@ pub mod reliable {
         /// `window` bounds how far ahead of the next expected number items are
         /// buffered, so a peer cannot make the receiver store without bound.
         pub fn new(window: usize) -> Self {
-            Inbox {
-                expected: 1,
-                buffered: BTreeMap::new(),
-                window: window.max(1) as u64,
-            }
+            Inbox { expected: 1, buffered: BTreeMap::new(), window: window.max(1) as u64 }
         }
 
         pub fn offer(&mut self, seq: u64, item: T) -> Offer {
@@ -339,7 +307,7 @@ pub mod chat {
     pub const MAX_NICK: usize = 32;
 
     /// Suggested port when `HOST` comes without `:PORT`.
-    pub const DEFAULT_PORT: u16 = 7038;
+    pub const DEFAULT_PORT: u16 = 7735;
 
     /// Client to relay.
     #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -470,9 +438,7 @@ pub mod chat {
     pub fn valid_nick(nick: &str) -> bool {
         !nick.is_empty()
             && nick.len() <= MAX_NICK
-            && nick
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            && nick.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
     }
 
     /// A message that would not fit in one datagram.
@@ -531,17 +497,8 @@ mod tests {
         let long = Reply::Ok("x".repeat(100));
         let enc = encode_reply(&long, 64);
         assert!(enc.len() <= 64);
-        assert!(matches!(
-            decode_reply(&enc).unwrap(),
-            Reply::Err {
-                code: ErrorCode::ReplyTooLong,
-                ..
-            }
-        ));
-        let err = Reply::Err {
-            code: ErrorCode::BadFormat,
-            message: "é".repeat(100),
-        };
+        assert!(matches!(decode_reply(&enc).unwrap(), Reply::Err { code: ErrorCode::ReplyTooLong, .. }));
+        let err = Reply::Err { code: ErrorCode::BadFormat, message: "é".repeat(100) };
         let enc = encode_reply(&err, 64);
         assert!(enc.len() <= 64);
         assert!(decode_reply(&enc).is_ok());
@@ -554,22 +511,11 @@ mod tests {
 
     #[test]
     fn chat_datagrams_roundtrip() {
-        let d = ClientDatagram::Msg {
-            key: "ab".into(),
-            seq: 3,
-            text: "hi".into(),
-            to: None,
-        };
+        let d = ClientDatagram::Msg { key: "ab".into(), seq: 3, text: "hi".into(), to: None };
         let bytes = encode_client(&d);
-        assert_eq!(
-            std::str::from_utf8(&bytes).unwrap(),
-            r#"{"t":"msg","key":"ab","seq":3,"text":"hi"}"#
-        );
+        assert_eq!(std::str::from_utf8(&bytes).unwrap(), r#"{"t":"msg","key":"ab","seq":3,"text":"hi"}"#);
         assert_eq!(decode_client(&bytes).unwrap(), d);
-        let r = RelayDatagram::Refused {
-            code: RefuseCode::NickTaken,
-            reason: "taken".into(),
-        };
+        let r = RelayDatagram::Refused { code: RefuseCode::NickTaken, reason: "taken".into() };
         assert_eq!(decode_relay(&encode_relay(&r)).unwrap(), r);
         assert!(decode_client(b"{\"t\":\"nope\"}").is_err());
         assert!(decode_client(&[b' '; MAX_DATAGRAM + 1]).is_err());
@@ -585,11 +531,7 @@ mod tests {
 
     #[test]
     fn outbox_retransmits_with_backoff_until_acked() {
-        let policy = RetryPolicy {
-            initial: Duration::from_millis(100),
-            max: Duration::from_millis(400),
-            window: 2,
-        };
+        let policy = RetryPolicy { initial: Duration::from_millis(100), max: Duration::from_millis(400), window: 2 };
         let mut out = Outbox::new(policy);
         let t0 = Instant::now();
         for i in 0..3 {
@@ -600,18 +542,10 @@ mod tests {
         assert!(out.poll_transmit(t0 + Duration::from_millis(50)).is_empty());
         assert!(out.ack(1));
         assert!(!out.ack(1));
-        let sent: Vec<u64> = out
-            .poll_transmit(t0 + Duration::from_millis(100))
-            .iter()
-            .map(|x| x.0)
-            .collect();
+        let sent: Vec<u64> = out.poll_transmit(t0 + Duration::from_millis(100)).iter().map(|x| x.0).collect();
         assert_eq!(sent, [2, 3]);
         // 2 now backs off 200ms.
-        assert!(
-            out.poll_transmit(t0 + Duration::from_millis(250))
-                .iter()
-                .all(|x| x.0 != 2)
-        );
+        assert!(out.poll_transmit(t0 + Duration::from_millis(250)).iter().all(|x| x.0 != 2));
         assert_eq!(out.len(), 2);
     }
 

@@ -17,11 +17,7 @@ const T: Duration = Duration::from_secs(10);
 fn example_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     // target/<profile>/deps/<test> -> target/<profile>/examples/<name>
-    let dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target/<profile>/deps")
-        .join("examples");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>/deps").join("examples");
     let bin = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     if !bin.exists() {
         let status = std::process::Command::new(env!("CARGO"))
@@ -43,10 +39,7 @@ async fn echo_upper_serves_clients_one_after_another() {
         .unwrap();
     let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
     let first = timeout(T, out.next_line()).await.unwrap().unwrap().unwrap();
-    let addr = first
-        .strip_prefix("listening on ")
-        .expect(&first)
-        .to_owned();
+    let addr = first.strip_prefix("listening on ").expect(&first).to_owned();
 
     // 1: a well-behaved client.
     let mut c = TcpStream::connect(&addr).await.unwrap();
@@ -69,10 +62,7 @@ async fn echo_upper_serves_clients_one_after_another() {
     c.write_all("third ünïcode\n".as_bytes()).await.unwrap();
     c.shutdown().await.unwrap();
     let mut got = String::new();
-    timeout(T, c.read_to_string(&mut got))
-        .await
-        .unwrap()
-        .unwrap();
+    timeout(T, c.read_to_string(&mut got)).await.unwrap().unwrap();
     assert_eq!(got, "THIRD üNïCODE\n");
 
     // With --max-clients 3 the server exits by itself: had a closed client

@@ -10,11 +10,7 @@ use tokio::time::timeout;
 /// See `examples_echo.rs`.
 fn example_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target/<profile>/deps")
-        .join("examples");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>/deps").join("examples");
     let bin = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     if !bin.exists() {
         let status = std::process::Command::new(env!("CARGO"))
@@ -28,18 +24,12 @@ fn example_bin(name: &str) -> PathBuf {
 
 #[tokio::test]
 async fn raw_runs_together_framed_stays_apart() {
-    let out = timeout(
-        Duration::from_secs(10),
-        Command::new(example_bin("sticky_vs_framed")).output(),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let out = timeout(Duration::from_secs(10), Command::new(example_bin("sticky_vs_framed")).output())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains(r#"raw:    "onetwothree""#), "{text}");
-    assert!(
-        text.contains(r#"framed: ["one", "two", "three"]"#),
-        "{text}"
-    );
+    assert!(text.contains(r#"framed: ["one", "two", "three"]"#), "{text}");
 }

@@ -14,16 +14,12 @@ struct Frame {
 }
 
 fn frame_strategy() -> impl Strategy<Value = Frame> {
-    (
-        any::<u64>(),
-        "[a-z_]{1,12}",
-        "\\PC{0,40}",
-        proptest::collection::vec(any::<u8>(), 0..3000),
-    )
-        .prop_map(|(id, op, text, body)| {
+    (any::<u64>(), "[a-z_]{1,12}", "\\PC{0,40}", proptest::collection::vec(any::<u8>(), 0..3000)).prop_map(
+        |(id, op, text, body)| {
             let Value::Object(header) = json!({"id": id, "op": op, "path": text}) else { unreachable!() };
             Frame { header, body }
-        })
+        },
+    )
 }
 
 fn encode_all(frames: &[Frame]) -> Vec<u8> {
@@ -45,7 +41,7 @@ fn decode_in_pieces(wire: &[u8], cuts: &[usize], chunk: usize) -> Vec<Frame> {
     let mut pending: Option<(Frame, u64)> = None;
     let mut pos = 0;
     let mut cut_iter = cuts.iter().cycle();
-    let mut take = |item: FrameItem, frames: &mut Vec<Frame>, pending: &mut Option<(Frame, u64)>| match item {
+    let take = |item: FrameItem, frames: &mut Vec<Frame>, pending: &mut Option<(Frame, u64)>| match item {
         FrameItem::Header(h) => {
             assert!(pending.is_none(), "header inside a body");
             let f = Frame { header: h.fields, body: Vec::new() };

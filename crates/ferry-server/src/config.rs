@@ -30,8 +30,8 @@ pub struct ServerConfig {
     pub auth: AuthConfig,
     pub transfer: TransferConfig,
     pub exec: ExecConfig,
-    pub time: UdpServiceConfig,
-    pub chat: UdpServiceConfig,
+    pub time: crate::udp::TimeConfig,
+    pub chat: crate::udp::ChatConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -84,15 +84,6 @@ pub struct ExecConfig {
     pub allowlist: Vec<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct UdpServiceConfig {
-    pub enabled: bool,
-    pub listen: Option<SocketAddr>,
-    /// Time service only: answer in UTC rather than local time.
-    pub utc: bool,
-}
-
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
@@ -104,8 +95,8 @@ impl Default for ServerConfig {
             auth: AuthConfig::default(),
             transfer: TransferConfig::default(),
             exec: ExecConfig::default(),
-            time: UdpServiceConfig::default(),
-            chat: UdpServiceConfig::default(),
+            time: Default::default(),
+            chat: Default::default(),
         }
     }
 }
@@ -138,12 +129,6 @@ impl Default for TransferConfig {
 impl Default for ExecConfig {
     fn default() -> Self {
         ExecConfig { timeout_secs: 300, max_per_user: 4, max_total: 64, allowlist: Vec::new() }
-    }
-}
-
-impl Default for UdpServiceConfig {
-    fn default() -> Self {
-        UdpServiceConfig { enabled: false, listen: None, utc: false }
     }
 }
 

@@ -270,4 +270,3 @@ impl Shared {
         self.session_ids.fetch_add(1, Ordering::Relaxed) + 1
     }
 }
-

@@ -26,7 +26,6 @@ const LOGIN_ATTEMPTS_PER_CONNECTION: u32 = 3;
 
 /// A logged-in session: who, where, and what it may use.
 pub struct Session {
-    pub id: u64,
     pub shared: Arc<Shared>,
     pub user: UserRecord,
     pub jail: Arc<Jail>,
@@ -43,12 +42,27 @@ enum End {
     IdleTimeout,
     Shutdown,
     LoginRefused,
+    Io(std::io::Error),
     Frame(FrameError),
 }
 
 impl From<FrameError> for End {
     fn from(e: FrameError) -> Self {
-        End::Frame(e)
+        match e {
+            // A peer that vanishes (or skips TLS close_notify) simply left.
+            FrameError::Io(io)
+                if matches!(
+                    io.kind(),
+                    std::io::ErrorKind::UnexpectedEof
+                        | std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::BrokenPipe
+                ) =>
+            {
+                End::Closed
+            }
+            FrameError::Io(io) => End::Io(io),
+            e => End::Frame(e),
+        }
     }
 }
 
@@ -61,7 +75,7 @@ pub async fn run(shared: Arc<Shared>, stream: Stream, peer: String, ip: Option<I
         let end = match login_phase(&shared, &mut conn, ip).await {
             Ok(user) => {
                 admission.authenticated();
-                match open_session(&shared, id, user).await {
+                match open_session(&shared, user).await {
                     Ok(mut session) => serve(&mut session, &mut conn).await,
                     Err(err) => {
                         warn!(code = %err.code, error = %err.message, "cannot open the user's home");
@@ -72,6 +86,9 @@ pub async fn run(shared: Arc<Shared>, stream: Stream, peer: String, ip: Option<I
             }
             Err(end) => end,
         };
+        if let End::Io(e) = &end {
+            debug!(error = %e, "session i/o error");
+        }
         if let End::Frame(e) = &end {
             let err = WireError::new(ErrorCode::BadFrame, e.to_string());
             let _ = conn.send(&error_header(0, &err)).await;
@@ -83,7 +100,7 @@ pub async fn run(shared: Arc<Shared>, stream: Stream, peer: String, ip: Option<I
     .await
 }
 
-async fn open_session(shared: &Arc<Shared>, id: u64, user: UserRecord) -> Result<Session, WireError> {
+async fn open_session(shared: &Arc<Shared>, user: UserRecord) -> Result<Session, WireError> {
     let home = crate::users::home_of(&shared.config, &user);
     let shared2 = Arc::clone(shared);
     let name = user.name.clone();
@@ -97,7 +114,7 @@ async fn open_session(shared: &Arc<Shared>, id: u64, user: UserRecord) -> Result
     })
     .await
     .map_err(|_| WireError::new(ErrorCode::Internal, "session setup failed"))??;
-    Ok(Session { id, shared: Arc::clone(shared), user, jail, cwd: VirtualPath::root(), quota })
+    Ok(Session { shared: Arc::clone(shared), user, jail, cwd: VirtualPath::root(), quota })
 }
 
 /// Handshake and login. Returns the user on success.
@@ -241,7 +258,7 @@ async fn serve(session: &mut Session, conn: &mut Conn) -> End {
         if conn.buffered() == 0
             && let Err(e) = conn.flush().await
         {
-            return End::Frame(e);
+            return e.into();
         }
         let next = tokio::select! {
             r = tokio::time::timeout(idle, conn.read_header()) => r,
@@ -255,7 +272,7 @@ async fn serve(session: &mut Session, conn: &mut Conn) -> End {
                 let _ = conn.send(&error_header(0, &WireError::new(ErrorCode::Timeout, "idle timeout"))).await;
                 return End::IdleTimeout;
             }
-            Ok(Err(e)) => return End::Frame(e),
+            Ok(Err(e)) => return e.into(),
             Ok(Ok(None)) => return End::Closed,
             Ok(Ok(Some(h))) => h,
         };
@@ -270,7 +287,7 @@ async fn serve(session: &mut Session, conn: &mut Conn) -> End {
         };
         if let Err(e) = result {
             debug!(error = %e, "session stream error");
-            return End::Frame(e);
+            return e.into();
         }
     }
 }

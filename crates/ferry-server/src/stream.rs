@@ -14,16 +14,6 @@ pub enum Stream {
     Unix(UnixStream),
 }
 
-impl Stream {
-    /// The plaintext TCP socket, when zero-copy `sendfile` can write to it directly.
-    pub fn plain_tcp(&self) -> Option<&TcpStream> {
-        match self {
-            Stream::Tcp(s) => Some(s),
-            _ => None,
-        }
-    }
-}
-
 macro_rules! delegate {
     ($self:ident, $s:ident => $e:expr) => {
         match $self.get_mut() {

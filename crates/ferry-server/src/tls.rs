@@ -3,7 +3,7 @@
 //! (trust on first use, like ssh's known_hosts), so no CA is involved.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -44,7 +44,7 @@ pub fn load_or_generate(data_dir: &Path) -> Result<TlsIdentity> {
     Ok(TlsIdentity { config: Arc::new(config), fingerprint, generated })
 }
 
-fn generate(cert_path: &PathBuf, key_path: &PathBuf) -> Result<()> {
+fn generate(cert_path: &Path, key_path: &Path) -> Result<()> {
     let names = vec!["localhost".to_string(), "ferry".to_string()];
     let certified = rcgen::generate_simple_self_signed(names).context("generating a self-signed certificate")?;
     write_private(key_path, certified.signing_key.serialize_pem().as_bytes())?;

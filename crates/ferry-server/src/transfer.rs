@@ -172,10 +172,8 @@ pub fn open_upload(
 
 fn create_partial(dir: &Dir, id: &str, meta: &PartialMeta) -> Result<std::fs::File, TransferError> {
     write_meta(dir, id, meta)?;
-    let file = dir.open_with(
-        format!("{id}.part"),
-        cap_std::fs::OpenOptions::new().read(true).write(true).create_new(true),
-    )?;
+    let file =
+        dir.open_with(format!("{id}.part"), cap_std::fs::OpenOptions::new().read(true).write(true).create_new(true))?;
     Ok(file.into_std())
 }
 

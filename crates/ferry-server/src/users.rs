@@ -51,15 +51,12 @@ impl Admin {
             bail!("the password must not be empty");
         }
         let verifier = hash_new_password(password, self.config.auth.scram_iterations)?;
-        let created = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
+        let created =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
         let record = UserRecord { name: name.to_string(), verifier, quota_bytes: quota, allow_exec, home, created };
         let home_dir = home_of(&self.config, &record);
         self.store.add(record.clone())?;
-        std::fs::create_dir_all(&home_dir)
-            .with_context(|| format!("cannot create home {}", home_dir.display()))?;
+        std::fs::create_dir_all(&home_dir).with_context(|| format!("cannot create home {}", home_dir.display()))?;
         Ok(record)
     }
 

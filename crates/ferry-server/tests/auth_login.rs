@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 use ferry_proto::scram::{self, ScramClient, ScramError, ServerFirst};
 use ferry_server::auth::admin::new_user;
 use ferry_server::auth::{
-    AuthError, Authenticator, MemoryUserStore, SqliteUserStore, Throttle, ThrottleConfig,
-    UserStore, hash_new_password,
+    AuthError, Authenticator, MemoryUserStore, SqliteUserStore, Throttle, ThrottleConfig, UserStore, hash_new_password,
 };
 
 const ITERATIONS: u32 = scram::MIN_ITERATIONS;
@@ -20,18 +19,8 @@ fn ip(s: &str) -> IpAddr {
 }
 
 fn authenticator(store: Arc<dyn UserStore>) -> Authenticator {
-    store
-        .add(new_user(
-            "alice",
-            hash_new_password("pencil", ITERATIONS).unwrap(),
-        ))
-        .unwrap();
-    Authenticator::new(
-        store,
-        Throttle::new(ThrottleConfig::default()),
-        SECRET,
-        ITERATIONS,
-    )
+    store.add(new_user("alice", hash_new_password("pencil", ITERATIONS).unwrap())).unwrap();
+    Authenticator::new(store, Throttle::new(ThrottleConfig::default()), SECRET, ITERATIONS)
 }
 
 /// Runs one login; returns the server-first message and the outcome.
@@ -49,22 +38,18 @@ fn login(
     };
     let server_first = attempt.server_first().to_owned();
     let fin = client.handle_server_first(&server_first).unwrap();
-    let outcome = attempt
-        .finish(fin.client_final(), now)
-        .map(|(server_final, user)| {
-            fin.verify_server_final(&server_final).unwrap();
-            user.name
-        });
+    let outcome = attempt.finish(fin.client_final(), now).map(|(server_final, user)| {
+        fin.verify_server_final(&server_final).unwrap();
+        user.name
+    });
     (server_first, outcome)
 }
 
 #[test]
 fn right_password_logs_in_with_either_store() {
     let dir = tempfile::tempdir().unwrap();
-    let stores: [Arc<dyn UserStore>; 2] = [
-        Arc::new(MemoryUserStore::new()),
-        Arc::new(SqliteUserStore::open(&dir.path().join("users.db")).unwrap()),
-    ];
+    let stores: [Arc<dyn UserStore>; 2] =
+        [Arc::new(MemoryUserStore::new()), Arc::new(SqliteUserStore::open(&dir.path().join("users.db")).unwrap())];
     for store in stores {
         let auth = authenticator(store);
         let (_, outcome) = login(&auth, "alice", "pencil", ip("192.0.2.1"), Instant::now());
@@ -93,11 +78,7 @@ fn unknown_user_fails_like_a_wrong_password() {
 
     // Same server-first shape: nonce length, salt length, iteration count.
     let parse = |s: &str| ServerFirst::parse(s).unwrap();
-    let (k, u, i) = (
-        parse(&known_first),
-        parse(&unknown_first),
-        parse(&invalid_first),
-    );
+    let (k, u, i) = (parse(&known_first), parse(&unknown_first), parse(&invalid_first));
     for other in [&u, &i] {
         assert_eq!(other.iterations, k.iterations);
         assert_eq!(other.salt.len(), k.salt.len());
@@ -139,28 +120,16 @@ fn flooding_address_is_banned_but_owner_gets_in_from_elsewhere() {
                 s
             }
         };
-        let fin = client
-            .handle_server_first_with(attempt.server_first(), &salted)
-            .unwrap();
-        assert!(matches!(
-            attempt.finish(fin.client_final(), now),
-            Err(AuthError::Failed)
-        ));
+        let fin = client.handle_server_first_with(attempt.server_first(), &salted).unwrap();
+        assert!(matches!(attempt.finish(fin.client_final(), now), Err(AuthError::Failed)));
     }
-    assert_eq!(
-        banned_at,
-        Some(u64::from(ThrottleConfig::default().ban_after))
-    );
+    assert_eq!(banned_at, Some(u64::from(ThrottleConfig::default().ban_after)));
 
     // The owner, from another address, is let in after at most a short delay.
     let now = start + Duration::from_secs(1);
     let client = ScramClient::new("alice", "pencil", "n").unwrap();
     let attempt = auth.begin(&client.client_first(), owner, now).unwrap();
-    assert!(
-        attempt.delay() <= Duration::from_secs(2),
-        "{:?}",
-        attempt.delay()
-    );
+    assert!(attempt.delay() <= Duration::from_secs(2), "{:?}", attempt.delay());
     let fin = client.handle_server_first(attempt.server_first()).unwrap();
     let (server_final, user) = attempt.finish(fin.client_final(), now).unwrap();
     fin.verify_server_final(&server_final).unwrap();
@@ -170,10 +139,7 @@ fn flooding_address_is_banned_but_owner_gets_in_from_elsewhere() {
     let client = ScramClient::new("alice", "pencil", "n").unwrap();
     let attempt = auth.begin(&client.client_first(), owner, now).unwrap();
     assert_eq!(attempt.delay(), Duration::ZERO);
-    assert!(matches!(
-        auth.begin(&client.client_first(), attacker, now),
-        Err(AuthError::Banned { .. })
-    ));
+    assert!(matches!(auth.begin(&client.client_first(), attacker, now), Err(AuthError::Banned { .. })));
 }
 
 #[test]
@@ -181,19 +147,11 @@ fn protocol_errors_are_typed() {
     let auth = authenticator(Arc::new(MemoryUserStore::new()));
     let now = Instant::now();
     let from = ip("192.0.2.1");
-    assert!(matches!(
-        auth.begin("y,,n=alice,r=abc", from, now),
-        Err(AuthError::Protocol(ScramError::ChannelBinding))
-    ));
-    assert!(matches!(
-        auth.begin("garbage", from, now),
-        Err(AuthError::Protocol(ScramError::Malformed(_)))
-    ));
+    assert!(matches!(auth.begin("y,,n=alice,r=abc", from, now), Err(AuthError::Protocol(ScramError::ChannelBinding))));
+    assert!(matches!(auth.begin("garbage", from, now), Err(AuthError::Protocol(ScramError::Malformed(_)))));
     // A known and an unknown user give the same error for a bad client-final.
     for user in ["alice", "nobody"] {
-        let attempt = auth
-            .begin(&format!("n,,n={user},r=abc"), from, now)
-            .unwrap();
+        let attempt = auth.begin(&format!("n,,n={user},r=abc"), from, now).unwrap();
         assert!(matches!(
             attempt.finish("c=biws,r=wrong,p=AAAA", now),
             Err(AuthError::Protocol(ScramError::Malformed(_)))

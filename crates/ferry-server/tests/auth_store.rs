@@ -7,9 +7,7 @@ use std::sync::Arc;
 
 use ferry_proto::scram::{MIN_ITERATIONS, Verifier};
 use ferry_server::auth::admin::new_user;
-use ferry_server::auth::{
-    MemoryUserStore, SqliteUserStore, StoreError, UserRecord, UserStore, UsernameError,
-};
+use ferry_server::auth::{MemoryUserStore, SqliteUserStore, StoreError, UserRecord, UserStore, UsernameError};
 
 const PASSWORD: &str = "correct horse battery staple";
 
@@ -42,10 +40,7 @@ fn round_trip(store: &dyn UserStore) {
         store.add(record("alice")),
         Err(StoreError::AlreadyExists(n)) if n == "alice"
     ));
-    assert!(matches!(
-        store.add(record("Bad Name")),
-        Err(StoreError::InvalidName(UsernameError::BadChar))
-    ));
+    assert!(matches!(store.add(record("Bad Name")), Err(StoreError::InvalidName(UsernameError::BadChar))));
 
     store.set_verifier("alice", verifier("new")).unwrap();
     store.set_quota("alice", None).unwrap();
@@ -90,8 +85,7 @@ fn sqlite_store_round_trip() {
 #[test]
 fn sqlite_store_is_object_safe_and_shared() {
     let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn UserStore> =
-        Arc::new(SqliteUserStore::open(&dir.path().join("users.db")).unwrap());
+    let store: Arc<dyn UserStore> = Arc::new(SqliteUserStore::open(&dir.path().join("users.db")).unwrap());
     let threads: Vec<_> = (0..4)
         .map(|i| {
             let store = Arc::clone(&store);
@@ -110,15 +104,9 @@ fn sqlite_quota_above_i64_is_refused() {
     let store = SqliteUserStore::open(&dir.path().join("users.db")).unwrap();
     let mut rec = record("alice");
     rec.quota_bytes = Some(u64::MAX);
-    assert!(matches!(
-        store.add(rec),
-        Err(StoreError::InvalidValue { .. })
-    ));
+    assert!(matches!(store.add(rec), Err(StoreError::InvalidValue { .. })));
     store.add(record("alice")).unwrap();
-    assert!(matches!(
-        store.set_quota("alice", Some(u64::MAX)),
-        Err(StoreError::InvalidValue { .. })
-    ));
+    assert!(matches!(store.set_quota("alice", Some(u64::MAX)), Err(StoreError::InvalidValue { .. })));
     store.set_quota("alice", Some(i64::MAX as u64)).unwrap();
 }
 
@@ -137,20 +125,14 @@ fn two_handles_on_one_file() {
     server.set_quota("alice", Some(5)).unwrap();
     assert_eq!(admin.get("alice").unwrap().unwrap().quota_bytes, Some(5));
 
-    assert!(matches!(
-        server.add(record("alice")),
-        Err(StoreError::AlreadyExists(_))
-    ));
+    assert!(matches!(server.add(record("alice")), Err(StoreError::AlreadyExists(_))));
 
     // Writers from both handles at once wait for each other (busy timeout)
     // instead of failing with SQLITE_BUSY.
     let server = Arc::new(server);
     let admin = Arc::new(admin);
     let mut threads = Vec::new();
-    for (h, store) in [Arc::clone(&server), Arc::clone(&admin)]
-        .into_iter()
-        .enumerate()
-    {
+    for (h, store) in [Arc::clone(&server), Arc::clone(&admin)].into_iter().enumerate() {
         threads.push(std::thread::spawn(move || {
             for i in 0..25 {
                 store.add(new_user(&format!("h{h}-{i}"), verifier("p")))?;
@@ -169,10 +151,7 @@ fn two_handles_on_one_file() {
 
     // A third open after the fact (a new admin command) sees it all too.
     drop((server, admin));
-    assert_eq!(
-        SqliteUserStore::open(&path).unwrap().list().unwrap().len(),
-        50
-    );
+    assert_eq!(SqliteUserStore::open(&path).unwrap().list().unwrap().len(), 50);
 }
 
 #[test]
@@ -201,24 +180,14 @@ fn schema_version_is_set_and_checked() {
     drop(SqliteUserStore::open(&path).unwrap());
 
     let conn = rusqlite::Connection::open(&path).unwrap();
-    let version: i64 = conn
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .unwrap();
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
     assert_eq!(version, 1);
-    let mode: String = conn
-        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
-        .unwrap();
+    let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
     assert_eq!(mode, "wal");
 
     conn.pragma_update(None, "user_version", 99).unwrap();
     drop(conn);
-    assert!(matches!(
-        SqliteUserStore::open(&path),
-        Err(StoreError::UnsupportedSchema {
-            found: 99,
-            supported: 1
-        })
-    ));
+    assert!(matches!(SqliteUserStore::open(&path), Err(StoreError::UnsupportedSchema { found: 99, supported: 1 })));
 }
 
 #[test]
@@ -229,8 +198,7 @@ fn corrupt_rows_are_reported() {
     store.add(record("alice")).unwrap();
 
     let conn = rusqlite::Connection::open(&path).unwrap();
-    conn.execute("UPDATE users SET verifier = 'plaintext?'", [])
-        .unwrap();
+    conn.execute("UPDATE users SET verifier = 'plaintext?'", []).unwrap();
     let err = store.get("alice").unwrap_err();
     assert!(matches!(err, StoreError::Corrupt { ref name, .. } if name == "alice"));
     // The message names the user and the problem, not the stored value.

@@ -7,9 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_client::udp::chat::{ChatClient, ChatError, ChatEvent, ChatOptions, run_line_chat};
-use ferry_proto::udp::chat::{
-    ClientDatagram, RefuseCode, RelayDatagram, decode_relay, encode_client,
-};
+use ferry_proto::udp::chat::{ClientDatagram, RefuseCode, RelayDatagram, decode_relay, encode_client};
 use ferry_proto::udp::reliable::RetryPolicy;
 use ferry_server::udp::chat::{ChatConfig, serve};
 use tokio::net::UdpSocket;
@@ -30,11 +28,7 @@ async fn start_relay(cfg: ChatConfig) -> Relay {
     let token = CancellationToken::new();
     let t = token.clone();
     let handle = tokio::spawn(async move { serve(socket, cfg, t).await.unwrap() });
-    Relay {
-        addr,
-        token,
-        handle,
-    }
+    Relay { addr, token, handle }
 }
 
 fn fast_cfg() -> ChatConfig {
@@ -51,11 +45,7 @@ fn fast_opts() -> ChatOptions {
     ChatOptions {
         join_timeout: Duration::from_millis(150),
         join_attempts: 30,
-        retry: RetryPolicy {
-            initial: Duration::from_millis(40),
-            max: Duration::from_millis(400),
-            window: 32,
-        },
+        retry: RetryPolicy { initial: Duration::from_millis(40), max: Duration::from_millis(400), window: 32 },
         ..ChatOptions::default()
     }
 }
@@ -64,11 +54,7 @@ fn fast_opts() -> ChatOptions {
 async fn next_message(c: &mut ChatClient) -> (String, String, bool) {
     loop {
         match timeout(T, c.next_event()).await.expect("an event in time") {
-            Some(ChatEvent::Message {
-                from,
-                text,
-                private,
-            }) => return (from, text, private),
+            Some(ChatEvent::Message { from, text, private }) => return (from, text, private),
             Some(ChatEvent::Notice(_)) => continue,
             other => panic!("unexpected {other:?}"),
         }
@@ -243,12 +229,7 @@ async fn lossy_network_exactly_once_in_order() {
     for t in tasks {
         let (c, seen) = timeout(Duration::from_secs(60), t).await.unwrap().unwrap();
         for n in nicks.iter().filter(|n| **n != c.nick()) {
-            assert_eq!(
-                seen[*n],
-                (0..N).collect::<Vec<_>>(),
-                "{} saw {n}'s messages exactly once, in order",
-                c.nick()
-            );
+            assert_eq!(seen[*n], (0..N).collect::<Vec<_>>(), "{} saw {n}'s messages exactly once, in order", c.nick());
         }
         c.quit().await.unwrap();
     }
@@ -268,9 +249,7 @@ async fn lossy_network_exactly_once_in_order() {
 async fn raw_join(relay: SocketAddr, nick: &str) -> (UdpSocket, String) {
     let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     s.connect(relay).await.unwrap();
-    s.send(&encode_client(&ClientDatagram::Join { nick: nick.into() }))
-        .await
-        .unwrap();
+    s.send(&encode_client(&ClientDatagram::Join { nick: nick.into() })).await.unwrap();
     let mut buf = [0u8; 2048];
     let n = timeout(T, s.recv(&mut buf)).await.unwrap().unwrap();
     match decode_relay(&buf[..n]).unwrap() {
@@ -297,9 +276,7 @@ async fn vanished_client_leaves_who_within_the_heartbeat_window() {
         ..fast_cfg()
     })
     .await;
-    let mut ann = ChatClient::join_with(relay.addr, "ann", fast_opts())
-        .await
-        .unwrap();
+    let mut ann = ChatClient::join_with(relay.addr, "ann", fast_opts()).await.unwrap();
     let (ghost, _key) = raw_join(relay.addr, "ghost").await;
     assert_eq!(who(&mut ann).await, ["ann", "ghost"]);
     drop(ghost); // vanishes: no Quit, no more heartbeats
@@ -308,17 +285,11 @@ async fn vanished_client_leaves_who_within_the_heartbeat_window() {
         if who(&mut ann).await == ["ann"] {
             break;
         }
-        assert!(
-            start.elapsed() < Duration::from_secs(3),
-            "ghost still listed"
-        );
+        assert!(start.elapsed() < Duration::from_secs(3), "ghost still listed");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let took = start.elapsed();
-    assert!(
-        took >= Duration::from_millis(700),
-        "not before the timeout: {took:?}"
-    );
+    assert!(took >= Duration::from_millis(700), "not before the timeout: {took:?}");
     // ann, who heartbeats, is still there well past the timeout.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(who(&mut ann).await, ["ann"]);
@@ -328,95 +299,47 @@ async fn vanished_client_leaves_who_within_the_heartbeat_window() {
 #[tokio::test]
 async fn spoofed_posts_are_refused() {
     let relay = start_relay(fast_cfg()).await;
-    let mut bob = ChatClient::join_with(relay.addr, "bob", fast_opts())
-        .await
-        .unwrap();
+    let mut bob = ChatClient::join_with(relay.addr, "bob", fast_opts()).await.unwrap();
     let (alice, key) = raw_join(relay.addr, "alice").await;
     let msg = |key: &str, seq, text: &str| {
-        encode_client(&ClientDatagram::Msg {
-            key: key.into(),
-            seq,
-            text: text.into(),
-            to: None,
-        })
+        encode_client(&ClientDatagram::Msg { key: key.into(), seq, text: text.into(), to: None })
     };
     // Right address, wrong key.
-    alice
-        .send(&msg(&"0".repeat(32), 1, "forged 1"))
-        .await
-        .unwrap();
-    assert!(matches!(
-        raw_next(&alice).await,
-        RelayDatagram::Refused {
-            code: RefuseCode::BadKey,
-            ..
-        }
-    ));
+    alice.send(&msg(&"0".repeat(32), 1, "forged 1")).await.unwrap();
+    assert!(matches!(raw_next(&alice).await, RelayDatagram::Refused { code: RefuseCode::BadKey, .. }));
     // Right key, another address.
     let mallory = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     mallory.connect(relay.addr).await.unwrap();
     mallory.send(&msg(&key, 1, "forged 2")).await.unwrap();
-    assert!(matches!(
-        raw_next(&mallory).await,
-        RelayDatagram::Refused {
-            code: RefuseCode::BadKey,
-            ..
-        }
-    ));
+    assert!(matches!(raw_next(&mallory).await, RelayDatagram::Refused { code: RefuseCode::BadKey, .. }));
     // A Join from mallory's address cannot take the nickname either.
-    mallory
-        .send(&encode_client(&ClientDatagram::Join {
-            nick: "alice".into(),
-        }))
-        .await
-        .unwrap();
-    assert!(matches!(
-        raw_next(&mallory).await,
-        RelayDatagram::Refused {
-            code: RefuseCode::NickTaken,
-            ..
-        }
-    ));
+    mallory.send(&encode_client(&ClientDatagram::Join { nick: "alice".into() })).await.unwrap();
+    assert!(matches!(raw_next(&mallory).await, RelayDatagram::Refused { code: RefuseCode::NickTaken, .. }));
     // The real alice, seq 1: bob's first message from her is this one.
     alice.send(&msg(&key, 1, "genuine")).await.unwrap();
     assert_eq!(raw_next(&alice).await, RelayDatagram::Ack { seq: 1 });
-    assert_eq!(
-        next_message(&mut bob).await,
-        ("alice".into(), "genuine".into(), false)
-    );
+    assert_eq!(next_message(&mut bob).await, ("alice".into(), "genuine".into(), false));
     relay.token.cancel();
 }
 
 #[tokio::test]
 async fn taken_nickname_is_refused() {
     let relay = start_relay(fast_cfg()).await;
-    let _ann = ChatClient::join_with(relay.addr, "ann", fast_opts())
-        .await
-        .unwrap();
+    let _ann = ChatClient::join_with(relay.addr, "ann", fast_opts()).await.unwrap();
     match ChatClient::join_with(relay.addr, "ann", fast_opts()).await {
-        Err(ChatError::Refused {
-            code: RefuseCode::NickTaken,
-            ..
-        }) => {}
+        Err(ChatError::Refused { code: RefuseCode::NickTaken, .. }) => {}
         Err(e) => panic!("{e}"),
         Ok(_) => panic!("joined twice as ann"),
     }
-    assert!(matches!(
-        ChatClient::join_with(relay.addr, "bad nick", fast_opts()).await,
-        Err(ChatError::BadNick(_))
-    ));
+    assert!(matches!(ChatClient::join_with(relay.addr, "bad nick", fast_opts()).await, Err(ChatError::BadNick(_))));
     relay.token.cancel();
 }
 
 #[tokio::test]
 async fn too_long_message_is_an_error_before_sending() {
     let relay = start_relay(fast_cfg()).await;
-    let mut ann = ChatClient::join_with(relay.addr, "ann", fast_opts())
-        .await
-        .unwrap();
-    let mut ben = ChatClient::join_with(relay.addr, "ben", fast_opts())
-        .await
-        .unwrap();
+    let mut ann = ChatClient::join_with(relay.addr, "ann", fast_opts()).await.unwrap();
+    let mut ben = ChatClient::join_with(relay.addr, "ben", fast_opts()).await.unwrap();
     let long = "x".repeat(1300);
     assert!(matches!(ann.say(&long), Err(ChatError::TooLong(_))));
     assert!(matches!(ann.tell("ben", &long), Err(ChatError::TooLong(_))));
@@ -434,31 +357,16 @@ async fn too_long_message_is_an_error_before_sending() {
 #[tokio::test]
 async fn private_message_reaches_only_its_recipient() {
     let relay = start_relay(fast_cfg()).await;
-    let mut ann = ChatClient::join_with(relay.addr, "ann", fast_opts())
-        .await
-        .unwrap();
-    let mut ben = ChatClient::join_with(relay.addr, "ben", fast_opts())
-        .await
-        .unwrap();
-    let mut cat = ChatClient::join_with(relay.addr, "cat", fast_opts())
-        .await
-        .unwrap();
+    let mut ann = ChatClient::join_with(relay.addr, "ann", fast_opts()).await.unwrap();
+    let mut ben = ChatClient::join_with(relay.addr, "ben", fast_opts()).await.unwrap();
+    let mut cat = ChatClient::join_with(relay.addr, "cat", fast_opts()).await.unwrap();
     ann.tell("ben", "psst").unwrap();
     ann.say("hello all").unwrap();
     ann.tell("nobody", "?").unwrap();
-    assert_eq!(
-        next_message(&mut ben).await,
-        ("ann".into(), "psst".into(), true)
-    );
-    assert_eq!(
-        next_message(&mut ben).await,
-        ("ann".into(), "hello all".into(), false)
-    );
+    assert_eq!(next_message(&mut ben).await, ("ann".into(), "psst".into(), true));
+    assert_eq!(next_message(&mut ben).await, ("ann".into(), "hello all".into(), false));
     // Per-sender order: cat's first message from ann is the public one.
-    assert_eq!(
-        next_message(&mut cat).await,
-        ("ann".into(), "hello all".into(), false)
-    );
+    assert_eq!(next_message(&mut cat).await, ("ann".into(), "hello all".into(), false));
     // ann hears about the unknown recipient.
     let notice = loop {
         match timeout(T, ann.next_event()).await.unwrap() {
@@ -474,15 +382,12 @@ async fn private_message_reaches_only_its_recipient() {
 #[tokio::test]
 async fn line_interface() {
     let relay = start_relay(fast_cfg()).await;
-    let mut ben = ChatClient::join_with(relay.addr, "ben", fast_opts())
-        .await
-        .unwrap();
+    let mut ben = ChatClient::join_with(relay.addr, "ben", fast_opts()).await.unwrap();
     let (mut stdin_w, stdin_r) = tokio::io::duplex(4096);
     let (stdout_w, mut stdout_r) = tokio::io::duplex(65536);
     let addr = relay.addr;
-    let ui = tokio::spawn(async move {
-        run_line_chat(addr, "ann", tokio::io::BufReader::new(stdin_r), stdout_w).await
-    });
+    let ui =
+        tokio::spawn(async move { run_line_chat(addr, "ann", tokio::io::BufReader::new(stdin_r), stdout_w).await });
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     // Wait until ann has joined (ben is told), then talk.
     loop {
@@ -492,14 +397,8 @@ async fn line_interface() {
             None => panic!("closed"),
         }
     }
-    stdin_w
-        .write_all(b"/who\nhello ben\n/bogus\n")
-        .await
-        .unwrap();
-    assert_eq!(
-        next_message(&mut ben).await,
-        ("ann".into(), "hello ben".into(), false)
-    );
+    stdin_w.write_all(b"/who\nhello ben\n/bogus\n").await.unwrap();
+    assert_eq!(next_message(&mut ben).await, ("ann".into(), "hello ben".into(), false));
     ben.tell("ann", "hi ann").unwrap();
     ben.flush(T).await.unwrap();
     // Give the line UI a moment to print, then quit.
@@ -518,9 +417,7 @@ async fn line_interface() {
 #[tokio::test]
 async fn shutdown_says_bye() {
     let relay = start_relay(fast_cfg()).await;
-    let mut ann = ChatClient::join_with(relay.addr, "ann", fast_opts())
-        .await
-        .unwrap();
+    let mut ann = ChatClient::join_with(relay.addr, "ann", fast_opts()).await.unwrap();
     relay.token.cancel();
     timeout(T, relay.handle).await.unwrap().unwrap();
     loop {

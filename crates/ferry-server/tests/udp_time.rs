@@ -23,22 +23,14 @@ async fn start(cfg: TimeConfig) -> (SocketAddr, CancellationToken, tokio::task::
 }
 
 fn generous() -> TimeConfig {
-    TimeConfig {
-        utc: true,
-        burst: 1000,
-        rate_per_sec: 1000.0,
-        ..TimeConfig::default()
-    }
+    TimeConfig { utc: true, burst: 1000, rate_per_sec: 1000.0, ..TimeConfig::default() }
 }
 
 async fn raw(addr: SocketAddr, req: &[u8]) -> Vec<u8> {
     let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     s.send_to(req, addr).await.unwrap();
     let mut buf = [0u8; 2048];
-    let (n, _) = tokio::time::timeout(T, s.recv_from(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
+    let (n, _) = tokio::time::timeout(T, s.recv_from(&mut buf)).await.unwrap().unwrap();
     buf[..n].to_vec()
 }
 
@@ -49,10 +41,7 @@ async fn common_specifiers() {
     // just after (unless an hour boundary falls between: then it is `after`).
     let fmt = "%Y|%m|%d|%H|%y|%b|%B|%a|%A|%j|%Z|%z|%e|%p|%I|%%|%D|%F|%T";
     let fmt_no_t = fmt.trim_end_matches("|%T");
-    let expect = || {
-        jiff::fmt::strtime::format(fmt_no_t, &Timestamp::now().to_zoned_datetime(TimeZone::UTC))
-            .unwrap()
-    };
+    let expect = || jiff::fmt::strtime::format(fmt_no_t, &Timestamp::now().to_zoned_datetime(TimeZone::UTC)).unwrap();
     let before = expect();
     let got = query_time(addr, fmt, T, 3).await.unwrap();
     let after = expect();
@@ -61,35 +50,22 @@ async fn common_specifiers() {
     assert_eq!(time.len(), 8, "%T is HH:MM:SS: {time}");
     assert!(head.contains("|UTC|+0000|"), "{head}");
     let ms = query_time(addr, "%M:%S", T, 3).await.unwrap();
-    assert!(
-        ms.len() == 5 && ms.bytes().filter(u8::is_ascii_digit).count() == 4,
-        "{ms}"
-    );
+    assert!(ms.len() == 5 && ms.bytes().filter(u8::is_ascii_digit).count() == 4, "{ms}");
     token.cancel();
     tokio::time::timeout(T, h).await.unwrap().unwrap();
 }
 
 #[tokio::test]
 async fn local_time_and_default_format() {
-    let (addr, token, _h) = start(TimeConfig {
-        utc: false,
-        ..generous()
-    })
-    .await;
+    let (addr, token, _h) = start(TimeConfig { utc: false, ..generous() }).await;
     let got = query_time(addr, "", T, 3).await.unwrap();
     // %Y-%m-%d %H:%M:%S
-    let shape: String = got
-        .chars()
-        .map(|c| if c.is_ascii_digit() { 'd' } else { c })
-        .collect();
+    let shape: String = got.chars().map(|c| if c.is_ascii_digit() { 'd' } else { c }).collect();
     assert_eq!(shape, "dddd-dd-dd dd:dd:dd");
     // Bytes on the wire: netcat's trailing newline is ignored, the reply
     // is one `OK` line.
     let reply = raw(addr, b"%Y\n").await;
-    assert!(
-        reply.starts_with(b"OK ") && reply.ends_with(b"\n"),
-        "{reply:?}"
-    );
+    assert!(reply.starts_with(b"OK ") && reply.ends_with(b"\n"), "{reply:?}");
     assert_eq!(reply.len(), "OK 2024\n".len());
     token.cancel();
 }
@@ -99,22 +75,13 @@ async fn invalid_format_gets_an_error_reply() {
     let (addr, token, _h) = start(generous()).await;
     for bad in ["%!", "trailing %", "%Ez"] {
         match query_time(addr, bad, T, 3).await {
-            Err(TimeError::Server {
-                code: ErrorCode::BadFormat,
-                ..
-            }) => {}
+            Err(TimeError::Server { code: ErrorCode::BadFormat, .. }) => {}
             other => panic!("{bad:?}: {other:?}"),
         }
     }
     // Not UTF-8.
     let reply = raw(addr, &[0xff, 0xfe]).await;
-    assert!(matches!(
-        decode_reply(&reply).unwrap(),
-        Reply::Err {
-            code: ErrorCode::BadUtf8,
-            ..
-        }
-    ));
+    assert!(matches!(decode_reply(&reply).unwrap(), Reply::Err { code: ErrorCode::BadUtf8, .. }));
     // The service is still up.
     assert!(query_time(addr, "%Y", T, 3).await.is_ok());
     token.cancel();
@@ -126,43 +93,20 @@ async fn oversized_request_gets_a_short_error() {
     let req = vec![b'%'; 300];
     let reply = raw(addr, &req).await;
     assert!(reply.len() < 64, "{reply:?}");
-    assert!(matches!(
-        decode_reply(&reply).unwrap(),
-        Reply::Err {
-            code: ErrorCode::TooLarge,
-            ..
-        }
-    ));
+    assert!(matches!(decode_reply(&reply).unwrap(), Reply::Err { code: ErrorCode::TooLarge, .. }));
     let too_big = "%Y".repeat(200);
-    assert!(matches!(
-        query_time(addr, &too_big, T, 0).await,
-        Err(TimeError::Server {
-            code: ErrorCode::TooLarge,
-            ..
-        })
-    ));
+    assert!(matches!(query_time(addr, &too_big, T, 0).await, Err(TimeError::Server { code: ErrorCode::TooLarge, .. })));
     token.cancel();
 }
 
 #[tokio::test]
 async fn replies_never_amplify() {
     let (addr, token, _h) = start(generous()).await;
-    let reqs: Vec<String> = vec![
-        String::new(),
-        "%c".into(),
-        "%c%c%c".into(),
-        "%A%B".repeat(20),
-        "%c".repeat(120),
-        "%Y".repeat(128),
-    ];
+    let reqs: Vec<String> =
+        vec![String::new(), "%c".into(), "%c%c%c".into(), "%A%B".repeat(20), "%c".repeat(120), "%Y".repeat(128)];
     for req in reqs {
         let reply = raw(addr, req.as_bytes()).await;
-        assert!(
-            reply.len() <= reply_limit(req.len()),
-            "{} bytes for a {}-byte request",
-            reply.len(),
-            req.len()
-        );
+        assert!(reply.len() <= reply_limit(req.len()), "{} bytes for a {}-byte request", reply.len(), req.len());
         assert!(reply.len() <= 4 * req.len() + 64);
     }
     token.cancel();
@@ -170,13 +114,8 @@ async fn replies_never_amplify() {
 
 #[tokio::test]
 async fn rate_limit_drops_the_excess() {
-    let (addr, token, _h) = start(TimeConfig {
-        utc: true,
-        burst: 3,
-        rate_per_sec: 0.01,
-        ..TimeConfig::default()
-    })
-    .await;
+    let (addr, token, _h) =
+        start(TimeConfig { utc: true, burst: 3, rate_per_sec: 0.01, ..TimeConfig::default() }).await;
     let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     for _ in 0..10 {
         s.send_to(b"%Y", addr).await.unwrap();

@@ -150,7 +150,10 @@ impl ServerProcess {
         while Instant::now() < deadline {
             let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) else {
                 if let Some(status) = child.try_wait()? {
-                    bail!("ferry serve exited early with {status}; log: {}", std::fs::read_to_string(&log_path).unwrap_or_default());
+                    bail!(
+                        "ferry serve exited early with {status}; log: {}",
+                        std::fs::read_to_string(&log_path).unwrap_or_default()
+                    );
                 }
                 continue;
             };
@@ -160,7 +163,9 @@ impl ServerProcess {
             if let Some(f) = line.strip_prefix("certificate fingerprint: ") {
                 fingerprint = Some(f.trim().to_string());
             }
-            let done = line.starts_with("no users yet") || line.starts_with("certificate fingerprint") || line.starts_with("WARNING");
+            let done = line.starts_with("no users yet")
+                || line.starts_with("certificate fingerprint")
+                || line.starts_with("WARNING");
             banner.push(line);
             if addr.is_some() && done {
                 break;

@@ -41,9 +41,7 @@ pub fn generate_server_secret() -> Result<[u8; 32], PasswordError> {
 /// The current time in Unix seconds, for [`UserRecord::created`].
 #[must_use]
 pub fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// A record for a new user with defaults: no quota, no exec, default home,
@@ -72,9 +70,6 @@ mod tests {
         assert_eq!(a.salt().len(), SALT_LEN);
         assert_ne!(a.salt(), b.salt());
         assert_ne!(a.stored_key(), b.stored_key());
-        assert!(matches!(
-            hash_new_password("pw", 1),
-            Err(PasswordError::Scram(ScramError::IterationCount(1)))
-        ));
+        assert!(matches!(hash_new_password("pw", 1), Err(PasswordError::Scram(ScramError::IterationCount(1)))));
     }
 }

@@ -128,9 +128,7 @@ pub struct Authenticator {
 
 impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Authenticator")
-            .field("default_iterations", &self.default_iterations)
-            .finish_non_exhaustive()
+        f.debug_struct("Authenticator").field("default_iterations", &self.default_iterations).finish_non_exhaustive()
     }
 }
 
@@ -152,8 +150,7 @@ impl Authenticator {
             store,
             throttle: Arc::new(throttle),
             server_secret,
-            default_iterations: default_iterations
-                .clamp(scram::MIN_ITERATIONS, scram::MAX_ITERATIONS),
+            default_iterations: default_iterations.clamp(scram::MIN_ITERATIONS, scram::MAX_ITERATIONS),
         }
     }
 
@@ -176,12 +173,7 @@ impl Authenticator {
     ///
     /// **Blocking**: reads the user store. Async callers use
     /// `tokio::task::spawn_blocking`.
-    pub fn begin(
-        &self,
-        client_first: &str,
-        ip: IpAddr,
-        now: Instant,
-    ) -> Result<LoginAttempt, AuthError> {
+    pub fn begin(&self, client_first: &str, ip: IpAddr, now: Instant) -> Result<LoginAttempt, AuthError> {
         let mut random = [0u8; 18];
         getrandom::fill(&mut random).map_err(|_| AuthError::Random)?;
         self.begin_with_nonce(client_first, ip, &scram::encode_nonce(&random), now)
@@ -214,16 +206,8 @@ impl Authenticator {
             Some(u) => u.verifier.clone(),
             None => Verifier::fake_for(&username, &self.server_secret, self.default_iterations),
         };
-        let server =
-            ScramServer::new(&first, verifier, server_nonce).map_err(AuthError::Protocol)?;
-        Ok(LoginAttempt {
-            server,
-            user,
-            username,
-            ip,
-            delay,
-            throttle: Arc::clone(&self.throttle),
-        })
+        let server = ScramServer::new(&first, verifier, server_nonce).map_err(AuthError::Protocol)?;
+        Ok(LoginAttempt { server, user, username, ip, delay, throttle: Arc::clone(&self.throttle) })
     }
 }
 
@@ -273,11 +257,7 @@ impl LoginAttempt {
     /// throttle. On success returns the server-final message and the user.
     ///
     /// Cheap (a few HMACs): no need for `spawn_blocking`.
-    pub fn finish(
-        self,
-        client_final: &str,
-        now: Instant,
-    ) -> Result<(String, UserRecord), AuthError> {
+    pub fn finish(self, client_final: &str, now: Instant) -> Result<(String, UserRecord), AuthError> {
         let result = self.server.finish(client_final);
         match (result, self.user) {
             (Ok(server_final), Some(user)) => {

@@ -60,13 +60,7 @@ impl SqliteUserStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         // Create the file ourselves so its mode is 0600 from the first byte;
         // SQLite gives the -wal and -shm files the same mode.
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(path)?;
+        OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(path)?;
         let mut conn = Connection::open(path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
@@ -74,9 +68,7 @@ impl SqliteUserStore {
             tracing::warn!(path = %path.display(), %mode, "user database is not in WAL mode");
         }
         migrate(&mut conn)?;
-        Ok(Self {
-            conn: Mutex::new(conn),
-        })
+        Ok(Self { conn: Mutex::new(conn) })
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -107,10 +99,7 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         }
         SCHEMA_VERSION => {}
         found => {
-            return Err(StoreError::UnsupportedSchema {
-                found,
-                supported: SCHEMA_VERSION,
-            });
+            return Err(StoreError::UnsupportedSchema { found, supported: SCHEMA_VERSION });
         }
     }
     tx.commit()?;
@@ -140,14 +129,9 @@ impl Row {
     }
 
     fn into_record(self) -> Result<UserRecord, StoreError> {
-        let corrupt = |reason: String| StoreError::Corrupt {
-            name: self.name.clone(),
-            reason,
-        };
-        let verifier: Verifier = self
-            .verifier
-            .parse()
-            .map_err(|e: ferry_proto::scram::ScramError| corrupt(e.to_string()))?;
+        let corrupt = |reason: String| StoreError::Corrupt { name: self.name.clone(), reason };
+        let verifier: Verifier =
+            self.verifier.parse().map_err(|e: ferry_proto::scram::ScramError| corrupt(e.to_string()))?;
         let quota_bytes = match self.quota_bytes {
             None => None,
             Some(q) => Some(u64::try_from(q).map_err(|_| corrupt("negative quota".into()))?),
@@ -166,10 +150,8 @@ impl Row {
 fn quota_to_sql(name: &str, quota: Option<u64>) -> Result<Option<i64>, StoreError> {
     quota
         .map(|q| {
-            i64::try_from(q).map_err(|_| StoreError::InvalidValue {
-                name: name.to_owned(),
-                reason: "quota above i64::MAX bytes",
-            })
+            i64::try_from(q)
+                .map_err(|_| StoreError::InvalidValue { name: name.to_owned(), reason: "quota above i64::MAX bytes" })
         })
         .transpose()
 }
@@ -178,10 +160,7 @@ fn home_to_sql(name: &str, home: Option<&Path>) -> Result<Option<String>, StoreE
     home.map(|h| {
         h.to_str()
             .map(str::to_owned)
-            .ok_or(StoreError::InvalidValue {
-                name: name.to_owned(),
-                reason: "home directory path is not UTF-8",
-            })
+            .ok_or(StoreError::InvalidValue { name: name.to_owned(), reason: "home directory path is not UTF-8" })
     })
     .transpose()
 }
@@ -190,11 +169,7 @@ impl UserStore for SqliteUserStore {
     fn get(&self, name: &str) -> Result<Option<UserRecord>, StoreError> {
         let row = self
             .conn()
-            .query_row(
-                &format!("SELECT {COLUMNS} FROM users WHERE name = ?1"),
-                [name],
-                Row::read,
-            )
+            .query_row(&format!("SELECT {COLUMNS} FROM users WHERE name = ?1"), [name], Row::read)
             .optional()?;
         row.map(Row::into_record).transpose()
     }
@@ -203,8 +178,7 @@ impl UserStore for SqliteUserStore {
         let conn = self.conn();
         let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM users ORDER BY name"))?;
         let rows = stmt.query_map([], Row::read)?;
-        rows.map(|r| r.map_err(StoreError::from).and_then(Row::into_record))
-            .collect()
+        rows.map(|r| r.map_err(StoreError::from).and_then(Row::into_record)).collect()
     }
 
     fn add(&self, user: UserRecord) -> Result<(), StoreError> {
@@ -213,20 +187,11 @@ impl UserStore for SqliteUserStore {
         let home = home_to_sql(&user.name, user.home.as_deref())?;
         let result = self.conn().execute(
             &format!("INSERT INTO users ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"),
-            params![
-                user.name,
-                user.verifier.to_string(),
-                quota,
-                user.allow_exec,
-                home,
-                user.created
-            ],
+            params![user.name, user.verifier.to_string(), quota, user.allow_exec, home, user.created],
         );
         match result {
             Ok(_) => Ok(()),
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == ErrorCode::ConstraintViolation =>
-            {
+            Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == ErrorCode::ConstraintViolation => {
                 Err(StoreError::AlreadyExists(user.name))
             }
             Err(e) => Err(e.into()),
@@ -234,34 +199,20 @@ impl UserStore for SqliteUserStore {
     }
 
     fn set_verifier(&self, name: &str, verifier: Verifier) -> Result<(), StoreError> {
-        self.update(
-            name,
-            "UPDATE users SET verifier = ?2 WHERE name = ?1",
-            &verifier.to_string(),
-        )
+        self.update(name, "UPDATE users SET verifier = ?2 WHERE name = ?1", &verifier.to_string())
     }
 
     fn set_quota(&self, name: &str, quota_bytes: Option<u64>) -> Result<(), StoreError> {
         let quota = quota_to_sql(name, quota_bytes)?;
-        self.update(
-            name,
-            "UPDATE users SET quota_bytes = ?2 WHERE name = ?1",
-            &quota,
-        )
+        self.update(name, "UPDATE users SET quota_bytes = ?2 WHERE name = ?1", &quota)
     }
 
     fn set_allow_exec(&self, name: &str, allow: bool) -> Result<(), StoreError> {
-        self.update(
-            name,
-            "UPDATE users SET allow_exec = ?2 WHERE name = ?1",
-            &allow,
-        )
+        self.update(name, "UPDATE users SET allow_exec = ?2 WHERE name = ?1", &allow)
     }
 
     fn delete(&self, name: &str) -> Result<(), StoreError> {
-        let n = self
-            .conn()
-            .execute("DELETE FROM users WHERE name = ?1", [name])?;
+        let n = self.conn().execute("DELETE FROM users WHERE name = ?1", [name])?;
         if n == 0 {
             return Err(StoreError::NotFound(name.to_owned()));
         }

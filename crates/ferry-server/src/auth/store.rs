@@ -67,16 +67,9 @@ impl MemoryUserStore {
         Self::default()
     }
 
-    fn with_user<T>(
-        &self,
-        name: &str,
-        f: impl FnOnce(&mut UserRecord) -> T,
-    ) -> Result<T, StoreError> {
+    fn with_user<T>(&self, name: &str, f: impl FnOnce(&mut UserRecord) -> T) -> Result<T, StoreError> {
         let mut users = self.users.lock().unwrap_or_else(PoisonError::into_inner);
-        users
-            .get_mut(name)
-            .map(f)
-            .ok_or_else(|| StoreError::NotFound(name.to_owned()))
+        users.get_mut(name).map(f).ok_or_else(|| StoreError::NotFound(name.to_owned()))
     }
 }
 
@@ -115,9 +108,6 @@ impl UserStore for MemoryUserStore {
 
     fn delete(&self, name: &str) -> Result<(), StoreError> {
         let mut users = self.users.lock().unwrap_or_else(PoisonError::into_inner);
-        users
-            .remove(name)
-            .map(drop)
-            .ok_or_else(|| StoreError::NotFound(name.to_owned()))
+        users.remove(name).map(drop).ok_or_else(|| StoreError::NotFound(name.to_owned()))
     }
 }

@@ -92,17 +92,11 @@ struct Entry {
 
 impl Entry {
     fn new(now: Instant) -> Self {
-        Self {
-            failures: 0,
-            last_failure: now,
-            banned_until: None,
-        }
+        Self { failures: 0, last_failure: now, banned_until: None }
     }
 
     fn banned(&self, now: Instant) -> Option<Duration> {
-        self.banned_until
-            .filter(|&until| until > now)
-            .map(|until| until - now)
+        self.banned_until.filter(|&until| until > now).map(|until| until - now)
     }
 
     fn expired(&self, now: Instant, forget_after: Duration) -> bool {
@@ -111,11 +105,7 @@ impl Entry {
 
     /// The failure count still in force at `now`.
     fn failures(&self, now: Instant, forget_after: Duration) -> u32 {
-        if self.expired(now, forget_after) {
-            0
-        } else {
-            self.failures
-        }
+        if self.expired(now, forget_after) { 0 } else { self.failures }
     }
 
     /// Gone entirely: no failures in force and no ban running.
@@ -178,11 +168,7 @@ fn entry_mut<'a, K: Hash + Eq + Clone>(
 }
 
 /// Drops stale entries; if that is not enough, the oldest eighth (at least one).
-fn make_room<K: Hash + Eq + Clone>(
-    map: &mut HashMap<K, Entry>,
-    now: Instant,
-    config: &ThrottleConfig,
-) {
+fn make_room<K: Hash + Eq + Clone>(map: &mut HashMap<K, Entry>, now: Instant, config: &ThrottleConfig) {
     map.retain(|_, e| !e.stale(now, config.forget_after));
     let cap = config.max_tracked.max(1);
     if map.len() < cap {
@@ -192,19 +178,13 @@ fn make_room<K: Hash + Eq + Clone>(
     let mut times: Vec<Instant> = map.values().map(|e| e.last_failure).collect();
     let (_, &mut cutoff, _) = times.select_nth_unstable(evict - 1);
     map.retain(|_, e| e.last_failure > cutoff);
-    tracing::debug!(
-        remaining = map.len(),
-        "login throttle full: forgot the oldest entries"
-    );
+    tracing::debug!(remaining = map.len(), "login throttle full: forgot the oldest entries");
 }
 
 impl Throttle {
     #[must_use]
     pub fn new(config: ThrottleConfig) -> Self {
-        Self {
-            config,
-            inner: Mutex::new(Inner::default()),
-        }
+        Self { config, inner: Mutex::new(Inner::default()) }
     }
 
     #[must_use]
@@ -240,18 +220,11 @@ impl Throttle {
             return Decision::Banned { remaining };
         }
         let ip_failures = ip_entry.map_or(0, |e| e.failures(now, forget));
-        let user_failures = inner
-            .users
-            .get(&user_key(user))
-            .map_or(0, |e| e.failures(now, forget));
+        let user_failures = inner.users.get(&user_key(user)).map_or(0, |e| e.failures(now, forget));
         let delay = self
             .delay_for(ip_failures, self.config.max_delay)
             .max(self.delay_for(user_failures, self.config.max_user_delay));
-        if delay.is_zero() {
-            Decision::Allow
-        } else {
-            Decision::Delay(delay)
-        }
+        if delay.is_zero() { Decision::Allow } else { Decision::Delay(delay) }
     }
 
     /// Counts a failed login as `user` from `ip`; bans the address once it
@@ -293,10 +266,7 @@ impl Throttle {
         let ip = ip_key(ip);
         let mut inner = self.lock();
         inner.users.remove(&user);
-        let forgiven = inner
-            .pairs
-            .remove(&(user, ip))
-            .map_or(0, |e| e.failures(now, forget));
+        let forgiven = inner.pairs.remove(&(user, ip)).map_or(0, |e| e.failures(now, forget));
         if let Some(entry) = inner.ips.get_mut(&ip) {
             entry.failures = entry.failures.saturating_sub(forgiven);
             if entry.failures == 0 && entry.banned(now).is_none() {
@@ -341,15 +311,9 @@ mod tests {
         }
         assert_eq!(t.check("alice", a, now), Decision::Allow);
         t.record_failure("alice", a, now);
-        assert_eq!(
-            t.check("alice", a, now),
-            Decision::Delay(Duration::from_millis(250))
-        );
+        assert_eq!(t.check("alice", a, now), Decision::Delay(Duration::from_millis(250)));
         t.record_failure("alice", a, now);
-        assert_eq!(
-            t.check("alice", a, now),
-            Decision::Delay(Duration::from_millis(500))
-        );
+        assert_eq!(t.check("alice", a, now), Decision::Delay(Duration::from_millis(500)));
     }
 
     #[test]
@@ -362,15 +326,9 @@ mod tests {
             t.record_failure("alice", attacker, now + Duration::from_millis(i));
         }
         let later = now + secs(1);
-        assert!(matches!(
-            t.check("alice", attacker, later),
-            Decision::Banned { .. }
-        ));
+        assert!(matches!(t.check("alice", attacker, later), Decision::Banned { .. }));
         // Another user from the banned address: still banned.
-        assert!(matches!(
-            t.check("bob", attacker, later),
-            Decision::Banned { .. }
-        ));
+        assert!(matches!(t.check("bob", attacker, later), Decision::Banned { .. }));
         // The owner from elsewhere: at most the per-user cap.
         match t.check("alice", owner, later) {
             Decision::Allow => {}
@@ -380,10 +338,7 @@ mod tests {
         t.record_success("alice", owner, later);
         assert_eq!(t.check("alice", owner, later), Decision::Allow);
         // Success elsewhere does not lift the attacker's ban.
-        assert!(matches!(
-            t.check("alice", attacker, later),
-            Decision::Banned { .. }
-        ));
+        assert!(matches!(t.check("alice", attacker, later), Decision::Banned { .. }));
     }
 
     #[test]
@@ -395,12 +350,7 @@ mod tests {
         for _ in 0..config.ban_after {
             t.record_failure("alice", a, now);
         }
-        assert_eq!(
-            t.check("alice", a, now + secs(60)),
-            Decision::Banned {
-                remaining: config.ban_for - secs(60)
-            }
-        );
+        assert_eq!(t.check("alice", a, now + secs(60)), Decision::Banned { remaining: config.ban_for - secs(60) });
         let after = now + config.ban_for.max(config.forget_after);
         assert_eq!(t.check("alice", a, after), Decision::Allow);
         // Counting starts again from zero.
@@ -421,10 +371,7 @@ mod tests {
         }
         t.record_success("eve", a, now);
         // 6 failures left on the address: 3 beyond the free ones.
-        assert_eq!(
-            t.check("eve", a, now),
-            Decision::Delay(Duration::from_millis(1000))
-        );
+        assert_eq!(t.check("eve", a, now), Decision::Delay(Duration::from_millis(1000)));
         // Cycling failures and successes on an own account does not reset the
         // count against another.
         for _ in 0..4 {
@@ -442,27 +389,18 @@ mod tests {
             let addr = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 1, i, i, i, i));
             t.record_failure("alice", addr, now);
         }
-        assert!(matches!(
-            t.check("x", ip("2001:db8:0:1::ffff"), now),
-            Decision::Banned { .. }
-        ));
+        assert!(matches!(t.check("x", ip("2001:db8:0:1::ffff"), now), Decision::Banned { .. }));
         assert_eq!(t.check("x", ip("2001:db8:0:2::1"), now), Decision::Allow);
         // IPv4-mapped counts as IPv4.
         for _ in 0..10 {
             t.record_failure("alice", ip("::ffff:192.0.2.9"), now);
         }
-        assert!(matches!(
-            t.check("x", ip("192.0.2.9"), now),
-            Decision::Banned { .. }
-        ));
+        assert!(matches!(t.check("x", ip("192.0.2.9"), now), Decision::Banned { .. }));
     }
 
     #[test]
     fn memory_is_bounded() {
-        let t = Throttle::new(ThrottleConfig {
-            max_tracked: 100,
-            ..ThrottleConfig::default()
-        });
+        let t = Throttle::new(ThrottleConfig { max_tracked: 100, ..ThrottleConfig::default() });
         let now = Instant::now();
         for i in 0..1000u32 {
             let addr = IpAddr::V4(i.into());
@@ -472,19 +410,12 @@ mod tests {
         assert!(t.tracked() <= 300, "{}", t.tracked());
         // The newest survive.
         let last = IpAddr::V4(999u32.into());
-        assert_eq!(
-            t.lock().ips.get(&last).map(|e| e.failures),
-            Some(1),
-            "newest entry evicted"
-        );
+        assert_eq!(t.lock().ips.get(&last).map(|e| e.failures), Some(1), "newest entry evicted");
     }
 
     #[test]
     fn delay_is_capped_and_does_not_overflow() {
-        let t = Throttle::new(ThrottleConfig {
-            ban_after: u32::MAX,
-            ..ThrottleConfig::default()
-        });
+        let t = Throttle::new(ThrottleConfig { ban_after: u32::MAX, ..ThrottleConfig::default() });
         let now = Instant::now();
         let a = ip("192.0.2.1");
         for _ in 0..200 {

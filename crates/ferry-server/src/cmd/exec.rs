@@ -34,7 +34,9 @@ pub async fn exec(session: &mut Session, conn: &mut Conn, id: u64, argv: Vec<Str
     };
     if !exec::allowed(&cfg.allowlist, program) {
         warn!(user = %user, program = %program, "exec refused: not in the allowlist");
-        return Err(WireError::new(ErrorCode::NotPermitted, format!("{program} is not in the server's allowlist")).into());
+        return Err(
+            WireError::new(ErrorCode::NotPermitted, format!("{program} is not in the server's allowlist")).into()
+        );
     }
     let Some(_permit) = session.shared.exec.try_acquire(&user, cfg.max_per_user) else {
         return Err(WireError::new(ErrorCode::Busy, "too many commands running; try again later").into());

@@ -66,7 +66,7 @@ pub async fn put(session: &mut Session, conn: &mut Conn, id: u64, a: PutArgs) ->
             // consume both so that exactly one answer goes back.
             if !a.wait {
                 conn.skip_body().await?;
-                read_put_end(conn, id).await?;
+                let _ = read_put_end(conn, id).await?;
             }
             return Err(e.into());
         }
@@ -142,12 +142,13 @@ pub async fn put(session: &mut Session, conn: &mut Conn, id: u64, a: PutArgs) ->
     let fsync = session.shared.config.transfer.fsync;
     let overwrite = a.overwrite;
     let t = target.clone();
+    let actual_hash = actual.clone();
     let committed = blocking(&session.jail, move |j| {
         if let Some(h) = header_hash.filter(|h| !h.eq_ignore_ascii_case(&expected)) {
             let freed = upload.discard();
             return Ok(Err((TransferError::ChecksumMismatch { expected: h, actual: expected }, freed)));
         }
-        match upload.commit(j, &t, &actual, &expected, overwrite, fsync) {
+        match upload.commit(j, &t, &actual_hash, &expected, overwrite, fsync) {
             Ok(replaced) => Ok(Ok(replaced)),
             Err(e) => Ok(Err((e, 0))),
         }
@@ -220,10 +221,9 @@ async fn prepare_put(session: &mut Session, a: &PutArgs) -> Result<Prepared, Wir
         None => None,
     };
     let (size, offset, uid, sha) = (a.size, a.offset, a.upload_id.clone(), a.sha256.clone());
-    let (upload, released) = blocking(&session.jail, move |j| {
-        Ok(transfer::open_upload(j, &target, size, offset, uid.as_deref(), sha)?)
-    })
-    .await?;
+    let (upload, released) =
+        blocking(&session.jail, move |j| Ok(transfer::open_upload(j, &target, size, offset, uid.as_deref(), sha)?))
+            .await?;
     session.quota.release(released);
     drop(guard);
     let guard = session.shared.uploads.claim(&session.user.name, &upload.id)?;
@@ -251,10 +251,11 @@ pub async fn upload_status(
 ) -> Result<(), Reply> {
     let target = resolve(session, &path)?;
     let status =
-        blocking(&session.jail, move |j| Ok(transfer::upload_status(j, &target, size, upload_id.as_deref())?))
-            .await?;
+        blocking(&session.jail, move |j| Ok(transfer::upload_status(j, &target, size, upload_id.as_deref())?)).await?;
     let body = match status {
-        Some(s) => json!({ "found": true, "upload_id": s.upload_id, "offset": s.offset, "prefix_sha256": s.prefix_sha256 }),
+        Some(s) => {
+            json!({ "found": true, "upload_id": s.upload_id, "offset": s.offset, "prefix_sha256": s.prefix_sha256 })
+        }
         None => json!({ "found": false, "offset": 0 }),
     };
     conn.queue_header(&ok_header(id, &body, 0))?;
@@ -271,8 +272,9 @@ pub async fn get(session: &mut Session, conn: &mut Conn, id: u64, path: String, 
     }
     let size = entry.size;
     if offset > size {
-        return Err(WireError::new(ErrorCode::BadRequest, format!("offset {offset} is past the end ({size} bytes)"))
-            .into());
+        return Err(
+            WireError::new(ErrorCode::BadRequest, format!("offset {offset} is past the end ({size} bytes)")).into()
+        );
     }
     let body_len = size - offset;
     conn.queue_header(&ok_header(id, &json!({ "size": size, "offset": offset, "mtime": entry.mtime }), body_len))?;
@@ -342,7 +344,13 @@ fn read_blocks(mut file: std::fs::File, offset: u64, size: u64, tx: mpsc::Sender
     Ok(hex::encode(hasher.finalize()))
 }
 
-pub async fn hash(session: &mut Session, conn: &mut Conn, id: u64, path: String, length: Option<u64>) -> Result<(), Reply> {
+pub async fn hash(
+    session: &mut Session,
+    conn: &mut Conn,
+    id: u64,
+    path: String,
+    length: Option<u64>,
+) -> Result<(), Reply> {
     let target = resolve(session, &path)?;
     let (sha256, length, size) = blocking(&session.jail, move |j| {
         let (mut file, entry) = j.open_read(&target)?;

@@ -15,9 +15,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use ferry_proto::udp::chat::{
-    self as wire, ClientDatagram, MAX_DATAGRAM, RefuseCode, RelayDatagram,
-};
+use ferry_proto::udp::chat::{self as wire, ClientDatagram, MAX_DATAGRAM, RefuseCode, RelayDatagram};
 use ferry_proto::udp::reliable::{Inbox, Offer, Outbox, RetryPolicy};
 use serde::Deserialize;
 use tokio::net::UdpSocket;
@@ -28,6 +26,10 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ChatConfig {
+    /// Run the relay inside `ferry serve`.
+    pub enabled: bool,
+    /// Where `ferry serve` binds it (default 127.0.0.1:7735).
+    pub listen: Option<std::net::SocketAddr>,
     /// How often clients should send `Ping` (announced in `Welcome`).
     #[serde(with = "super::duration")]
     pub heartbeat: Duration,
@@ -51,6 +53,8 @@ pub struct ChatConfig {
 impl Default for ChatConfig {
     fn default() -> Self {
         ChatConfig {
+            enabled: false,
+            listen: None,
             heartbeat: Duration::from_secs(5),
             timeout: Duration::from_secs(15),
             max_clients: 256,
@@ -64,18 +68,12 @@ impl Default for ChatConfig {
 
 impl ChatConfig {
     fn policy(&self) -> RetryPolicy {
-        RetryPolicy {
-            initial: self.retry_initial,
-            max: self.retry_max,
-            window: self.window,
-        }
+        RetryPolicy { initial: self.retry_initial, max: self.retry_max, window: self.window }
     }
 
     /// How often [`serve`] calls [`Relay::tick`].
     pub fn tick_interval(&self) -> Duration {
-        (self.retry_initial / 2)
-            .min(self.heartbeat / 2)
-            .max(Duration::from_millis(5))
+        (self.retry_initial / 2).min(self.heartbeat / 2).max(Duration::from_millis(5))
     }
 }
 
@@ -104,11 +102,7 @@ pub struct Relay {
 
 /// Compares keys without stopping at the first difference.
 fn same_key(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn new_key() -> io::Result<String> {
@@ -118,20 +112,13 @@ fn new_key() -> io::Result<String> {
 }
 
 fn refuse(out: &mut Outgoing, to: SocketAddr, code: RefuseCode, reason: &str) {
-    let d = RelayDatagram::Refused {
-        code,
-        reason: reason.to_owned(),
-    };
+    let d = RelayDatagram::Refused { code, reason: reason.to_owned() };
     out.push((to, wire::encode_relay(&d)));
 }
 
 impl Relay {
     pub fn new(cfg: ChatConfig) -> Self {
-        Relay {
-            cfg,
-            clients: HashMap::new(),
-            by_addr: HashMap::new(),
-        }
+        Relay { cfg, clients: HashMap::new(), by_addr: HashMap::new() }
     }
 
     /// Nicknames currently joined, sorted.
@@ -153,17 +140,9 @@ impl Relay {
     }
 
     fn notice_all(&mut self, except: &str, text: &str) {
-        let nicks: Vec<String> = self
-            .clients
-            .keys()
-            .filter(|n| *n != except)
-            .cloned()
-            .collect();
+        let nicks: Vec<String> = self.clients.keys().filter(|n| *n != except).cloned().collect();
         for n in nicks {
-            self.enqueue(&n, |seq| RelayDatagram::Notice {
-                seq,
-                text: text.to_owned(),
-            });
+            self.enqueue(&n, |seq| RelayDatagram::Notice { seq, text: text.to_owned() });
         }
     }
 
@@ -264,12 +243,7 @@ impl Relay {
                     out.push((from, wire::encode_relay(&self.welcome(nick, &c.key))));
                 }
             } else {
-                refuse(
-                    out,
-                    from,
-                    RefuseCode::BadKey,
-                    "this address has joined already",
-                );
+                refuse(out, from, RefuseCode::BadKey, "this address has joined already");
             }
             return;
         }
@@ -340,12 +314,7 @@ impl Relay {
                         self.enqueue(nick, |seq| RelayDatagram::Notice { seq, text });
                     }
                     None => {
-                        let others: Vec<String> = self
-                            .clients
-                            .keys()
-                            .filter(|n| *n != nick)
-                            .cloned()
-                            .collect();
+                        let others: Vec<String> = self.clients.keys().filter(|n| *n != nick).cloned().collect();
                         for o in others {
                             self.enqueue(&o, |seq| RelayDatagram::Deliver {
                                 seq,
@@ -394,11 +363,7 @@ async fn send_all(socket: &UdpSocket, out: Outgoing) {
 
 /// Runs the relay on `socket` until `shutdown` is cancelled; then says `Bye`
 /// to every client (once, best effort).
-pub async fn serve(
-    socket: UdpSocket,
-    cfg: ChatConfig,
-    shutdown: CancellationToken,
-) -> io::Result<()> {
+pub async fn serve(socket: UdpSocket, cfg: ChatConfig, shutdown: CancellationToken) -> io::Result<()> {
     let mut tick = tokio::time::interval(cfg.tick_interval());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut relay = Relay::new(cfg);
@@ -421,11 +386,7 @@ pub async fn serve(
         send_all(&socket, out).await;
     }
     let bye = wire::encode_relay(&RelayDatagram::Bye);
-    let out = relay
-        .addrs()
-        .into_iter()
-        .map(|a| (a, bye.clone()))
-        .collect();
+    let out = relay.addrs().into_iter().map(|a| (a, bye.clone())).collect();
     send_all(&socket, out).await;
     Ok(())
 }
@@ -435,17 +396,11 @@ mod tests {
     use super::*;
 
     fn decode(out: &Outgoing) -> Vec<(SocketAddr, RelayDatagram)> {
-        out.iter()
-            .map(|(a, b)| (*a, wire::decode_relay(b).unwrap()))
-            .collect()
+        out.iter().map(|(a, b)| (*a, wire::decode_relay(b).unwrap())).collect()
     }
 
     fn join(r: &mut Relay, addr: SocketAddr, nick: &str, now: Instant) -> String {
-        let out = r.handle(
-            addr,
-            &wire::encode_client(&ClientDatagram::Join { nick: nick.into() }),
-            now,
-        );
+        let out = r.handle(addr, &wire::encode_client(&ClientDatagram::Join { nick: nick.into() }), now);
         match &decode(&out)[0].1 {
             RelayDatagram::Welcome { key, .. } => key.clone(),
             other => panic!("{other:?}"),
@@ -461,43 +416,17 @@ mod tests {
         let key = join(&mut r, a, "alice", now);
         // Duplicate Join from the same address: same key.
         assert_eq!(join(&mut r, a, "alice", now), key);
-        let out = r.handle(
-            b,
-            &wire::encode_client(&ClientDatagram::Join {
-                nick: "alice".into(),
-            }),
-            now,
-        );
-        assert!(matches!(
-            decode(&out)[0].1,
-            RelayDatagram::Refused {
-                code: RefuseCode::NickTaken,
-                ..
-            }
-        ));
+        let out = r.handle(b, &wire::encode_client(&ClientDatagram::Join { nick: "alice".into() }), now);
+        assert!(matches!(decode(&out)[0].1, RelayDatagram::Refused { code: RefuseCode::NickTaken, .. }));
         // Right key from another address.
-        let msg = ClientDatagram::Msg {
-            key,
-            seq: 1,
-            text: "hi".into(),
-            to: None,
-        };
+        let msg = ClientDatagram::Msg { key, seq: 1, text: "hi".into(), to: None };
         let out = r.handle(b, &wire::encode_client(&msg), now);
-        assert!(matches!(
-            decode(&out)[0].1,
-            RelayDatagram::Refused {
-                code: RefuseCode::BadKey,
-                ..
-            }
-        ));
+        assert!(matches!(decode(&out)[0].1, RelayDatagram::Refused { code: RefuseCode::BadKey, .. }));
     }
 
     #[test]
     fn silent_client_is_dropped() {
-        let cfg = ChatConfig {
-            timeout: Duration::from_secs(1),
-            ..ChatConfig::default()
-        };
+        let cfg = ChatConfig { timeout: Duration::from_secs(1), ..ChatConfig::default() };
         let mut r = Relay::new(cfg);
         let t0 = Instant::now();
         join(&mut r, "127.0.0.1:1001".parse().unwrap(), "alice", t0);

@@ -40,11 +40,8 @@ pub(crate) mod duration {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         match Raw::deserialize(d)? {
             Raw::Millis(ms) => Ok(Duration::from_millis(ms)),
-            Raw::Text(s) => parse(&s).ok_or_else(|| {
-                de::Error::custom(format!(
-                    "invalid duration {s:?} (use e.g. 500, \"500ms\", \"5s\")"
-                ))
-            }),
+            Raw::Text(s) => parse(&s)
+                .ok_or_else(|| de::Error::custom(format!("invalid duration {s:?} (use e.g. 500, \"500ms\", \"5s\")"))),
         }
     }
 

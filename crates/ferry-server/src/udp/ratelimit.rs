@@ -43,12 +43,8 @@ impl RateLimiter {
     pub fn allow(&mut self, ip: IpAddr, now: Instant) -> bool {
         if !self.buckets.contains_key(&ip) && self.buckets.len() >= self.max_sources {
             let burst = self.burst;
-            let full: Vec<IpAddr> = self
-                .buckets
-                .iter()
-                .filter(|(_, b)| self.refill(b, now) >= burst)
-                .map(|(ip, _)| *ip)
-                .collect();
+            let full: Vec<IpAddr> =
+                self.buckets.iter().filter(|(_, b)| self.refill(b, now) >= burst).map(|(ip, _)| *ip).collect();
             for ip in full {
                 self.buckets.remove(&ip);
             }
@@ -56,20 +52,11 @@ impl RateLimiter {
                 return false;
             }
         }
-        let fresh = Bucket {
-            tokens: self.burst,
-            last: now,
-        };
+        let fresh = Bucket { tokens: self.burst, last: now };
         let current = self.buckets.get(&ip).copied().unwrap_or(fresh);
         let tokens = self.refill(&current, now);
         let allowed = tokens >= 1.0;
-        self.buckets.insert(
-            ip,
-            Bucket {
-                tokens: if allowed { tokens - 1.0 } else { tokens },
-                last: now,
-            },
-        );
+        self.buckets.insert(ip, Bucket { tokens: if allowed { tokens - 1.0 } else { tokens }, last: now });
         allowed
     }
 

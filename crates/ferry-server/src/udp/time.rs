@@ -21,6 +21,10 @@ use super::ratelimit::RateLimiter;
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TimeConfig {
+    /// Run the service inside `ferry serve`.
+    pub enabled: bool,
+    /// Where `ferry serve` binds it (default 127.0.0.1:7734).
+    pub listen: Option<std::net::SocketAddr>,
     /// Answer in UTC instead of the server's local time zone.
     pub utc: bool,
     /// Longest request accepted, in bytes; longer ones get `ERR too-large`.
@@ -36,6 +40,8 @@ pub struct TimeConfig {
 impl Default for TimeConfig {
     fn default() -> Self {
         TimeConfig {
+            enabled: false,
+            listen: None,
             utc: false,
             max_request: 256,
             rate_per_sec: 2.0,
@@ -67,21 +73,13 @@ impl jiff::fmt::Write for Bounded {
 /// Formats `now` with `format` in at most `limit` bytes.
 pub fn format_time(format: &str, now: &ZonedDateTime, limit: usize) -> Reply {
     let tm = BrokenDownTime::from(now);
-    let mut out = Bounded {
-        buf: String::new(),
-        limit,
-        overflowed: false,
-    };
+    let mut out = Bounded { buf: String::new(), limit, overflowed: false };
     match tm.format(format, &mut out) {
         Ok(()) => Reply::Ok(out.buf),
-        Err(_) if out.overflowed => Reply::Err {
-            code: ErrorCode::ReplyTooLong,
-            message: "result exceeds the reply limit".into(),
-        },
-        Err(e) => Reply::Err {
-            code: ErrorCode::BadFormat,
-            message: e.to_string(),
-        },
+        Err(_) if out.overflowed => {
+            Reply::Err { code: ErrorCode::ReplyTooLong, message: "result exceeds the reply limit".into() }
+        }
+        Err(e) => Reply::Err { code: ErrorCode::BadFormat, message: e.to_string() },
     }
 }
 
@@ -103,19 +101,11 @@ pub fn answer(request: &[u8], now: &ZonedDateTime, max_request: usize) -> Vec<u8
 }
 
 fn now(utc: bool) -> ZonedDateTime {
-    if utc {
-        Timestamp::now().to_zoned_datetime(TimeZone::UTC)
-    } else {
-        ZonedDateTime::now()
-    }
+    if utc { Timestamp::now().to_zoned_datetime(TimeZone::UTC) } else { ZonedDateTime::now() }
 }
 
 /// Serves time requests on `socket` until `shutdown` is cancelled.
-pub async fn serve(
-    socket: UdpSocket,
-    cfg: TimeConfig,
-    shutdown: CancellationToken,
-) -> io::Result<()> {
+pub async fn serve(socket: UdpSocket, cfg: TimeConfig, shutdown: CancellationToken) -> io::Result<()> {
     let mut limiter = RateLimiter::new(cfg.rate_per_sec, cfg.burst, cfg.max_sources);
     // One byte more than allowed tells an oversized request from a full one
     // (the kernel truncates the rest).
@@ -153,10 +143,7 @@ mod tests {
     use ferry_proto::udp::time::decode_reply;
 
     fn fixed() -> ZonedDateTime {
-        jiff::civil::date(2024, 7, 5)
-            .at(16, 4, 9, 0)
-            .to_zoned_datetime(TimeZone::UTC)
-            .unwrap()
+        jiff::civil::date(2024, 7, 5).at(16, 4, 9, 0).to_zoned_datetime(TimeZone::UTC).unwrap()
     }
 
     fn ok(req: &str) -> String {
@@ -177,28 +164,10 @@ mod tests {
     #[test]
     fn bad_format_is_an_error_reply() {
         let r = decode_reply(&answer(b"%!", &fixed(), 256)).unwrap();
-        assert!(
-            matches!(
-                r,
-                Reply::Err {
-                    code: ErrorCode::BadFormat,
-                    ..
-                }
-            ),
-            "{r:?}"
-        );
+        assert!(matches!(r, Reply::Err { code: ErrorCode::BadFormat, .. }), "{r:?}");
         assert!(answer(b"%!", &fixed(), 256).len() <= wire::reply_limit(2));
         let r = decode_reply(&answer(b"abc %", &fixed(), 256)).unwrap();
-        assert!(
-            matches!(
-                r,
-                Reply::Err {
-                    code: ErrorCode::BadFormat,
-                    ..
-                }
-            ),
-            "{r:?}"
-        );
+        assert!(matches!(r, Reply::Err { code: ErrorCode::BadFormat, .. }), "{r:?}");
     }
 
     #[test]
@@ -208,15 +177,6 @@ mod tests {
             assert!(reply.len() <= wire::reply_limit(req.len()), "{req}");
         }
         let r = decode_reply(&answer("%c".repeat(100).as_bytes(), &fixed(), 256)).unwrap();
-        assert!(
-            matches!(
-                r,
-                Reply::Err {
-                    code: ErrorCode::ReplyTooLong,
-                    ..
-                }
-            ),
-            "{r:?}"
-        );
+        assert!(matches!(r, Reply::Err { code: ErrorCode::ReplyTooLong, .. }), "{r:?}");
     }
 }

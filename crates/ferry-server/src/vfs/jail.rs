@@ -1,0 +1,260 @@
+//! The jail: every file operation of a session is done relative to one
+//! directory handle, opened once at login and never widened. cap-std resolves
+//! paths beneath it with `openat2(RESOLVE_BENEATH)` on Linux, so a symlink that
+//! points out (whoever made it) or a directory swapped for a symlink between
+//! check and use is refused by the kernel, not by string checks.
+//!
+//! Calls are blocking: run them through `spawn_blocking`.
+
+use std::io;
+use std::path::Path;
+
+use cap_std::ambient_authority;
+use cap_std::fs::{Dir, Metadata};
+use rustix::fs::RenameFlags;
+
+use super::path::{RESERVED_PREFIX, VirtualPath, check_name};
+use super::{Entry, EntryKind, VfsError};
+
+pub struct Jail {
+    root: Dir,
+}
+
+fn entry_from(name: String, m: &Metadata) -> Entry {
+    use cap_std::fs::MetadataExt;
+    let ft = m.file_type();
+    let kind = if ft.is_symlink() {
+        EntryKind::Symlink
+    } else if ft.is_dir() {
+        EntryKind::Dir
+    } else if ft.is_file() {
+        EntryKind::File
+    } else {
+        EntryKind::Other
+    };
+    Entry {
+        name,
+        kind,
+        size: if kind == EntryKind::Dir { 0 } else { m.len() },
+        mtime: m.mtime(),
+        mode: m.mode() & 0o7777,
+    }
+}
+
+fn err_at(vp: &VirtualPath) -> impl Fn(io::Error) -> VfsError + '_ {
+    move |e| VfsError::from_io(e, vp)
+}
+
+impl Jail {
+    /// Opens the home once; everything afterwards is relative to it.
+    pub fn open(home: &Path) -> Result<Jail, VfsError> {
+        let root =
+            Dir::open_ambient_dir(home, ambient_authority()).map_err(|e| VfsError::from_io(e, &VirtualPath::root()))?;
+        Ok(Jail { root })
+    }
+
+    /// The directory handle for `vp` (the root itself for `/`).
+    fn dir(&self, vp: &VirtualPath) -> Result<Dir, VfsError> {
+        if vp.is_root() { self.root.try_clone() } else { self.root.open_dir(vp.to_relative_path()) }.map_err(err_at(vp))
+    }
+
+    /// The parent directory's handle and the final name.
+    fn parent_and_name<'a>(&self, vp: &'a VirtualPath) -> Result<(Dir, &'a str), VfsError> {
+        let name = vp.file_name().ok_or_else(|| VfsError::PermissionDenied("/: the home directory itself".into()))?;
+        let parent = vp.parent().unwrap_or_default();
+        Ok((self.dir(&parent)?, name))
+    }
+
+    pub fn stat(&self, vp: &VirtualPath) -> Result<Entry, VfsError> {
+        if vp.is_root() {
+            let m = self.root.dir_metadata().map_err(err_at(vp))?;
+            return Ok(entry_from("/".into(), &m));
+        }
+        let m = self.root.symlink_metadata(vp.to_relative_path()).map_err(err_at(vp))?;
+        Ok(entry_from(vp.file_name().unwrap_or("/").to_string(), &m))
+    }
+
+    /// The entries of a directory, sorted by name; the server's reserved
+    /// names are hidden.
+    pub fn list(&self, vp: &VirtualPath) -> Result<Vec<Entry>, VfsError> {
+        let dir = self.dir(vp)?;
+        let mut out = Vec::new();
+        for entry in dir.entries().map_err(err_at(vp))? {
+            let entry = entry.map_err(err_at(vp))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(RESERVED_PREFIX) {
+                continue;
+            }
+            // An entry removed meanwhile is simply not listed.
+            let Ok(m) = entry.metadata() else { continue };
+            out.push(entry_from(name, &m));
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// Succeeds when `vp` is a directory one can `cd` into.
+    pub fn ensure_dir(&self, vp: &VirtualPath) -> Result<(), VfsError> {
+        self.dir(vp).map(drop)
+    }
+
+    pub fn mkdir(&self, vp: &VirtualPath, parents: bool) -> Result<(), VfsError> {
+        if vp.is_root() {
+            return if parents { Ok(()) } else { Err(VfsError::AlreadyExists("/".into())) };
+        }
+        if parents {
+            self.root.create_dir_all(vp.to_relative_path()).map_err(err_at(vp))?;
+            // create_dir_all succeeds on an existing symlink to a directory; make sure it is one.
+            return self.ensure_dir(vp);
+        }
+        let (parent, name) = self.parent_and_name(vp)?;
+        parent.create_dir(name).map_err(err_at(vp))
+    }
+
+    pub fn remove_file(&self, vp: &VirtualPath) -> Result<(), VfsError> {
+        let (parent, name) = self.parent_and_name(vp)?;
+        let m = parent.symlink_metadata(name).map_err(err_at(vp))?;
+        if m.is_dir() {
+            return Err(VfsError::IsADirectory(vp.to_string()));
+        }
+        parent.remove_file(name).map_err(err_at(vp))
+    }
+
+    pub fn remove_dir(&self, vp: &VirtualPath) -> Result<(), VfsError> {
+        let (parent, name) = self.parent_and_name(vp)?;
+        let m = parent.symlink_metadata(name).map_err(err_at(vp))?;
+        if !m.is_dir() {
+            return Err(VfsError::NotADirectory(vp.to_string()));
+        }
+        parent.remove_dir(name).map_err(err_at(vp))
+    }
+
+    /// Removes a file or a whole tree (never following symlinks: a link is
+    /// removed, its target is not). Returns (bytes, files) freed.
+    pub fn remove_tree(&self, vp: &VirtualPath) -> Result<(u64, u64), VfsError> {
+        let (parent, name) = self.parent_and_name(vp)?;
+        let m = parent.symlink_metadata(name).map_err(err_at(vp))?;
+        if !m.is_dir() {
+            parent.remove_file(name).map_err(err_at(vp))?;
+            return Ok((if m.is_file() { m.len() } else { 0 }, 1));
+        }
+        let dir = parent.open_dir(name).map_err(err_at(vp))?;
+        let usage = usage_of(&dir).map_err(err_at(vp))?;
+        parent.remove_dir_all(name).map_err(err_at(vp))?;
+        Ok(usage)
+    }
+
+    /// Renames within the home. Refuses to replace an existing entry unless
+    /// `overwrite` (then only a file by a file). Returns the size of a file
+    /// that was replaced, for the quota.
+    pub fn rename(&self, from: &VirtualPath, to: &VirtualPath, overwrite: bool) -> Result<Option<u64>, VfsError> {
+        if from.is_root() || to.is_root() {
+            return Err(VfsError::PermissionDenied("the home directory itself cannot be moved or replaced".into()));
+        }
+        if to.starts_with(from) && to != from {
+            return Err(VfsError::InvalidMove(format!("cannot move {from} into itself ({to})")));
+        }
+        let (from_parent, from_name) = self.parent_and_name(from)?;
+        let (to_parent, to_name) = self.parent_and_name(to)?;
+        let src = from_parent.symlink_metadata(from_name).map_err(err_at(from))?;
+        rename_at(&from_parent, from_name, &to_parent, to_name, overwrite, src.is_dir(), to)
+    }
+
+    /// Opens a file for reading; refuses anything but a regular file.
+    pub fn open_read(&self, vp: &VirtualPath) -> Result<(std::fs::File, Entry), VfsError> {
+        let file = self.root.open(vp.to_relative_path()).map_err(err_at(vp))?;
+        let m = file.metadata().map_err(err_at(vp))?;
+        if m.is_dir() {
+            return Err(VfsError::IsADirectory(vp.to_string()));
+        }
+        let entry = entry_from(vp.file_name().unwrap_or("/").to_string(), &m);
+        Ok((file.into_std(), entry))
+    }
+
+    /// Opens (creating it) one of the server's reserved directories at the
+    /// root of the home, which users can never name.
+    pub fn internal_dir(&self, name: &str) -> Result<Dir, VfsError> {
+        debug_assert!(name.starts_with(RESERVED_PREFIX));
+        let vp = VirtualPath::root();
+        match self.root.create_dir(name) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(VfsError::from_io(e, &vp)),
+        }
+        self.root.open_dir(name).map_err(err_at(&vp))
+    }
+
+    /// Moves `name` from an internal directory to `target`, atomically: the
+    /// target appears whole or not at all.
+    pub fn rename_from_internal(
+        &self,
+        internal: &Dir,
+        name: &str,
+        target: &VirtualPath,
+        overwrite: bool,
+    ) -> Result<Option<u64>, VfsError> {
+        let (to_parent, to_name) = self.parent_and_name(target)?;
+        check_name(to_name)?;
+        rename_at(internal, name, &to_parent, to_name, overwrite, false, target)
+    }
+
+    /// Bytes and files in the whole home (partials included), for the quota.
+    pub fn disk_usage(&self) -> Result<(u64, u64), VfsError> {
+        usage_of(&self.root).map_err(err_at(&VirtualPath::root()))
+    }
+}
+
+/// `renameat2` between two directory handles with single-component names, so
+/// nothing is resolved outside them. NOREPLACE makes "refuse to overwrite"
+/// race-free.
+fn rename_at(
+    from_dir: &Dir,
+    from_name: &str,
+    to_dir: &Dir,
+    to_name: &str,
+    overwrite: bool,
+    src_is_dir: bool,
+    to: &VirtualPath,
+) -> Result<Option<u64>, VfsError> {
+    let mut replaced = None;
+    if let Ok(m) = to_dir.symlink_metadata(to_name) {
+        if !overwrite {
+            return Err(VfsError::AlreadyExists(format!("{to} already exists")));
+        }
+        if m.is_dir() {
+            return Err(VfsError::IsADirectory(format!("{to} is a directory and cannot be replaced")));
+        }
+        if src_is_dir {
+            return Err(VfsError::NotADirectory(format!("{to} is not a directory")));
+        }
+        replaced = Some(if m.is_file() { m.len() } else { 0 });
+    }
+    let flags = if overwrite { RenameFlags::empty() } else { RenameFlags::NOREPLACE };
+    rustix::fs::renameat_with(from_dir, from_name, to_dir, to_name, flags)
+        .map_err(|e| VfsError::from_io(e.into(), to))?;
+    Ok(replaced)
+}
+
+/// (bytes, files) beneath a directory, without following symlinks, with an
+/// explicit stack so that depth cannot overflow ours.
+fn usage_of(dir: &Dir) -> io::Result<(u64, u64)> {
+    let (mut bytes, mut files) = (0u64, 0u64);
+    let mut stack = vec![dir.try_clone()?];
+    while let Some(d) = stack.pop() {
+        for entry in d.entries()? {
+            let entry = entry?;
+            let Ok(m) = entry.metadata() else { continue };
+            if m.is_dir() {
+                if let Ok(sub) = entry.open_dir() {
+                    stack.push(sub);
+                }
+            } else {
+                files += 1;
+                if m.is_file() {
+                    bytes += m.len();
+                }
+            }
+        }
+    }
+    Ok((bytes, files))
+}
