@@ -55,22 +55,22 @@ pub async fn run(a: ServeArgs) -> Result<u8> {
     let config = config_from(&a)?;
     init_logs(&a.log_format);
     let data_dir = config.data_dir.clone();
-    let plaintext = config.insecure_plaintext;
     let (running, prepared) = ferry_server::start(config).await?;
     for addr in &running.tcp_addrs {
         println!("ferry listening on {addr}");
     }
-    if let Some(fp) = &running.fingerprint {
-        if prepared.generated_certificate {
-            println!("generated a new TLS key and certificate in {}", data_dir.display());
-        }
-        println!("certificate fingerprint: {fp}");
-    }
-    if plaintext {
-        println!("WARNING: --insecure-plaintext: file names and data travel unencrypted");
-    }
     if prepared.user_count == 0 {
         println!("no users yet; add one with:  ferry user add NAME --data {}", data_dir.display());
+    }
+    // The last line of the banner: scripts wait for it.
+    match &running.fingerprint {
+        Some(fp) => {
+            if prepared.generated_certificate {
+                println!("generated a new TLS key and certificate in {}", data_dir.display());
+            }
+            println!("certificate fingerprint: {fp}");
+        }
+        None => println!("WARNING: --insecure-plaintext: file names and data travel unencrypted"),
     }
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;

@@ -60,6 +60,7 @@ impl Shared {
         let throttle = Throttle::new(ThrottleConfig {
             free_failures: config.auth.free_failures,
             max_delay: Duration::from_millis(config.auth.max_delay_ms),
+            max_user_delay: Duration::from_millis(config.auth.max_delay_ms.min(2_000)),
             ban_after: config.auth.ban_after,
             ban_for: Duration::from_secs(config.auth.ban_secs),
             forget_after: Duration::from_secs(config.auth.ban_secs.max(600)),

@@ -163,9 +163,7 @@ impl ServerProcess {
             if let Some(f) = line.strip_prefix("certificate fingerprint: ") {
                 fingerprint = Some(f.trim().to_string());
             }
-            let done = line.starts_with("no users yet")
-                || line.starts_with("certificate fingerprint")
-                || line.starts_with("WARNING");
+            let done = line.starts_with("certificate fingerprint") || line.starts_with("WARNING");
             banner.push(line);
             if addr.is_some() && done {
                 break;
