@@ -538,16 +538,9 @@ fn read_blocks(
     let mut left = size - offset;
     while left > 0 {
         let want = left.min(BLOCK as u64) as usize;
-        let mut buf = vec![0u8; want];
-        let mut filled = 0;
-        while filled < want {
-            let n = f.read(&mut buf[filled..]).map_err(|e| local_err("cannot read", path, e))?;
-            if n == 0 {
-                break;
-            }
-            filled += n;
-        }
-        buf.truncate(filled);
+        // Read into spare capacity: no zeroing of a buffer about to be overwritten.
+        let mut buf = Vec::with_capacity(want);
+        let filled = (&mut f).take(want as u64).read_to_end(&mut buf).map_err(|e| local_err("cannot read", path, e))?;
         if hash {
             hasher.update(&buf);
         }

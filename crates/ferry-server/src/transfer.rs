@@ -101,7 +101,7 @@ fn is_upload_id(id: &str) -> bool {
     id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-fn partial_dir(jail: &Jail) -> Result<Dir, TransferError> {
+fn partial_dir(jail: &Jail) -> Result<&Dir, TransferError> {
     Ok(jail.internal_dir(PARTIAL_DIR)?)
 }
 
@@ -145,15 +145,15 @@ pub fn open_upload(
     if offset == 0 {
         // A fresh start discards the old partial of this id, if any.
         if let Some(id) = upload_id.filter(|id| is_upload_id(id)) {
-            released += remove_partial(&dir, id);
+            released += remove_partial(dir, id);
         }
         let id = new_upload_id();
         let meta = PartialMeta { path, size, sha256 };
-        let file = create_partial(&dir, &id, &meta)?;
-        return Ok((PartialUpload { id, meta, dir, file, offset: 0 }, released));
+        let file = create_partial(dir, &id, &meta)?;
+        return Ok((PartialUpload { id, meta, dir: dir.try_clone()?, file, offset: 0 }, released));
     }
     let id = upload_id.filter(|id| is_upload_id(id)).ok_or_else(|| TransferError::UploadNotFound("(none)".into()))?;
-    let meta = read_meta(&dir, id).ok_or_else(|| TransferError::UploadNotFound(id.to_string()))?;
+    let meta = read_meta(dir, id).ok_or_else(|| TransferError::UploadNotFound(id.to_string()))?;
     let hash_conflict = matches!((&meta.sha256, &sha256), (Some(a), Some(b)) if a != b);
     if meta.path != path || meta.size != size || hash_conflict {
         return Err(TransferError::UploadNotFound(id.to_string()));
@@ -166,8 +166,8 @@ pub fn open_upload(
     }
     file.seek(SeekFrom::Start(offset))?;
     let meta = PartialMeta { sha256: meta.sha256.or(sha256), ..meta };
-    write_meta(&dir, id, &meta)?;
-    Ok((PartialUpload { id: id.to_string(), meta, dir, file, offset }, released))
+    write_meta(dir, id, &meta)?;
+    Ok((PartialUpload { id: id.to_string(), meta, dir: dir.try_clone()?, file, offset }, released))
 }
 
 fn create_partial(dir: &Dir, id: &str, meta: &PartialMeta) -> Result<std::fs::File, TransferError> {
@@ -183,10 +183,36 @@ fn write_meta(dir: &Dir, id: &str, meta: &PartialMeta) -> Result<(), TransferErr
     Ok(())
 }
 
+/// Commits a small upload held whole in memory (already verified by the
+/// caller): written to a partial, synced, renamed into place. Never visible
+/// under `target` unless complete. Returns the size of a replaced file.
+pub fn write_small(
+    jail: &Jail,
+    target: &VirtualPath,
+    data: &[u8],
+    overwrite: bool,
+    fsync: bool,
+) -> Result<Option<u64>, TransferError> {
+    let dir = partial_dir(jail)?;
+    let name = format!("{}.part", new_upload_id());
+    let result = (|| {
+        let mut file = dir.open_with(&name, cap_std::fs::OpenOptions::new().write(true).create_new(true))?.into_std();
+        file.write_all(data)?;
+        if fsync {
+            file.sync_all()?;
+        }
+        Ok(jail.rename_from_internal(dir, &name, target, overwrite)?)
+    })();
+    if result.is_err() {
+        let _ = dir.remove_file(&name);
+    }
+    result
+}
+
 /// Removes the partial upload `id`, if any; returns the bytes freed.
 pub fn discard(jail: &Jail, id: &str) -> u64 {
     match partial_dir(jail) {
-        Ok(dir) if is_upload_id(id) => remove_partial(&dir, id),
+        Ok(dir) if is_upload_id(id) => remove_partial(dir, id),
         _ => 0,
     }
 }
@@ -281,7 +307,7 @@ pub fn upload_status(
     }
     let mut best: Option<(SystemTime, String)> = None;
     for id in candidates {
-        let Some(meta) = read_meta(&dir, &id) else { continue };
+        let Some(meta) = read_meta(dir, &id) else { continue };
         if meta.path != path || meta.size != size {
             continue;
         }
@@ -313,7 +339,7 @@ pub fn expire_partials(jail: &Jail, config: &TransferConfig) -> u64 {
         let Ok(meta) = entry.metadata() else { continue };
         let mtime = meta.modified().map(|t| t.into_std()).unwrap_or(now);
         if now.duration_since(mtime).unwrap_or_default() > expiry {
-            freed += remove_partial(&dir, id);
+            freed += remove_partial(dir, id);
         }
     }
     freed

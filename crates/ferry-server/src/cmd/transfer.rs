@@ -56,7 +56,14 @@ pub struct PutArgs {
     pub body_len: u64,
 }
 
+/// Uploads up to this size that ask for no `ready` take the small-file path:
+/// one blocking call does the checks, the write, the sync and the rename.
+const SMALL_PUT: u64 = 256 * 1024;
+
 pub async fn put(session: &mut Session, conn: &mut Conn, id: u64, a: PutArgs) -> Result<(), Reply> {
+    if !a.wait && a.offset == 0 && a.upload_id.is_none() && a.body_len <= SMALL_PUT && a.body_len == a.size {
+        return put_small(session, conn, id, a).await;
+    }
     let started = Instant::now();
     let prepared = prepare_put(session, &a).await;
     let (upload, reservation, guard) = match prepared {
@@ -177,6 +184,55 @@ pub async fn put(session: &mut Session, conn: &mut Conn, id: u64, a: PutArgs) ->
     }
 }
 
+/// The small-file path: many small files cost one thread hop each, not four.
+async fn put_small(session: &mut Session, conn: &mut Conn, id: u64, a: PutArgs) -> Result<(), Reply> {
+    let data = conn.read_body_to_vec(SMALL_PUT).await?;
+    let expected = read_put_end(conn, id).await?;
+    let expected = transfer::validate_sha256(&expected?)?;
+    if let Some(h) = a.sha256.as_deref().filter(|h| !h.eq_ignore_ascii_case(&expected)) {
+        return Err(WireError::new(ErrorCode::BadRequest, format!("put sha256 {h} differs from put_end")).into());
+    }
+    let target = resolve(session, &a.path)?;
+    if target.is_root() {
+        return Err(WireError::new(ErrorCode::IsADirectory, "/ is a directory").into());
+    }
+    let reservation = session.quota.reserve(a.size).map_err(WireError::from)?;
+    let (overwrite, fsync) = (a.overwrite, session.shared.config.transfer.fsync);
+    let t = target.clone();
+    let (actual, replaced) = blocking(&session.jail, move |j| {
+        check_target(j, &t, overwrite)?;
+        let actual = hex::encode(Sha256::digest(&data));
+        if actual != expected {
+            return Err(TransferError::ChecksumMismatch { expected, actual }.into());
+        }
+        let replaced = transfer::write_small(j, &t, &data, overwrite, fsync)?;
+        Ok((actual, replaced))
+    })
+    .await?;
+    reservation.settle(a.size);
+    if let Some(bytes) = replaced {
+        session.quota.release(bytes);
+    }
+    info!(path = %target, bytes = a.size, "upload committed");
+    conn.queue_header(&ok_header(id, &json!({ "size": a.size, "sha256": actual }), 0))?;
+    Ok(())
+}
+
+/// Refuses a target that is a directory, or that exists without `overwrite`.
+fn check_target(j: &crate::vfs::Jail, target: &crate::vfs::VirtualPath, overwrite: bool) -> Result<(), WireError> {
+    match j.stat(target) {
+        Ok(e) if e.kind == EntryKind::Dir => {
+            Err(WireError::new(ErrorCode::IsADirectory, format!("{target} is a directory")))
+        }
+        Ok(_) if !overwrite => {
+            Err(WireError::new(ErrorCode::AlreadyExists, format!("{target} already exists (use --force to overwrite)")))
+        }
+        Ok(_) => Ok(()),
+        Err(e) if e.code() == "not_found" => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 async fn discard_by_id(session: &Session, upload_id: &str) -> u64 {
     let id = upload_id.to_string();
     blocking(&session.jail, move |j| Ok(transfer::discard(j, &id))).await.unwrap_or(0)
@@ -197,23 +253,7 @@ async fn prepare_put(session: &mut Session, a: &PutArgs) -> Result<Prepared, Wir
     }
     let t = target.clone();
     let overwrite = a.overwrite;
-    let existing = blocking(&session.jail, move |j| match j.stat(&t) {
-        Ok(e) => Ok(Some(e)),
-        Err(e) if e.code() == "not_found" => Ok(None),
-        Err(e) => Err(e.into()),
-    })
-    .await?;
-    if let Some(e) = existing {
-        if e.kind == EntryKind::Dir {
-            return Err(WireError::new(ErrorCode::IsADirectory, format!("{target} is a directory")));
-        }
-        if !overwrite {
-            return Err(WireError::new(
-                ErrorCode::AlreadyExists,
-                format!("{target} already exists (use --force to overwrite)"),
-            ));
-        }
-    }
+    blocking(&session.jail, move |j| check_target(j, &t, overwrite)).await?;
     // Only the bytes not yet on disk need a reservation: a partial's bytes are already counted.
     let reservation = session.quota.reserve(a.size - a.offset)?;
     let guard = match &a.upload_id {
@@ -266,7 +306,19 @@ pub async fn get(session: &mut Session, conn: &mut Conn, id: u64, path: String, 
     let started = Instant::now();
     let target = resolve(session, &path)?;
     let t = target.clone();
-    let (file, entry) = blocking(&session.jail, move |j| Ok(j.open_read(&t)?)).await?;
+    let (file, entry, small) = blocking(&session.jail, move |j| {
+        let (mut file, entry) = j.open_read(&t)?;
+        // A small file is read and hashed whole in this one blocking call.
+        let small = if entry.kind == EntryKind::File && entry.size <= SMALL_PUT && offset == 0 {
+            let mut data = Vec::with_capacity(entry.size as usize);
+            (&mut file).take(entry.size).read_to_end(&mut data).map_err(crate::vfs::VfsError::from)?;
+            Some(data)
+        } else {
+            None
+        };
+        Ok((file, entry, small))
+    })
+    .await?;
     if entry.kind != EntryKind::File {
         return Err(WireError::new(ErrorCode::IsADirectory, format!("{target} is not a regular file")).into());
     }
@@ -276,8 +328,17 @@ pub async fn get(session: &mut Session, conn: &mut Conn, id: u64, path: String, 
             WireError::new(ErrorCode::BadRequest, format!("offset {offset} is past the end ({size} bytes)")).into()
         );
     }
+    let mtime = entry.mtime;
+    if let Some(data) = small {
+        let head = ok_header(id, &json!({ "size": data.len(), "offset": 0, "mtime": mtime }), data.len() as u64);
+        conn.queue_header(&head)?;
+        conn.write_body(&data).await?;
+        let sha256 = hex::encode(Sha256::digest(&data));
+        conn.queue_header(&ok_header(id, &json!({ "done": true, "sha256": sha256 }), 0))?;
+        return Ok(());
+    }
     let body_len = size - offset;
-    conn.queue_header(&ok_header(id, &json!({ "size": size, "offset": offset, "mtime": entry.mtime }), body_len))?;
+    conn.queue_header(&ok_header(id, &json!({ "size": size, "offset": offset, "mtime": mtime }), body_len))?;
 
     let (tx, mut rx) = mpsc::channel::<Bytes>(PIPE_DEPTH);
     let reader = tokio::task::spawn_blocking(move || read_blocks(file, offset, size, tx));
@@ -322,16 +383,9 @@ fn read_blocks(mut file: std::fs::File, offset: u64, size: u64, tx: mpsc::Sender
     let mut left = size - offset;
     while left > 0 {
         let want = left.min(READ_BLOCK as u64) as usize;
-        let mut buf = vec![0u8; want];
-        let mut filled = 0;
-        while filled < want {
-            let n = file.read(&mut buf[filled..])?;
-            if n == 0 {
-                break;
-            }
-            filled += n;
-        }
-        buf.truncate(filled);
+        // Read into spare capacity: no zeroing of a buffer about to be overwritten.
+        let mut buf = Vec::with_capacity(want);
+        let filled = (&mut file).take(want as u64).read_to_end(&mut buf)?;
         hasher.update(&buf);
         left -= filled as u64;
         if tx.blocking_send(Bytes::from(buf)).is_err() {

@@ -18,6 +18,8 @@ use super::{Entry, EntryKind, VfsError};
 
 pub struct Jail {
     root: Dir,
+    /// The server's reserved directory, opened once per session.
+    internal: std::sync::OnceLock<(String, Dir)>,
 }
 
 fn entry_from(name: String, m: &Metadata) -> Entry {
@@ -50,7 +52,7 @@ impl Jail {
     pub fn open(home: &Path) -> Result<Jail, VfsError> {
         let root =
             Dir::open_ambient_dir(home, ambient_authority()).map_err(|e| VfsError::from_io(e, &VirtualPath::root()))?;
-        Ok(Jail { root })
+        Ok(Jail { root, internal: std::sync::OnceLock::new() })
     }
 
     /// The directory handle for `vp` (the root itself for `/`).
@@ -171,17 +173,26 @@ impl Jail {
         Ok((file.into_std(), entry))
     }
 
-    /// Opens (creating it) one of the server's reserved directories at the
-    /// root of the home, which users can never name.
-    pub fn internal_dir(&self, name: &str) -> Result<Dir, VfsError> {
+    /// The server's reserved directory at the root of the home (created on
+    /// first use), which users can never name. One per jail, opened once.
+    pub fn internal_dir(&self, name: &str) -> Result<&Dir, VfsError> {
         debug_assert!(name.starts_with(RESERVED_PREFIX));
+        if let Some((cached, dir)) = self.internal.get() {
+            return if cached == name {
+                Ok(dir)
+            } else {
+                Err(VfsError::PermissionDenied(format!("{name}: only one internal directory per home")))
+            };
+        }
         let vp = VirtualPath::root();
         match self.root.create_dir(name) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(VfsError::from_io(e, &vp)),
         }
-        self.root.open_dir(name).map_err(err_at(&vp))
+        let dir = self.root.open_dir(name).map_err(err_at(&vp))?;
+        let (_, dir) = self.internal.get_or_init(|| (name.to_string(), dir));
+        Ok(dir)
     }
 
     /// Moves `name` from an internal directory to `target`, atomically: the
