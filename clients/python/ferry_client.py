@@ -70,8 +70,7 @@ class Ferry:
         self.sock.sendall(struct.pack(">I", len(raw)) + raw)
 
     def _exact(self, n):
-        data = self.rfile.read(n)
-        if len(data) != n:
+        if len(data := self.rfile.read(n)) != n:
             raise ConnectionError("the server closed the connection")
         return data
 
@@ -94,7 +93,7 @@ class Ferry:
         return h
 
     def request(self, op, body_len=0, **fields):
-        self.next_id += 1
+        self.next_id += 1  # ids from 1 up: id 0 is the server speaking for the whole session
         self.send({"op": op, "id": self.next_id, **fields}, body_len)
         return self.next_id
 
@@ -202,10 +201,7 @@ def main(argv=None):
         else:
             print(c.get(a.args[0], a.args[1])[1])
         c.close()
-    except FerryError as e:
-        print(f"ferry: {e.message} ({e.code})", file=sys.stderr)
-        return 1
-    except OSError as e:
+    except (FerryError, OSError) as e:
         print(f"ferry: {e}", file=sys.stderr)
         return 1
     return 0

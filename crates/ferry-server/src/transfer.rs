@@ -53,6 +53,36 @@ pub struct PartialMeta {
     pub sha256: Option<String>,
 }
 
+/// The extended attribute holding a file's SHA-256 as verified at commit,
+/// with the size and modification time it belongs to.
+const HASH_XATTR: &str = "user.ferry.sha256";
+
+fn mtime_ns(m: &std::fs::Metadata) -> i128 {
+    use std::os::unix::fs::MetadataExt;
+    i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec())
+}
+
+/// Records the hash verified at commit, so a download need not hash the file
+/// again. Best effort: a filesystem without user xattrs simply has no cache.
+pub fn record_hash(file: &std::fs::File, sha256: &str) {
+    let Ok(m) = file.metadata() else { return };
+    let value = format!("{sha256} {} {}", m.len(), mtime_ns(&m));
+    let _ = rustix::fs::fsetxattr(file, HASH_XATTR, value.as_bytes(), rustix::fs::XattrFlags::empty());
+}
+
+/// The hash recorded at commit, if the file still has the size and
+/// modification time it had then. The client verifies every byte against
+/// it, so a file changed behind our back is caught, never passed off.
+pub fn cached_hash(file: &std::fs::File) -> Option<String> {
+    let m = file.metadata().ok()?;
+    let mut buf = [0u8; 160];
+    let n = rustix::fs::fgetxattr(file, HASH_XATTR, &mut buf[..]).ok()?;
+    let text = std::str::from_utf8(&buf[..n]).ok()?;
+    let mut parts = text.split(' ');
+    let (hash, size, mtime) = (parts.next()?, parts.next()?.parse::<u64>().ok()?, parts.next()?.parse::<i128>().ok()?);
+    (size == m.len() && mtime == mtime_ns(&m) && validate_sha256(hash).is_ok()).then(|| hash.to_string())
+}
+
 /// Upload ids currently being written, so two sessions never append to one partial.
 #[derive(Debug, Default)]
 pub struct ActiveUploads(Mutex<HashSet<(String, String)>>);
@@ -190,6 +220,7 @@ pub fn write_small(
     jail: &Jail,
     target: &VirtualPath,
     data: &[u8],
+    sha256: &str,
     overwrite: bool,
     fsync: bool,
 ) -> Result<Option<u64>, TransferError> {
@@ -201,6 +232,7 @@ pub fn write_small(
         if fsync {
             file.sync_all()?;
         }
+        record_hash(&file, sha256);
         Ok(jail.rename_from_internal(dir, &name, target, overwrite)?)
     })();
     if result.is_err() {
@@ -255,6 +287,7 @@ impl PartialUpload {
         if fsync {
             self.file.sync_all()?;
         }
+        record_hash(&self.file, expected_sha256);
         let replaced = jail.rename_from_internal(&self.dir, &format!("{}.part", self.id), target, overwrite)?;
         let _ = self.dir.remove_file(format!("{}.json", self.id));
         Ok(replaced)

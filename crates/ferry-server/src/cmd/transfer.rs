@@ -19,6 +19,7 @@ use tracing::{info, warn};
 use super::fs::resolve;
 use super::{Reply, blocking};
 use crate::session::{Conn, Session};
+use crate::stream::Stream;
 use crate::transfer::{self, PartialUpload, READ_BLOCK, TransferError};
 use crate::vfs::EntryKind;
 
@@ -205,7 +206,7 @@ async fn put_small(session: &mut Session, conn: &mut Conn, id: u64, a: PutArgs) 
         if actual != expected {
             return Err(TransferError::ChecksumMismatch { expected, actual }.into());
         }
-        let replaced = transfer::write_small(j, &t, &data, overwrite, fsync)?;
+        let replaced = transfer::write_small(j, &t, &data, &actual, overwrite, fsync)?;
         Ok((actual, replaced))
     })
     .await?;
@@ -306,8 +307,9 @@ pub async fn get(session: &mut Session, conn: &mut Conn, id: u64, path: String, 
     let started = Instant::now();
     let target = resolve(session, &path)?;
     let t = target.clone();
-    let (file, entry, small) = blocking(&session.jail, move |j| {
+    let (file, entry, small, cached) = blocking(&session.jail, move |j| {
         let (mut file, entry) = j.open_read(&t)?;
+        let cached = transfer::cached_hash(&file);
         // A small file is read and hashed whole in this one blocking call.
         let small = if entry.kind == EntryKind::File && entry.size <= SMALL_PUT && offset == 0 {
             let mut data = Vec::with_capacity(entry.size as usize);
@@ -316,7 +318,7 @@ pub async fn get(session: &mut Session, conn: &mut Conn, id: u64, path: String, 
         } else {
             None
         };
-        Ok((file, entry, small))
+        Ok((file, entry, small, cached))
     })
     .await?;
     if entry.kind != EntryKind::File {
@@ -340,14 +342,27 @@ pub async fn get(session: &mut Session, conn: &mut Conn, id: u64, path: String, 
     let body_len = size - offset;
     conn.queue_header(&ok_header(id, &json!({ "size": size, "offset": offset, "mtime": mtime }), body_len))?;
 
-    let (tx, mut rx) = mpsc::channel::<Bytes>(PIPE_DEPTH);
-    let reader = tokio::task::spawn_blocking(move || read_blocks(file, offset, size, tx));
     let mut sent = 0u64;
-    while let Some(block) = rx.recv().await {
-        sent += block.len() as u64;
-        conn.write_body(&block).await?;
-    }
-    let outcome = reader.await.map_err(|_| WireError::new(ErrorCode::Internal, "download reader failed"))?;
+    // With the hash recorded at commit, plaintext bodies go out by sendfile:
+    // no copy through user space.
+    let outcome = match (&cached, plain_tcp(conn)) {
+        (Some(sha256), true) => {
+            conn.flush().await?;
+            sent = send_file(conn, &file, offset, body_len).await?;
+            Ok(sha256.clone())
+        }
+        _ => {
+            let hash = cached.is_none();
+            let (tx, mut rx) = mpsc::channel::<Bytes>(PIPE_DEPTH);
+            let reader = tokio::task::spawn_blocking(move || read_blocks(file, offset, size, hash, tx));
+            while let Some(block) = rx.recv().await {
+                sent += block.len() as u64;
+                conn.write_body(&block).await?;
+            }
+            let read = reader.await.map_err(|_| WireError::new(ErrorCode::Internal, "download reader failed"))?;
+            read.map(|h| h.or(cached).unwrap_or_default())
+        }
+    };
     // The header promised `body_len` bytes: if the file shrank, keep the
     // stream framed with zeros and say so in the trailer rather than lie.
     if sent < body_len {
@@ -374,9 +389,15 @@ pub async fn get(session: &mut Session, conn: &mut Conn, id: u64, path: String, 
 /// Reads `offset..size` of the file in blocks into the channel, hashing the
 /// whole file (the prefix too). Returns the hex SHA-256, or an error if the
 /// file ended early.
-fn read_blocks(mut file: std::fs::File, offset: u64, size: u64, tx: mpsc::Sender<Bytes>) -> std::io::Result<String> {
+fn read_blocks(
+    mut file: std::fs::File,
+    offset: u64,
+    size: u64,
+    hash: bool,
+    tx: mpsc::Sender<Bytes>,
+) -> std::io::Result<Option<String>> {
     let mut hasher = Sha256::new();
-    if offset > 0 && transfer::hash_range(&mut file, offset, &mut hasher)? < offset {
+    if hash && offset > 0 && transfer::hash_range(&mut file, offset, &mut hasher)? < offset {
         return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
     }
     file.seek(SeekFrom::Start(offset))?;
@@ -386,7 +407,9 @@ fn read_blocks(mut file: std::fs::File, offset: u64, size: u64, tx: mpsc::Sender
         // Read into spare capacity: no zeroing of a buffer about to be overwritten.
         let mut buf = Vec::with_capacity(want);
         let filled = (&mut file).take(want as u64).read_to_end(&mut buf)?;
-        hasher.update(&buf);
+        if hash {
+            hasher.update(&buf);
+        }
         left -= filled as u64;
         if tx.blocking_send(Bytes::from(buf)).is_err() {
             return Err(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
@@ -395,7 +418,34 @@ fn read_blocks(mut file: std::fs::File, offset: u64, size: u64, tx: mpsc::Sender
             return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
         }
     }
-    Ok(hex::encode(hasher.finalize()))
+    Ok(hash.then(|| hex::encode(hasher.finalize())))
+}
+
+fn plain_tcp(conn: &Conn) -> bool {
+    matches!(conn.get_ref(), Stream::Tcp(_))
+}
+
+/// Writes `len` bytes of `file` from `offset` straight to a plaintext TCP
+/// socket with sendfile(2). Returns the bytes sent (fewer if the file shrank).
+async fn send_file(conn: &mut Conn, file: &std::fs::File, offset: u64, len: u64) -> Result<u64, FrameError> {
+    let Stream::Tcp(tcp) = conn.get_mut() else { return Ok(0) };
+    let mut pos = offset;
+    let end = offset + len;
+    while pos < end {
+        tcp.writable().await?;
+        let want = (end - pos).min(1 << 30) as usize;
+        match tcp.try_io(tokio::io::Interest::WRITABLE, || {
+            rustix::fs::sendfile(&*tcp, file, Some(&mut pos), want).map_err(std::io::Error::from)
+        }) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let sent = pos - offset;
+    conn.note_body_written(sent)?;
+    Ok(sent)
 }
 
 pub async fn hash(

@@ -1,0 +1,57 @@
+//! The SHA-256 recorded at commit lets downloads skip a second hash (and go
+//! out by sendfile on plaintext). It must never let a changed file pass as
+//! the committed one.
+
+use std::io::{Seek, SeekFrom, Write};
+
+use ferry_client::{GetOptions, NoProgress, PutOptions};
+use ferry_testkit::{TestServer, sha256_file, write_random_file};
+
+async fn upload(server: &TestServer, tmp: &std::path::Path, size: u64) -> (std::path::PathBuf, String) {
+    let local = tmp.join("src.bin");
+    write_random_file(&local, size, 7).unwrap();
+    let mut s = server.login("alice", "pw").await.unwrap();
+    s.put_file(&local, "f.bin", &PutOptions::default(), &NoProgress).await.unwrap();
+    s.close().await.unwrap();
+    let hash = sha256_file(&local).unwrap();
+    (local, hash)
+}
+
+async fn download(server: &TestServer, to: &std::path::Path) -> Result<String, ferry_client::ClientError> {
+    let mut s = server.login("alice", "pw").await.unwrap();
+    let r = s.get_file("f.bin", to, &GetOptions { overwrite: true, resume: false }, &NoProgress).await;
+    r.map(|summary| summary.sha256)
+}
+
+#[tokio::test]
+async fn cached_hash_serves_plaintext_downloads_and_catches_silent_changes() {
+    for plaintext in [true, false] {
+        let server = TestServer::start_with(|c| c.insecure_plaintext = plaintext).await.unwrap();
+        server.add_user("alice", "pw", None, false).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let (_, hash) = upload(&server, tmp.path(), 3 * 1024 * 1024 + 17).await;
+        let stored = server.home("alice").join("f.bin");
+        let got = download(&server, &tmp.path().join("a")).await.unwrap();
+        assert_eq!(got, hash, "plaintext={plaintext}");
+        assert_eq!(sha256_file(&tmp.path().join("a")).unwrap(), hash);
+
+        // Flip a byte in place and put the modification time back: the cache
+        // now claims the old hash, and the client must refuse the data.
+        let mtime = std::fs::metadata(&stored).unwrap().modified().unwrap();
+        {
+            let mut f = std::fs::OpenOptions::new().write(true).open(&stored).unwrap();
+            f.seek(SeekFrom::Start(1_000_000)).unwrap();
+            f.write_all(b"\x00\xff").unwrap();
+            f.set_modified(mtime).unwrap();
+        }
+        let err = download(&server, &tmp.path().join("b")).await.expect_err("a silently changed file is caught");
+        assert!(matches!(err, ferry_client::ClientError::Checksum { .. }), "{err}");
+        assert!(!tmp.path().join("b").exists(), "nothing committed locally");
+
+        // A visible change (new mtime) makes the server hash again: the new content arrives verified.
+        std::fs::File::options().write(true).open(&stored).unwrap().set_modified(std::time::SystemTime::now()).unwrap();
+        let got = download(&server, &tmp.path().join("c")).await.unwrap();
+        assert_eq!(got, sha256_file(&stored).unwrap());
+        assert_ne!(got, hash);
+    }
+}
