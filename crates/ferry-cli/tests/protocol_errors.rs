@@ -166,3 +166,36 @@ async fn unauthenticated_per_address_limit() {
         ferry_client::Client::connect(&server.remote("alice"), &opts).await.unwrap().login("pw").await.unwrap();
     session.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn unix_socket_listener_speaks_the_protocol() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("ferry.sock");
+    let sock2 = sock.clone();
+    let _server = TestServer::start_with(move |c| c.unix_socket = Some(sock2)).await.unwrap();
+    let mut s = tokio::net::UnixStream::connect(&sock).await.unwrap();
+    s.write_all(&frame(&json!({"id": 1, "op": "hello", "version": 1}), b"")).await.unwrap();
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).await.unwrap();
+    let mut h = vec![0u8; u32::from_be_bytes(len) as usize];
+    s.read_exact(&mut h).await.unwrap();
+    let hello: Value = serde_json::from_slice(&h).unwrap();
+    assert_eq!(hello["ok"], true, "{hello}");
+    assert_eq!(hello["version"], 1);
+}
+
+#[tokio::test]
+async fn idle_session_is_closed_after_the_idle_timeout() {
+    let server = TestServer::start_with(|c| {
+        c.insecure_plaintext = true;
+        c.limits.idle_timeout_secs = 1;
+    })
+    .await
+    .unwrap();
+    server.add_user("alice", "pw", None, false).unwrap();
+    let mut session = server.login("alice", "pw").await.unwrap();
+    assert_eq!(session.pwd().await.unwrap(), "/");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let err = session.pwd().await.expect_err("the idle session was closed");
+    assert!(err.to_string().contains("idle") || err.to_string().contains("closed"), "{err}");
+}
