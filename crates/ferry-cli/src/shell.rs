@@ -172,10 +172,11 @@ fn read_lines(
     while let Ok(prompt) = ready.recv() {
         let ev = match rl.readline(&prompt) {
             Ok(line) => {
-                if !line.trim().is_empty() && rl.add_history_entry(line.as_str()).unwrap_or(false) {
-                    if let Some(p) = &history {
-                        let _ = rl.append_history(p);
-                    }
+                if !line.trim().is_empty()
+                    && rl.add_history_entry(line.as_str()).unwrap_or(false)
+                    && let Some(p) = &history
+                {
+                    let _ = rl.append_history(p);
                 }
                 Event::Line(line)
             }
@@ -247,8 +248,7 @@ fn has_glob(s: &str) -> bool {
 fn print_help(topic: Option<&str>) -> Result<()> {
     match topic {
         Some(t) => {
-            let (n, a, d) =
-                COMMANDS.iter().find(|(n, _, _)| *n == t).ok_or_else(|| anyhow!("help: no command {t}"))?;
+            let (n, a, d) = COMMANDS.iter().find(|(n, _, _)| *n == t).ok_or_else(|| anyhow!("help: no command {t}"))?;
             println!("{n} {a}\n    {d}");
         }
         None => {
@@ -445,6 +445,12 @@ impl Shell {
     }
 }
 
+/// One failure about `path`, naming it unless the message already does.
+fn path_error(path: &str, e: &anyhow::Error) -> String {
+    let msg = format!("{e:#}");
+    if msg.contains(path.trim_matches('/')) { format!("error: {msg}") } else { format!("error: {path}: {msg}") }
+}
+
 /// Runs `op` on each path, printing each failure on its own line.
 async fn each<F>(session: &mut Session, paths: &[String], mut op: F) -> Result<()>
 where
@@ -456,7 +462,7 @@ where
             if connection_broken(&e) {
                 return Err(e);
             }
-            eprintln!("error: {p}: {e}");
+            eprintln!("{}", path_error(p, &e));
         }
     }
     Ok(())
@@ -568,7 +574,7 @@ async fn remote(session: &mut Session, cwd: &mut String, cmd: &str, args: &[Stri
                         if connection_broken(&e) {
                             return Err(e);
                         }
-                        eprintln!("error: {}: {e}", t.unwrap_or("."));
+                        eprintln!("{}", path_error(t.unwrap_or("."), &e));
                         continue;
                     }
                 };

@@ -212,7 +212,9 @@ impl Session {
             overwrite: opts.overwrite,
             wait,
         };
-        self.wr.send(&req.to_header(id, size - offset)).await?;
+        // With `wait`, the body follows the server's `ready` in a put_data
+        // frame, so a refusal costs no bytes and leaves the stream framed.
+        self.wr.send(&req.to_header(id, if wait { 0 } else { size - offset })).await?;
         if wait {
             let ready: ReadyAnswer = self.read_answer(id).await?.decode()?;
             let record =
@@ -221,6 +223,7 @@ impl Session {
                 let _ = std::fs::create_dir_all(dir);
             }
             let _ = std::fs::write(&state, serde_json::to_vec(&record).unwrap_or_default());
+            self.wr.queue_header(&Request::PutData.to_header(id, size - offset))?;
         }
 
         progress.begin(remote, "upload", size);

@@ -76,6 +76,8 @@ pub enum Request {
         #[serde(default)]
         wait: bool,
     },
+    /// After a `ready` answer to a `put` with `wait`: carries the body.
+    PutData,
     /// Follows a `put` body: the SHA-256 of the whole file.
     PutEnd {
         sha256: String,
@@ -128,6 +130,7 @@ pub const KNOWN_OPS: &[&str] = &[
     "rmdir",
     "mv",
     "put",
+    "put_data",
     "put_end",
     "upload_status",
     "get",

@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use crate::config::TransferConfig;
 use crate::vfs::{Jail, VfsError, VirtualPath};
 
-pub const PARTIAL_DIR: &str = ".ferry-partial";
+pub use crate::vfs::PARTIAL_DIR;
 /// Blocking reads of file data happen in blocks of this size.
 pub const READ_BLOCK: usize = 1024 * 1024;
 

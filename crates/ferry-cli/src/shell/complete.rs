@@ -125,11 +125,7 @@ pub fn path_candidates(word: &Word, open: Quote, names: Vec<Name>, dirs_only: bo
 
 /// Where completion of `line` at `pos` starts and what it offers;
 /// `remote` lists a remote directory (`None`: the current one).
-pub fn complete_line(
-    line: &str,
-    pos: usize,
-    remote: impl FnOnce(Option<String>) -> Vec<Name>,
-) -> (usize, Vec<Pair>) {
+pub fn complete_line(line: &str, pos: usize, remote: impl FnOnce(Option<String>) -> Vec<Name>) -> (usize, Vec<Pair>) {
     let Some(head) = line.get(..pos) else { return (pos, Vec::new()) };
     let lexed = lex::lex(head);
     let mut words = lexed.words;

@@ -78,17 +78,14 @@ pub async fn rm(session: &mut Session, conn: &mut Conn, id: u64, path: String, r
     if target.is_root() {
         return Err(WireError::new(ErrorCode::PermissionDenied, "the home directory itself cannot be removed").into());
     }
-    let (bytes, files) = blocking(&session.jail, move |j| {
-        if recursive {
-            Ok(j.remove_tree(&target)?)
-        } else {
-            let meta = j.stat(&target)?;
-            j.remove_file(&target)?;
-            let size = if meta.kind == vfs::EntryKind::File { meta.size } else { 0 };
-            Ok((size, 1))
-        }
-    })
-    .await?;
+    let (bytes, files) =
+        blocking(
+            &session.jail,
+            move |j| {
+                if recursive { Ok(j.remove_tree(&target)?) } else { Ok((j.remove_file(&target)?, 1)) }
+            },
+        )
+        .await?;
     session.quota.release(bytes);
     conn.queue_header(&ok_header(id, &json!({ "bytes": bytes, "files": files }), 0))?;
     Ok(())

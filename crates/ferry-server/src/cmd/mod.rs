@@ -23,7 +23,7 @@ pub async fn dispatch(
 ) -> Result<(), FrameError> {
     // Only uploads and stdin carry bodies; anything else sent with one is a
     // client bug, answered without losing the stream.
-    let carries_body = matches!(req, Request::Put { .. } | Request::Stdin { .. });
+    let carries_body = matches!(req, Request::Put { .. } | Request::PutData | Request::Stdin { .. });
     if body_len > 0 && !carries_body {
         return reply_error_skip(conn, id, &WireError::new(ErrorCode::BadRequest, "this operation takes no body"))
             .await;
@@ -51,7 +51,9 @@ pub async fn dispatch(
         Request::Hello { .. } | Request::AuthStart { .. } | Request::AuthFinish { .. } => {
             Err(Reply::Wire(WireError::new(ErrorCode::BadRequest, "already logged in")))
         }
-        Request::PutEnd { .. } => Err(Reply::Wire(WireError::new(ErrorCode::BadRequest, "put_end without a put"))),
+        Request::PutEnd { .. } | Request::PutData => {
+            Err(Reply::Wire(WireError::new(ErrorCode::BadRequest, "put_data or put_end without a put")))
+        }
         Request::Stdin { .. } | Request::StdinEof { .. } | Request::Cancel { .. } => {
             // The command they were meant for has already ended: ignore quietly.
             return conn.skip_body().await.map(|_| ());

@@ -71,7 +71,8 @@ pub async fn put(session: &mut Session, conn: &mut Conn, id: u64, a: PutArgs) ->
         Ok(p) => p,
         Err(e) => {
             // Without `wait` the client sends the body and put_end anyway:
-            // consume both so that exactly one answer goes back.
+            // consume both so that exactly one answer goes back. With `wait`
+            // nothing was sent yet: the refusal is the whole answer.
             if !a.wait {
                 conn.skip_body().await?;
                 let _ = read_put_end(conn, id).await?;
@@ -83,6 +84,17 @@ pub async fn put(session: &mut Session, conn: &mut Conn, id: u64, a: PutArgs) ->
     if a.wait {
         let ready = json!({ "ready": true, "upload_id": upload.id, "offset": upload.offset });
         conn.send(&ok_header(id, &ready, 0)).await?;
+        // The body comes in a put_data frame of the same id.
+        let header = conn.read_header().await?.ok_or(FrameError::Truncated)?;
+        let (data_id, req) = Request::from_header(&header);
+        if data_id != id || !matches!(req, Ok(Request::PutData)) || header.body_len != a.size - a.offset {
+            reservation.settle(0);
+            return Err(WireError::new(
+                ErrorCode::BadRequest,
+                "after ready, send put_data with body_len = size - offset",
+            )
+            .into());
+        }
     }
     let upload_id = upload.id.clone();
 
@@ -242,8 +254,15 @@ async fn discard_by_id(session: &Session, upload_id: &str) -> u64 {
 type Prepared = (PartialUpload, crate::quota::Reservation, transfer::ActiveGuard);
 
 async fn prepare_put(session: &mut Session, a: &PutArgs) -> Result<Prepared, WireError> {
-    if a.offset > a.size || a.body_len != a.size - a.offset {
-        return Err(WireError::new(ErrorCode::BadRequest, "body_len must equal size - offset"));
+    if a.offset > a.size {
+        return Err(WireError::new(ErrorCode::BadRequest, "offset is past size"));
+    }
+    let expected_body = if a.wait { 0 } else { a.size - a.offset };
+    if a.body_len != expected_body {
+        return Err(WireError::new(
+            ErrorCode::BadRequest,
+            "body_len must equal size - offset (0 with wait: the body follows ready in put_data)",
+        ));
     }
     if let Some(h) = &a.sha256 {
         transfer::validate_sha256(h)?;

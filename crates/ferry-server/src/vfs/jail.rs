@@ -10,12 +10,13 @@ use std::io;
 use std::path::Path;
 
 use cap_std::ambient_authority;
-use cap_std::fs::{Dir, Metadata};
+use cap_std::fs::{Dir, Metadata, OpenOptions};
 use rustix::fs::RenameFlags;
 
 use super::path::{RESERVED_PREFIX, VirtualPath, check_name};
 use super::{Entry, EntryKind, VfsError};
 
+#[derive(Debug)]
 pub struct Jail {
     root: Dir,
     /// The server's reserved directory, opened once per session.
@@ -76,15 +77,16 @@ impl Jail {
         Ok(entry_from(vp.file_name().unwrap_or("/").to_string(), &m))
     }
 
-    /// The entries of a directory, sorted by name; the server's reserved
-    /// names are hidden.
+    /// The entries of a directory, sorted by name.
     pub fn list(&self, vp: &VirtualPath) -> Result<Vec<Entry>, VfsError> {
         let dir = self.dir(vp)?;
         let mut out = Vec::new();
         for entry in dir.entries().map_err(err_at(vp))? {
             let entry = entry.map_err(err_at(vp))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with(RESERVED_PREFIX) {
+            // Only names a user could address are listed: not the server's
+            // reserved ones, not non-UTF-8 or control-character names.
+            let Ok(name) = entry.file_name().into_string() else { continue };
+            if check_name(&name).is_err() {
                 continue;
             }
             // An entry removed meanwhile is simply not listed.
@@ -113,13 +115,15 @@ impl Jail {
         parent.create_dir(name).map_err(err_at(vp))
     }
 
-    pub fn remove_file(&self, vp: &VirtualPath) -> Result<(), VfsError> {
+    /// Removes a file (or a symlink, never its target). Returns the bytes freed.
+    pub fn remove_file(&self, vp: &VirtualPath) -> Result<u64, VfsError> {
         let (parent, name) = self.parent_and_name(vp)?;
         let m = parent.symlink_metadata(name).map_err(err_at(vp))?;
         if m.is_dir() {
             return Err(VfsError::IsADirectory(vp.to_string()));
         }
-        parent.remove_file(name).map_err(err_at(vp))
+        parent.remove_file(name).map_err(err_at(vp))?;
+        Ok(if m.is_file() { m.len() } else { 0 })
     }
 
     pub fn remove_dir(&self, vp: &VirtualPath) -> Result<(), VfsError> {
@@ -153,30 +157,77 @@ impl Jail {
         if from.is_root() || to.is_root() {
             return Err(VfsError::PermissionDenied("the home directory itself cannot be moved or replaced".into()));
         }
-        if to.starts_with(from) && to != from {
+        let (from_parent, from_name) = self.parent_and_name(from)?;
+        let src = from_parent.symlink_metadata(from_name).map_err(err_at(from))?;
+        if from == to {
+            return Ok(None);
+        }
+        if src.is_dir() && to.starts_with(from) {
             return Err(VfsError::InvalidMove(format!("cannot move {from} into itself ({to})")));
         }
-        let (from_parent, from_name) = self.parent_and_name(from)?;
         let (to_parent, to_name) = self.parent_and_name(to)?;
-        let src = from_parent.symlink_metadata(from_name).map_err(err_at(from))?;
         rename_at(&from_parent, from_name, &to_parent, to_name, overwrite, src.is_dir(), to)
     }
 
     /// Opens a file for reading; refuses anything but a regular file.
     pub fn open_read(&self, vp: &VirtualPath) -> Result<(std::fs::File, Entry), VfsError> {
-        let file = self.root.open(vp.to_relative_path()).map_err(err_at(vp))?;
+        let file = self.open_regular(vp, OpenOptions::new().read(true))?;
+        let m = file.metadata().map_err(err_at(vp))?;
+        let entry = Entry {
+            name: vp.file_name().unwrap_or("/").to_string(),
+            kind: EntryKind::File,
+            size: m.len(),
+            mtime: std::os::unix::fs::MetadataExt::mtime(&m),
+            mode: std::os::unix::fs::MetadataExt::mode(&m) & 0o7777,
+        };
+        Ok((file, entry))
+    }
+
+    /// Creates a new file; fails if anything exists under that name.
+    pub fn create_new_file(&self, vp: &VirtualPath) -> Result<std::fs::File, VfsError> {
+        self.open_regular(vp, OpenOptions::new().write(true).create_new(true))
+    }
+
+    /// Opens a file for writing, creating it if missing, never truncating.
+    pub fn open_write(&self, vp: &VirtualPath) -> Result<std::fs::File, VfsError> {
+        self.open_regular(vp, OpenOptions::new().write(true).create(true))
+    }
+
+    /// Opens an existing file for appending.
+    pub fn open_append(&self, vp: &VirtualPath) -> Result<std::fs::File, VfsError> {
+        self.open_regular(vp, OpenOptions::new().append(true))
+    }
+
+    /// Opens a regular file beneath the home. `O_NONBLOCK` keeps a FIFO
+    /// planted by the server's owner from blocking the thread; it is cleared
+    /// once the file is known to be regular.
+    fn open_regular(&self, vp: &VirtualPath, opts: &mut OpenOptions) -> Result<std::fs::File, VfsError> {
+        use cap_std::fs::OpenOptionsExt;
+        if vp.is_root() {
+            return Err(VfsError::IsADirectory("/".into()));
+        }
+        opts.custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32);
+        let file = self.root.open_with(vp.to_relative_path(), opts).map_err(err_at(vp))?;
         let m = file.metadata().map_err(err_at(vp))?;
         if m.is_dir() {
             return Err(VfsError::IsADirectory(vp.to_string()));
         }
-        let entry = entry_from(vp.file_name().unwrap_or("/").to_string(), &m);
-        Ok((file.into_std(), entry))
+        if !m.is_file() {
+            return Err(VfsError::PermissionDenied(format!("{vp}: not a regular file")));
+        }
+        let file = file.into_std();
+        let flags = rustix::fs::fcntl_getfl(&file).map_err(|e| VfsError::from_io(e.into(), vp))?;
+        rustix::fs::fcntl_setfl(&file, flags - rustix::fs::OFlags::NONBLOCK)
+            .map_err(|e| VfsError::from_io(e.into(), vp))?;
+        Ok(file)
     }
 
     /// The server's reserved directory at the root of the home (created on
     /// first use), which users can never name. One per jail, opened once.
     pub fn internal_dir(&self, name: &str) -> Result<&Dir, VfsError> {
-        debug_assert!(name.starts_with(RESERVED_PREFIX));
+        if !name.starts_with(RESERVED_PREFIX) || name.contains(['/', '\\', '\0']) || name.contains("..") {
+            return Err(VfsError::InvalidName(format!("{name}: not an internal directory name")));
+        }
         if let Some((cached, dir)) = self.internal.get() {
             return if cached == name {
                 Ok(dir)
@@ -185,7 +236,9 @@ impl Jail {
             };
         }
         let vp = VirtualPath::root();
-        match self.root.create_dir(name) {
+        let mut builder = cap_std::fs::DirBuilder::new();
+        cap_std::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        match self.root.create_dir_with(name, &builder) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(VfsError::from_io(e, &vp)),
@@ -204,6 +257,11 @@ impl Jail {
         target: &VirtualPath,
         overwrite: bool,
     ) -> Result<Option<u64>, VfsError> {
+        // renameat resolves `..` and `/` in a name relative to the directory
+        // handle, outside any beneath-check: allow one plain name only.
+        if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
+            return Err(VfsError::InvalidName(format!("{name:?} is not a plain name")));
+        }
         let (to_parent, to_name) = self.parent_and_name(target)?;
         check_name(to_name)?;
         rename_at(internal, name, &to_parent, to_name, overwrite, false, target)
@@ -232,17 +290,23 @@ fn rename_at(
         if !overwrite {
             return Err(VfsError::AlreadyExists(format!("{to} already exists")));
         }
-        if m.is_dir() {
-            return Err(VfsError::IsADirectory(format!("{to} is a directory and cannot be replaced")));
+        // The kernel's rules: a directory replaces only an empty directory,
+        // a file never replaces a directory.
+        if m.is_dir() && !src_is_dir {
+            return Err(VfsError::IsADirectory(to.to_string()));
         }
-        if src_is_dir {
-            return Err(VfsError::NotADirectory(format!("{to} is not a directory")));
+        if src_is_dir && !m.is_dir() {
+            return Err(VfsError::NotADirectory(to.to_string()));
         }
         replaced = Some(if m.is_file() { m.len() } else { 0 });
     }
     let flags = if overwrite { RenameFlags::empty() } else { RenameFlags::NOREPLACE };
-    rustix::fs::renameat_with(from_dir, from_name, to_dir, to_name, flags)
-        .map_err(|e| VfsError::from_io(e.into(), to))?;
+    rustix::fs::renameat_with(from_dir, from_name, to_dir, to_name, flags).map_err(|e| match e {
+        // The kernel's own refusal to move a directory beneath itself (seen
+        // through a symlink inside the home).
+        rustix::io::Errno::INVAL => VfsError::InvalidMove(format!("cannot move into itself ({to})")),
+        e => VfsError::from_io(e.into(), to),
+    })?;
     Ok(replaced)
 }
 

@@ -7,7 +7,7 @@ mod path;
 use std::io;
 
 pub use jail::Jail;
-pub use path::{MAX_NAME, MAX_PATH, RESERVED_PREFIX, VirtualPath, check_name, fuzz_virtual_path};
+pub use path::{MAX_NAME, MAX_PATH, PARTIAL_DIR, RESERVED_PREFIX, VirtualPath, check_name, fuzz_virtual_path};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EntryKind {

@@ -14,6 +14,8 @@ pub const MAX_NAME: usize = 255;
 pub const MAX_PATH: usize = 4096;
 /// Names starting with this are the server's own (partial uploads).
 pub const RESERVED_PREFIX: &str = ".ferry";
+/// The hidden directory of partial uploads at the root of each home.
+pub const PARTIAL_DIR: &str = ".ferry-partial";
 
 /// A normalized path beneath a user's home; shown to users as `/a/b`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
@@ -24,6 +26,22 @@ pub struct VirtualPath {
 impl VirtualPath {
     pub fn root() -> Self {
         VirtualPath::default()
+    }
+
+    /// Parses input relative to the root.
+    pub fn parse(input: &str) -> Result<VirtualPath, VfsError> {
+        VirtualPath::root().join_user_input(input)
+    }
+
+    /// Appends one plain name (no separators, no `..`).
+    pub fn join_name(&self, name: &str) -> Result<VirtualPath, VfsError> {
+        if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\\', '\0']) {
+            return Err(VfsError::InvalidName(format!("{name:?} is not a plain name")));
+        }
+        check_name(name)?;
+        let mut parts = self.parts.clone();
+        parts.push(name.to_string());
+        Ok(VirtualPath { parts })
     }
 
     pub fn is_root(&self) -> bool {
