@@ -54,15 +54,26 @@ pub async fn ls(a: LsArgs) -> Result<u8> {
     let (remote, mut session) = open(&a.remote, &a.conn).await?;
     let out = std::io::stdout();
     let mut out = std::io::BufWriter::new(out.lock());
-    session
+    // A failed write to stdout is kept as the io::Error it is, not as a
+    // ClientError ("connection lost"), so that `main` sees a broken pipe
+    // (`ferry ls | head`) and exits quietly.
+    let mut write_error = None;
+    let listed = session
         .ls_pages(remote.path.as_deref(), |page| {
             for e in page.iter().filter(|e| a.all || !e.name.starts_with('.')) {
                 let line = if a.long { long_line(e) } else { e.name.clone() };
-                writeln!(out, "{line}").map_err(ferry_client::ClientError::Io)?;
+                if let Err(err) = writeln!(out, "{line}") {
+                    write_error = Some(err);
+                    return Err(ferry_client::ClientError::Local("cannot write the listing".into()));
+                }
             }
             Ok(())
         })
-        .await?;
+        .await;
+    if let Some(err) = write_error {
+        return Err(err.into());
+    }
+    listed?;
     out.flush()?;
     session.close().await?;
     Ok(0)

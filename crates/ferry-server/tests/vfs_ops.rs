@@ -208,8 +208,8 @@ fn rename() {
     assert_code(jail.rename(&vp("nope"), &vp("x"), false), "not_found");
     assert_code(jail.rename(&vp("file"), &vp("nodir/x"), false), "not_found");
     assert_code(jail.rename(&vp("file"), &vp("file/x"), false), "not_a_directory");
-    // Same path is a no-op.
-    assert_eq!(jail.rename(&vp("file"), &vp("file"), false).unwrap(), None);
+    // Onto itself is refused, as mv(1) does.
+    assert_code(jail.rename(&vp("file"), &vp("file"), false), "invalid_move");
     // A symlink moves itself.
     symlink("file", h.join("ln")).unwrap();
     jail.rename(&vp("ln"), &vp("ln2"), false).unwrap();

@@ -35,13 +35,25 @@ pub async fn cd(session: &mut Session, conn: &mut Conn, id: u64, path: String) -
 }
 
 pub async fn ls(session: &mut Session, conn: &mut Conn, id: u64, path: Option<String>) -> Result<(), Reply> {
-    let target = match path {
-        Some(p) => resolve(session, &p)?,
-        None => session.cwd.clone(),
+    let (target, is_cwd) = match path {
+        Some(p) => (resolve(session, &p)?, false),
+        None => (session.cwd.clone(), true),
     };
     let entries = blocking(&session.jail, move |j| {
+        // The cwd is always listed as a directory: it may have been reached
+        // through a link inside the home (`cd alias`), and if it has become
+        // anything else meanwhile, that is the answer.
+        if is_cwd {
+            return Ok(j.list(&target)?);
+        }
         let meta = j.stat(&target)?;
-        if meta.kind == vfs::EntryKind::Dir { Ok(j.list(&target)?) } else { Ok(vec![meta]) }
+        match meta.kind {
+            vfs::EntryKind::Dir => Ok(j.list(&target)?),
+            // A link to a directory inside the home lists that directory; a
+            // link to anything else (a file, nothing, outside) is shown as itself.
+            vfs::EntryKind::Symlink if j.ensure_dir(&target).is_ok() => Ok(j.list(&target)?),
+            _ => Ok(vec![meta]),
+        }
     })
     .await?;
     let mut pages = entries.chunks(LS_PAGE).peekable();

@@ -160,7 +160,8 @@ impl Jail {
         let (from_parent, from_name) = self.parent_and_name(from)?;
         let src = from_parent.symlink_metadata(from_name).map_err(err_at(from))?;
         if from == to {
-            return Ok(None);
+            // As mv(1): "are the same file". Never a no-op reported as a replacement.
+            return Err(VfsError::InvalidMove(format!("cannot move {from} onto itself")));
         }
         if src.is_dir() && to.starts_with(from) {
             return Err(VfsError::InvalidMove(format!("cannot move {from} into itself ({to})")));
@@ -285,8 +286,18 @@ fn rename_at(
     src_is_dir: bool,
     to: &VirtualPath,
 ) -> Result<Option<u64>, VfsError> {
+    use cap_std::fs::MetadataExt;
     let mut replaced = None;
     if let Ok(m) = to_dir.symlink_metadata(to_name) {
+        // The same entry under another virtual path (through a link inside
+        // the home, or a hard link): rename(2) does nothing and succeeds, so
+        // nothing may be reported as replaced, or the quota would be
+        // released for bytes still on disk.
+        if let Ok(src) = from_dir.symlink_metadata(from_name)
+            && (src.dev(), src.ino()) == (m.dev(), m.ino())
+        {
+            return Err(VfsError::InvalidMove(format!("{to} is the same file as the source")));
+        }
         if !overwrite {
             return Err(VfsError::AlreadyExists(format!("{to} already exists")));
         }
@@ -311,23 +322,31 @@ fn rename_at(
 }
 
 /// (bytes, files) beneath a directory, without following symlinks, with an
-/// explicit stack so that depth cannot overflow ours.
+/// explicit stack so that depth cannot overflow ours. The stack holds one
+/// open listing per level being walked, never one handle per subdirectory
+/// found: a directory with tens of thousands of subdirectories must not
+/// exhaust the process's file descriptors.
 fn usage_of(dir: &Dir) -> io::Result<(u64, u64)> {
     let (mut bytes, mut files) = (0u64, 0u64);
-    let mut stack = vec![dir.try_clone()?];
-    while let Some(d) = stack.pop() {
-        for entry in d.entries()? {
-            let entry = entry?;
-            let Ok(m) = entry.metadata() else { continue };
-            if m.is_dir() {
-                if let Ok(sub) = entry.open_dir() {
-                    stack.push(sub);
-                }
-            } else {
-                files += 1;
-                if m.is_file() {
-                    bytes += m.len();
-                }
+    let mut stack = vec![dir.entries()?];
+    while let Some(listing) = stack.last_mut() {
+        let Some(entry) = listing.next() else {
+            stack.pop();
+            continue;
+        };
+        let entry = entry?;
+        let Ok(m) = entry.metadata() else { continue };
+        if m.is_dir() {
+            // A subdirectory removed or unreadable meanwhile is skipped.
+            if let Ok(sub) = entry.open_dir()
+                && let Ok(listing) = sub.entries()
+            {
+                stack.push(listing);
+            }
+        } else {
+            files += 1;
+            if m.is_file() {
+                bytes += m.len();
             }
         }
     }
