@@ -8,9 +8,12 @@ use super::{Reply, blocking};
 use crate::session::{Conn, Session};
 use crate::vfs::{self, VirtualPath};
 
-/// Entries per `ls` response frame: large directories stream in pages
-/// rather than one huge header.
-const LS_PAGE: usize = 512;
+/// Bytes of entries per `ls` response frame: large directories stream in
+/// pages well under the 64 KiB header cap (a name counts twice: JSON may
+/// escape it).
+const LS_PAGE_BYTES: usize = 24 * 1024;
+/// Generous JSON size of one entry without its name.
+const ENTRY_OVERHEAD: usize = 96;
 
 pub fn wire_entry(e: &vfs::Entry) -> Entry {
     Entry { name: e.name.clone(), kind: e.kind.as_str().to_string(), size: e.size, mtime: e.mtime, mode: e.mode }
@@ -56,17 +59,27 @@ pub async fn ls(session: &mut Session, conn: &mut Conn, id: u64, path: Option<St
         }
     })
     .await?;
-    let mut pages = entries.chunks(LS_PAGE).peekable();
-    if pages.peek().is_none() {
-        conn.queue_header(&ok_header(id, &json!({ "entries": [], "more": false }), 0))?;
-    }
-    while let Some(page) = pages.next() {
-        let wire: Vec<Entry> = page.iter().map(wire_entry).collect();
-        let more = pages.peek().is_some();
-        conn.queue_header(&ok_header(id, &json!({ "entries": wire, "more": more }), 0))?;
-        if conn.queued() > 256 * 1024 {
-            conn.flush().await?;
+    // Pages are cut by encoded size, not by count: names may be up to 255
+    // bytes, and every page must fit the peer's header cap (64 KiB).
+    let mut page: Vec<Entry> = Vec::new();
+    let mut page_bytes = 0;
+    let last = entries.len();
+    for (i, e) in entries.iter().enumerate() {
+        let wire = wire_entry(e);
+        page_bytes += wire.name.len() * 2 + ENTRY_OVERHEAD;
+        page.push(wire);
+        if page_bytes >= LS_PAGE_BYTES || i + 1 == last {
+            let more = i + 1 < last;
+            conn.queue_header(&ok_header(id, &json!({ "entries": page, "more": more }), 0))?;
+            page.clear();
+            page_bytes = 0;
+            if conn.queued() > 256 * 1024 {
+                conn.flush().await?;
+            }
         }
+    }
+    if last == 0 {
+        conn.queue_header(&ok_header(id, &json!({ "entries": [], "more": false }), 0))?;
     }
     Ok(())
 }

@@ -1,0 +1,55 @@
+//! Regression tests, each named after what it caught.
+
+use ferry_testkit::TestServer;
+
+/// Found by the Python client's probe: `ls` pages were cut every 512
+/// entries, so 300 long names made a header over the 64 KiB cap and the
+/// session died with bad_frame.
+#[tokio::test]
+async fn ls_pages_of_long_names_stay_under_the_header_cap() {
+    let server = TestServer::start().await.unwrap();
+    server.add_user("alice", "pw", None, false).unwrap();
+    let home = server.home("alice");
+    let mut expected = Vec::new();
+    for i in 0..1200 {
+        let name = format!("{i:05}-{}", "n".repeat(240));
+        std::fs::write(home.join(&name), b"").unwrap();
+        expected.push(name);
+    }
+    let mut session = server.login("alice", "pw").await.unwrap();
+    let mut pages = 0;
+    let mut names = Vec::new();
+    session
+        .ls_pages(None, |page| {
+            pages += 1;
+            names.extend(page.into_iter().map(|e| e.name));
+            Ok(())
+        })
+        .await
+        .unwrap();
+    assert_eq!(names, expected);
+    assert!(pages > 1, "a large listing comes in several pages");
+    assert_eq!(session.pwd().await.unwrap(), "/", "the session survived");
+}
+
+/// Found by the Python client's probe: a `put` with `wait` refused before
+/// `ready` (the target exists) left client and server waiting for each other.
+#[tokio::test]
+async fn refused_wait_put_answers_and_keeps_the_session() {
+    let server = TestServer::start().await.unwrap();
+    server.add_user("alice", "pw", None, false).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("big.bin");
+    ferry_testkit::write_random_file(&local, 3 * 1024 * 1024, 1).unwrap();
+    let mut session = server.login("alice", "pw").await.unwrap();
+    let opts = ferry_client::PutOptions::default();
+    session.put_file(&local, "big.bin", &opts, &ferry_client::NoProgress).await.unwrap();
+    let again = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        session.put_file(&local, "big.bin", &opts, &ferry_client::NoProgress),
+    )
+    .await
+    .expect("answered, not hung");
+    assert_eq!(again.unwrap_err().code(), Some(ferry_client::ErrorCode::AlreadyExists));
+    assert_eq!(session.pwd().await.unwrap(), "/", "the stream is still framed");
+}
