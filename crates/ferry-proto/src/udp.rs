@@ -2,7 +2,7 @@
 //!
 //! Everything here is pure: bytes in, values out. No socket, no clock: the
 //! reliability bookkeeping in [`reliable`] takes `now` as an argument, like
-//! quinn-proto. `docs/UDP.md` describes both formats for people writing other
+//! quinn-proto. `docs/PROTOCOL.md` ("UDP services") describes both formats for people writing other
 //! clients.
 
 /// The time service: request = raw UTF-8 format bytes, reply = `OK ...` or
