@@ -169,10 +169,21 @@ pub async fn exec(a: ExecArgs) -> Result<u8> {
     let (_, mut session) = open(&a.remote, &a.conn).await?;
     let stdin = if a.no_stdin { None } else { Some(tokio::io::stdin()) };
     let streams = ExecStreams { stdin, stdout: tokio::io::stdout(), stderr: tokio::io::stderr() };
-    let cancel = async {
-        let _ = tokio::signal::ctrl_c().await;
+    // Catch Ctrl-C from here on, before the command starts: `ctrl_c()` only
+    // listens once first polled, and a Ctrl-C in between killed the client
+    // with the default action instead of cancelling. Before this point
+    // nothing runs remotely, so the default action is right.
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let cancel = async move {
+        interrupt.recv().await;
     };
-    let outcome = session.exec(&a.command, streams, cancel).await?;
+    let outcome = match session.exec(&a.command, streams, cancel).await {
+        Ok(o) => o,
+        // Our own stdout closed (`ferry exec ... | head`): the client has
+        // cancelled the command; `main` does not report a broken pipe.
+        Err(ferry_client::ClientError::Io(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => return Err(e.into()),
+        Err(e) => return Err(e.into()),
+    };
     if outcome.timed_out {
         eprintln!("ferry: the remote command ran past its time limit and was killed");
     } else if let Some(sig) = outcome.signal {

@@ -66,7 +66,16 @@ impl Session {
         let ExecStreams { mut stdin, mut stdout, mut stderr } = io;
         let (rd, wr) = (&mut self.rd, &mut self.wr);
         let (done_tx, mut done_rx) = tokio::sync::oneshot::channel::<()>();
+        // The reader asks for a cancel when local output fails (a closed pipe):
+        // the command is stopped and the session stays in step.
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let writer = async {
+            let cancel = async {
+                tokio::select! {
+                    _ = cancel => {}
+                    Ok(()) = stop_rx => {}
+                }
+            };
             tokio::pin!(cancel);
             let mut buf = vec![0u8; 64 * 1024];
             let mut stdin_open = stdin.is_some();
@@ -104,21 +113,44 @@ impl Session {
             }
         };
         let reader = async {
+            let mut stop_tx = Some(stop_tx);
+            let mut local_error: Option<std::io::Error> = None;
             let result: Result<ExecOutcome, ClientError> = async {
                 loop {
                     let head = read_answer(rd, id).await?;
                     let frame: Frame = head.decode()?;
                     if frame.done {
-                        return Ok(head.decode::<ExecOutcome>()?);
+                        let outcome = head.decode::<ExecOutcome>()?;
+                        return match local_error.take() {
+                            Some(e) => Err(ClientError::Io(e)),
+                            None => Ok(outcome),
+                        };
                     }
-                    let out: &mut (dyn AsyncWrite + Unpin) = match frame.stream.as_deref() {
-                        Some("stderr") => &mut stderr,
-                        _ => &mut stdout,
-                    };
+                    // Not a `&mut dyn AsyncWrite`: that is not `Send` and
+                    // would keep the whole exec future off `tokio::spawn`.
+                    let to_stderr = frame.stream.as_deref() == Some("stderr");
+                    // After a local write error the rest is read and dropped
+                    // until the server confirms the cancel.
+                    let mut wrote = Ok(());
                     while let Some(chunk) = rd.read_body_chunk().await? {
-                        out.write_all(&chunk).await?;
+                        if local_error.is_none() && wrote.is_ok() {
+                            wrote = match to_stderr {
+                                true => stderr.write_all(&chunk).await,
+                                false => stdout.write_all(&chunk).await,
+                            };
+                        }
                     }
-                    out.flush().await?;
+                    if local_error.is_none()
+                        && let Err(e) = wrote.and(match to_stderr {
+                            true => stderr.flush().await,
+                            false => stdout.flush().await,
+                        })
+                    {
+                        local_error = Some(e);
+                        if let Some(tx) = stop_tx.take() {
+                            let _ = tx.send(());
+                        }
+                    }
                 }
             }
             .await;

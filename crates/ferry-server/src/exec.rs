@@ -92,6 +92,37 @@ pub fn kill_group(pid: u32) {
     }
 }
 
+/// The process group of one running command. Dropping it kills the group,
+/// so no path out of the handler (an early return, a client that vanished,
+/// a session task dropped at shutdown) leaves the command's children
+/// running: `kill_on_drop` alone reaches only the group leader.
+///
+/// The kill at drop also takes background processes that closed their
+/// output and would otherwise outlive the command, its time limit and its
+/// seat under `max_per_user`.
+pub struct ProcessGroup {
+    pid: u32,
+}
+
+impl ProcessGroup {
+    /// Takes charge of the group led by `pid` (`0`: no process, no-op).
+    pub fn new(pid: u32) -> Self {
+        ProcessGroup { pid }
+    }
+
+    pub fn kill(&self) {
+        if self.pid != 0 {
+            kill_group(self.pid);
+        }
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

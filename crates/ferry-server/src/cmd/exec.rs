@@ -6,14 +6,17 @@
 //! Output is read only as fast as the client takes it, so a command printing
 //! gigabytes costs the server one small buffer.
 
+use std::future::Future;
 use std::os::unix::process::ExitStatusExt;
+use std::pin::Pin;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use ferry_proto::msg::{error_header, ok_header};
 use ferry_proto::{ErrorCode, FrameError, FrameItem, Request, WireError};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Sleep;
 use tracing::{info, warn};
 
 use super::Reply;
@@ -21,6 +24,9 @@ use crate::exec;
 use crate::session::{Conn, Session};
 
 const OUTPUT_CHUNK: usize = 64 * 1024;
+/// How long a killed command's pipes may stay open, and a client that
+/// stopped reading may take to catch up, before the handler gives up.
+const KILL_GRACE: Duration = Duration::from_secs(5);
 
 pub async fn exec(session: &mut Session, conn: &mut Conn, id: u64, argv: Vec<String>) -> Result<(), Reply> {
     let user = session.user.name.clone();
@@ -52,20 +58,28 @@ pub async fn exec(session: &mut Session, conn: &mut Conn, id: u64, argv: Vec<Str
         }
     };
     let pid = child.id().unwrap_or(0);
+    // Killed when this handler ends, however it ends.
+    let group = exec::ProcessGroup::new(pid);
     info!(user = %user, program = %program, pid, "exec started");
     let started = std::time::Instant::now();
     let (Some(mut stdout), Some(mut stderr)) = (child.stdout.take(), child.stderr.take()) else {
-        exec::kill_group(pid);
         return Err(WireError::new(ErrorCode::Internal, "command pipes unavailable").into());
     };
     let mut stdin = child.stdin.take();
     conn.send(&ok_header(id, &json!({ "started": true }), 0)).await?;
 
+    // First the time limit; once the group is killed, a grace for its pipes
+    // to close (a process that left the group may hold them).
     let deadline = tokio::time::sleep(timeout);
     tokio::pin!(deadline);
+    let mut killed = false;
     let (mut obuf, mut ebuf) = (vec![0u8; OUTPUT_CHUNK], vec![0u8; OUTPUT_CHUNK]);
     let (mut out_open, mut err_open) = (true, true);
-    let mut pending_stdin: Option<Bytes> = None;
+    let mut status: Option<std::process::ExitStatus> = None;
+    // The unwritten rest of the last stdin chunk. Written with single `write`
+    // calls, which are cancel-safe: `write_all` dropped by the select after a
+    // partial write would start the chunk over and duplicate input.
+    let mut pending_stdin = Bytes::new();
     let mut stdin_target = false; // true while reading a stdin body meant for us
     let mut timed_out = false;
     let mut cancelled = false;
@@ -75,36 +89,58 @@ pub async fn exec(session: &mut Session, conn: &mut Conn, id: u64, argv: Vec<Str
         Out(std::io::Result<usize>),
         Err(std::io::Result<usize>),
         Client(Result<Option<FrameItem>, FrameError>),
-        StdinWritten(std::io::Result<()>),
+        StdinWritten(std::io::Result<usize>),
+        Exited(std::io::Result<std::process::ExitStatus>),
         Deadline,
     }
 
-    while out_open || err_open {
+    // The command is over when its pipes are closed and it has exited: a
+    // command that closes its output early still runs under the time limit
+    // and can still be cancelled.
+    while out_open || err_open || status.is_none() {
         let ev = tokio::select! {
             r = stdout.read(&mut obuf), if out_open => Event::Out(r),
             r = stderr.read(&mut ebuf), if err_open => Event::Err(r),
-            r = write_stdin(&mut stdin, &pending_stdin), if pending_stdin.is_some() => Event::StdinWritten(r),
-            r = conn.next_item(), if pending_stdin.is_none() && client_gone.is_none() => Event::Client(r),
-            _ = &mut deadline, if !timed_out => Event::Deadline,
+            r = write_stdin(&mut stdin, &pending_stdin), if !pending_stdin.is_empty() => Event::StdinWritten(r),
+            r = conn.next_item(), if pending_stdin.is_empty() && client_gone.is_none() => Event::Client(r),
+            r = child.wait(), if status.is_none() => Event::Exited(r),
+            _ = &mut deadline => Event::Deadline,
         };
         match ev {
             Event::Out(Ok(0)) | Event::Out(Err(_)) => out_open = false,
             Event::Err(Ok(0)) | Event::Err(Err(_)) => err_open = false,
-            Event::Out(Ok(n)) => send_output(conn, id, "stdout", &obuf[..n]).await?,
-            Event::Err(Ok(n)) => send_output(conn, id, "stderr", &ebuf[..n]).await?,
-            Event::StdinWritten(r) => {
-                pending_stdin = None;
-                if r.is_err() {
-                    stdin = None; // the command closed its stdin; drop the rest
+            Event::Out(Ok(n)) => {
+                let send = send_output(conn, id, "stdout", &obuf[..n]);
+                send_before_deadline(send, deadline.as_mut(), &group, &mut killed, &mut timed_out).await?;
+            }
+            Event::Err(Ok(n)) => {
+                let send = send_output(conn, id, "stderr", &ebuf[..n]);
+                send_before_deadline(send, deadline.as_mut(), &group, &mut killed, &mut timed_out).await?;
+            }
+            Event::StdinWritten(Ok(n)) => pending_stdin.advance(n),
+            Event::StdinWritten(Err(_)) => {
+                // The command closed its stdin; drop the rest.
+                pending_stdin.clear();
+                stdin = None;
+            }
+            Event::Exited(r) => match r {
+                Ok(s) => status = Some(s),
+                Err(e) => {
+                    warn!(pid, error = %e, "cannot wait for the command");
+                    break;
                 }
+            },
+            Event::Deadline if !killed => {
+                timed_out = true;
+                kill(&group, deadline.as_mut(), &mut killed);
             }
             Event::Deadline => {
-                timed_out = true;
-                exec::kill_group(pid);
+                warn!(pid, "command pipes still open after the kill; giving up on them");
+                break;
             }
             Event::Client(Ok(Some(FrameItem::Body(chunk)))) => {
                 if stdin_target && stdin.is_some() {
-                    pending_stdin = Some(chunk);
+                    pending_stdin = chunk;
                 }
             }
             Event::Client(Ok(Some(FrameItem::Header(h)))) => {
@@ -114,7 +150,9 @@ pub async fn exec(session: &mut Session, conn: &mut Conn, id: u64, argv: Vec<Str
                     (_, Ok(Request::StdinEof { target })) if target == id => stdin = None,
                     (_, Ok(Request::Cancel { target })) if target == id => {
                         cancelled = true;
-                        exec::kill_group(pid);
+                        if !killed {
+                            kill(&group, deadline.as_mut(), &mut killed);
+                        }
                     }
                     (other, _) => {
                         // One command at a time per session: anything else waits its turn.
@@ -125,20 +163,22 @@ pub async fn exec(session: &mut Session, conn: &mut Conn, id: u64, argv: Vec<Str
             }
             Event::Client(Ok(None)) | Event::Client(Err(_)) => {
                 // The client is gone or its stream broke: no orphans left behind.
-                exec::kill_group(pid);
                 client_gone = Some(FrameError::Truncated);
                 cancelled = true;
+                if !killed {
+                    kill(&group, deadline.as_mut(), &mut killed);
+                }
             }
         }
     }
     drop(stdin);
-    let status = match tokio::time::timeout(Duration::from_secs(5), child.wait()).await {
-        Ok(Ok(s)) => Some(s),
-        _ => {
-            exec::kill_group(pid);
-            child.wait().await.ok()
-        }
-    };
+    if status.is_none() {
+        // Only after a failed wait or when the pipes outlived the grace.
+        group.kill();
+        status = tokio::time::timeout(KILL_GRACE, child.wait()).await.ok().and_then(Result::ok);
+    }
+    // Background processes that closed their output go with the command.
+    drop(group);
     let exit_code = status.and_then(|s| s.code());
     let signal = status.and_then(|s| s.signal());
     info!(user = %user, pid, exit_code, signal, timed_out, cancelled, ms = started.elapsed().as_millis() as u64, "exec ended");
@@ -152,10 +192,46 @@ pub async fn exec(session: &mut Session, conn: &mut Conn, id: u64, argv: Vec<Str
     Ok(())
 }
 
-async fn write_stdin(stdin: &mut Option<tokio::process::ChildStdin>, data: &Option<Bytes>) -> std::io::Result<()> {
-    match (stdin, data) {
-        (Some(s), Some(d)) => s.write_all(d).await,
-        _ => Ok(()),
+/// Kills the command's group and gives its pipes `KILL_GRACE` to close.
+fn kill(group: &exec::ProcessGroup, deadline: Pin<&mut Sleep>, killed: &mut bool) {
+    group.kill();
+    *killed = true;
+    deadline.reset(tokio::time::Instant::now() + KILL_GRACE);
+}
+
+/// Sends one output frame while still enforcing the time limit: a client
+/// that stops reading must not keep the command alive past it. Once the
+/// command is killed, a client still not reading after `KILL_GRACE` loses
+/// its session.
+async fn send_before_deadline(
+    send: impl Future<Output = Result<(), FrameError>>,
+    mut deadline: Pin<&mut Sleep>,
+    group: &exec::ProcessGroup,
+    killed: &mut bool,
+    timed_out: &mut bool,
+) -> Result<(), FrameError> {
+    tokio::pin!(send);
+    // At most two rounds: the time limit, then the grace after the kill.
+    for _ in 0..2 {
+        tokio::select! {
+            r = &mut send => return r,
+            _ = &mut deadline => {
+                if *killed {
+                    break;
+                }
+                *timed_out = true;
+                kill(group, deadline.as_mut(), killed);
+            }
+        }
+    }
+    Err(FrameError::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, "client stopped reading command output")))
+}
+
+/// One cancel-safe write of the pending stdin bytes.
+async fn write_stdin(stdin: &mut Option<tokio::process::ChildStdin>, data: &Bytes) -> std::io::Result<usize> {
+    match stdin {
+        Some(s) => s.write(data).await,
+        None => Err(std::io::ErrorKind::BrokenPipe.into()),
     }
 }
 
