@@ -18,7 +18,12 @@ use tokio_util::either::Either;
 use crate::known_hosts::{HostKeyPolicy, KnownHosts, Lookup};
 use crate::{ClientError, Remote, Session};
 
-pub type ClientStream = Either<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;
+pub type ClientStream = Either<TcpStream, tokio_rustls::client::TlsStream<TlsSocket>>;
+
+/// The socket beneath TLS with a large read buffer: rustls reads 4 KiB at a
+/// time, which would otherwise be one system call each.
+type TlsSocket = tokio::io::BufReader<TcpStream>;
+const TLS_READ_BUFFER: usize = 256 * 1024;
 
 /// A callback that asks a person whether to trust an unknown fingerprint.
 pub type AskFn = Box<dyn Fn(&str, &str) -> bool + Send + Sync>;
@@ -191,7 +196,7 @@ fn check_pin(host: &str, presented: &str, opts: &ConnectOptions) -> Result<(), C
 async fn tls_connect(
     tcp: TcpStream,
     remote: &Remote,
-) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ClientError> {
+) -> Result<tokio_rustls::client::TlsStream<TlsSocket>, ClientError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = Arc::new(PinningVerifier { provider: Arc::clone(&provider) });
     let config = rustls::ClientConfig::builder_with_provider(provider)
@@ -203,7 +208,7 @@ async fn tls_connect(
     let name = ServerName::try_from(remote.host.clone())
         .unwrap_or_else(|_| ServerName::try_from("ferry").expect("static name is valid"));
     tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
+        .connect(name, tokio::io::BufReader::with_capacity(TLS_READ_BUFFER, tcp))
         .await
         .map_err(|e| ClientError::Tls(format!("handshake with {} failed: {e}", remote.host_port())))
 }

@@ -130,7 +130,12 @@ async fn serve_tcp(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr, adm
     let stream = match &shared.tls {
         None => Stream::Tcp(socket),
         Some((acceptor, _)) => {
-            match tokio::time::timeout(shared.config.login_timeout(), acceptor.accept(socket)).await {
+            match tokio::time::timeout(
+                shared.config.login_timeout(),
+                acceptor.accept(crate::stream::tls_socket(socket)),
+            )
+            .await
+            {
                 Ok(Ok(tls)) => Stream::Tls(Box::new(tls)),
                 Ok(Err(e)) => {
                     debug!(%peer, error = %e, "TLS handshake failed");
@@ -182,7 +187,7 @@ fn refuse(shared: &Arc<Shared>, socket: TcpStream, peer: SocketAddr, err: WireEr
             match tls {
                 None => send_refusal(Stream::Tcp(socket), &err).await,
                 Some(acceptor) => {
-                    if let Ok(s) = acceptor.accept(socket).await {
+                    if let Ok(s) = acceptor.accept(crate::stream::tls_socket(socket)).await {
                         send_refusal(Stream::Tls(Box::new(s)), &err).await;
                     }
                 }

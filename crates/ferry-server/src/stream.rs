@@ -4,13 +4,24 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, BufReader, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::server::TlsStream;
 
+/// Bytes read from the socket at once beneath TLS. rustls asks for 4 KiB
+/// at a time; without this buffer every 4 KiB would cost a system call.
+pub const TLS_READ_BUFFER: usize = 256 * 1024;
+
+/// The socket beneath TLS, with a large read buffer (writes pass through).
+pub type TlsSocket = BufReader<TcpStream>;
+
+pub fn tls_socket(socket: TcpStream) -> TlsSocket {
+    BufReader::with_capacity(TLS_READ_BUFFER, socket)
+}
+
 pub enum Stream {
     Tcp(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
+    Tls(Box<TlsStream<TlsSocket>>),
     Unix(UnixStream),
 }
 
