@@ -124,8 +124,11 @@ fn default_state_dir() -> PathBuf {
         .join("ferry")
 }
 
-fn resume_path(opts: &PutOptions, session: &Session, local: &Path, remote: &str, size: u64) -> PathBuf {
-    let key = format!("{}|{}|{}|{size}", session.remote().host_port(), session.remote().user, remote);
+/// Where the resume record of an upload of `local` to `remote` lives. The size
+/// is not part of the key: a file that changed size since the cut must still
+/// find its record, to start over and free the old partial.
+fn resume_path(opts: &PutOptions, session: &Session, local: &Path, remote: &str) -> PathBuf {
+    let key = format!("{}|{}|{}", session.remote().host_port(), session.remote().user, remote);
     let local_abs = std::fs::canonicalize(local).unwrap_or_else(|_| local.to_path_buf());
     let digest = Sha256::new().chain_update(key).chain_update(local_abs.as_os_str().as_encoded_bytes()).finalize();
     opts.state_dir
@@ -181,23 +184,35 @@ impl Session {
             return Err(ClientError::Local(format!("{} is not a regular file", local.display())));
         }
         let size = meta.len();
-        let state = resume_path(opts, self, local, remote, size);
+        let state = resume_path(opts, self, local, remote);
         let mut summary = TransferSummary { size, ..Default::default() };
         let (mut offset, mut upload_id, mut full_hash) = (0u64, None, None);
         if opts.resume {
             let saved: Option<ResumeRecord> = std::fs::read(&state).ok().and_then(|b| serde_json::from_slice(&b).ok());
-            let req = Request::UploadStatus { path: remote.into(), size, upload_id: saved.map(|r| r.upload_id) };
-            let status: StatusAnswer = self.request(&req).await?.decode()?;
-            if status.found && status.offset > 0 {
-                let (prefix, full, _) = hash_local(local, status.offset, progress)?;
-                if Some(&prefix) == status.prefix_sha256.as_ref() && status.offset <= size {
-                    offset = status.offset;
-                    full_hash = Some(full);
-                } else {
-                    progress.note("the partial upload on the server does not match this file; starting over");
-                    summary.restarted = true;
+            let saved_id = saved.as_ref().map(|r| r.upload_id.clone());
+            if saved.as_ref().is_some_and(|r| r.size != size) {
+                // The server looks partials up by size, so it would not find
+                // this one: name it, so that starting over discards it.
+                progress.note("the file changed size since the upload was cut; starting over");
+                summary.restarted = true;
+                upload_id = saved_id;
+            } else {
+                let req = Request::UploadStatus { path: remote.into(), size, upload_id: saved_id };
+                let status: StatusAnswer = self.request(&req).await?.decode()?;
+                if status.found && status.offset > 0 {
+                    let (prefix, full, _) = hash_local(local, status.offset, progress)?;
+                    if Some(&prefix) == status.prefix_sha256.as_ref() && status.offset <= size {
+                        offset = status.offset;
+                        full_hash = Some(full);
+                    } else {
+                        progress.note("the partial upload on the server does not match this file; starting over");
+                        summary.restarted = true;
+                    }
                 }
-                upload_id = status.upload_id;
+                // Named even when empty or foreign, so that starting over discards it.
+                if status.found {
+                    upload_id = status.upload_id;
+                }
             }
         }
         summary.resumed_from = offset;

@@ -108,8 +108,10 @@ async fn open_session(shared: &Arc<Shared>, user: UserRecord) -> Result<Session,
     let (jail, quota) = tokio::task::spawn_blocking(move || -> Result<_, WireError> {
         std::fs::create_dir_all(&home).map_err(|e| WireError::new(ErrorCode::Internal, format!("home: {e}")))?;
         let jail = Jail::open(&home).map_err(WireError::from)?;
-        crate::transfer::expire_partials(&jail, &shared2.config.transfer);
         let quota = shared2.quotas.get_or_scan(&name, limit, || jail.disk_usage().map(|(bytes, _)| bytes))?;
+        // After the scan, so that the bytes of expired partials leave the
+        // usage whether it was just measured or already tracked.
+        quota.release(crate::transfer::expire_partials(&jail, &shared2.config.transfer));
         Ok((Arc::new(jail), quota))
     })
     .await

@@ -135,6 +135,14 @@ fn partial_dir(jail: &Jail) -> Result<&Dir, TransferError> {
     Ok(jail.internal_dir(PARTIAL_DIR)?)
 }
 
+/// The most bytes the sidecar of an upload to `target` of `size` bytes takes.
+/// Sidecars are files in the home, so the quota counts them like any other
+/// (a rescan after a restart sees them): uploads reserve room for them too.
+pub fn meta_len_bound(target: &VirtualPath, size: u64) -> u64 {
+    let meta = PartialMeta { path: target.to_string(), size, sha256: Some("0".repeat(64)) };
+    serde_json::to_vec(&meta).map_or(0, |v| v.len() as u64)
+}
+
 fn read_meta(dir: &Dir, id: &str) -> Option<PartialMeta> {
     let text = dir.read_to_string(format!("{id}.json")).ok()?;
     serde_json::from_str(&text).ok()
@@ -148,6 +156,8 @@ pub struct PartialUpload {
     pub file: std::fs::File,
     /// Bytes in the partial file when the upload (re)started.
     pub offset: u64,
+    /// Bytes of the sidecar this open wrote (to be counted as landed).
+    pub meta_len: u64,
 }
 
 /// Where a partial upload stands: its id, length and the hash of its bytes.
@@ -160,7 +170,9 @@ pub struct PartialStatus {
 
 /// Opens the partial for an upload of `size` bytes to `target`: a new one when
 /// `offset` is 0, else the existing partial `upload_id`, which must be bound
-/// to the same path, size and hash and hold exactly `offset` bytes.
+/// to the same path, size and hash and hold exactly `offset` bytes. Also
+/// returns the bytes it freed: an old partial of this id on a fresh start, the
+/// old sidecar (rewritten, and counted anew in `meta_len`) on a resume.
 pub fn open_upload(
     jail: &Jail,
     target: &VirtualPath,
@@ -179,8 +191,8 @@ pub fn open_upload(
         }
         let id = new_upload_id();
         let meta = PartialMeta { path, size, sha256 };
-        let file = create_partial(dir, &id, &meta)?;
-        return Ok((PartialUpload { id, meta, dir: dir.try_clone()?, file, offset: 0 }, released));
+        let (file, meta_len) = create_partial(dir, &id, &meta)?;
+        return Ok((PartialUpload { id, meta, dir: dir.try_clone()?, file, offset: 0, meta_len }, released));
     }
     let id = upload_id.filter(|id| is_upload_id(id)).ok_or_else(|| TransferError::UploadNotFound("(none)".into()))?;
     let meta = read_meta(dir, id).ok_or_else(|| TransferError::UploadNotFound(id.to_string()))?;
@@ -196,21 +208,27 @@ pub fn open_upload(
     }
     file.seek(SeekFrom::Start(offset))?;
     let meta = PartialMeta { sha256: meta.sha256.or(sha256), ..meta };
-    write_meta(dir, id, &meta)?;
-    Ok((PartialUpload { id: id.to_string(), meta, dir: dir.try_clone()?, file, offset }, released))
+    released += meta_file_len(dir, id);
+    let meta_len = write_meta(dir, id, &meta)?;
+    Ok((PartialUpload { id: id.to_string(), meta, dir: dir.try_clone()?, file, offset, meta_len }, released))
 }
 
-fn create_partial(dir: &Dir, id: &str, meta: &PartialMeta) -> Result<std::fs::File, TransferError> {
-    write_meta(dir, id, meta)?;
+fn create_partial(dir: &Dir, id: &str, meta: &PartialMeta) -> Result<(std::fs::File, u64), TransferError> {
+    let meta_len = write_meta(dir, id, meta)?;
     let file =
         dir.open_with(format!("{id}.part"), cap_std::fs::OpenOptions::new().read(true).write(true).create_new(true))?;
-    Ok(file.into_std())
+    Ok((file.into_std(), meta_len))
 }
 
-fn write_meta(dir: &Dir, id: &str, meta: &PartialMeta) -> Result<(), TransferError> {
+/// Writes the sidecar; returns its length.
+fn write_meta(dir: &Dir, id: &str, meta: &PartialMeta) -> Result<u64, TransferError> {
     let json = serde_json::to_vec(meta).map_err(std::io::Error::other)?;
-    dir.write(format!("{id}.json"), json)?;
-    Ok(())
+    dir.write(format!("{id}.json"), &json)?;
+    Ok(json.len() as u64)
+}
+
+fn meta_file_len(dir: &Dir, id: &str) -> u64 {
+    dir.metadata(format!("{id}.json")).map_or(0, |m| m.len())
 }
 
 /// Commits a small upload held whole in memory (already verified by the
@@ -249,13 +267,17 @@ pub fn discard(jail: &Jail, id: &str) -> u64 {
     }
 }
 
-/// Removes a partial and its sidecar; returns the bytes freed.
+/// Removes a partial and its sidecar; returns the bytes freed (both files).
 fn remove_partial(dir: &Dir, id: &str) -> u64 {
     let part = format!("{id}.part");
     let size = dir.metadata(&part).map(|m| m.len()).unwrap_or(0);
     let freed = if dir.remove_file(&part).is_ok() { size } else { 0 };
-    let _ = dir.remove_file(format!("{id}.json"));
-    freed
+    freed + remove_meta(dir, id)
+}
+
+fn remove_meta(dir: &Dir, id: &str) -> u64 {
+    let len = meta_file_len(dir, id);
+    if dir.remove_file(format!("{id}.json")).is_ok() { len } else { 0 }
 }
 
 impl PartialUpload {
@@ -267,7 +289,8 @@ impl PartialUpload {
     }
 
     /// Verifies, syncs and renames the partial into place. Returns the size of
-    /// a file it replaced (when `overwrite`), for quota accounting.
+    /// a file it replaced (when `overwrite`) and the sidecar bytes it removed,
+    /// for quota accounting.
     pub fn commit(
         mut self,
         jail: &Jail,
@@ -276,7 +299,7 @@ impl PartialUpload {
         expected_sha256: &str,
         overwrite: bool,
         fsync: bool,
-    ) -> Result<Option<u64>, TransferError> {
+    ) -> Result<(Option<u64>, u64), TransferError> {
         if !actual_sha256.eq_ignore_ascii_case(expected_sha256) {
             return Err(TransferError::ChecksumMismatch {
                 expected: expected_sha256.to_string(),
@@ -289,8 +312,7 @@ impl PartialUpload {
         }
         record_hash(&self.file, expected_sha256);
         let replaced = jail.rename_from_internal(&self.dir, &format!("{}.part", self.id), target, overwrite)?;
-        let _ = self.dir.remove_file(format!("{}.json", self.id));
-        Ok(replaced)
+        Ok((replaced, remove_meta(&self.dir, &self.id)))
     }
 
     /// Drops the partial entirely (checksum mismatch, quota). Returns bytes freed.

@@ -248,3 +248,140 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     let (_, full, _) = ferry_client::hash_local(path, 0, &ferry_client::NoProgress)?;
     Ok(full)
 }
+
+impl ServerProcess {
+    /// Like [`ServerProcess::spawn`], but listening on `listen` (for a restart
+    /// on the port a killed server had; `SO_REUSEADDR` makes the bind immediate).
+    pub fn spawn_at(ferry: &Path, data: &Path, listen: SocketAddr, extra: &[&str]) -> Result<Self> {
+        let log_path = data.with_extension("log");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+        let mut child = Command::new(ferry)
+            .args(["serve", "--data"])
+            .arg(data)
+            .arg("--listen")
+            .arg(listen.to_string())
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .context("starting ferry serve")?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let (mut addr, mut fingerprint, mut banner) = (None, None, Vec::new());
+        // `lines` ends when the server exits, so this loop is bounded by the
+        // server's banner (a few lines) or its death.
+        for line in lines.by_ref() {
+            let line = line?;
+            if let Some(a) = line.strip_prefix("ferry listening on ") {
+                addr = Some(a.trim().parse()?);
+            }
+            if let Some(f) = line.strip_prefix("certificate fingerprint: ") {
+                fingerprint = Some(f.trim().to_string());
+            }
+            let done = line.starts_with("certificate fingerprint") || line.starts_with("WARNING");
+            banner.push(line);
+            if addr.is_some() && done {
+                break;
+            }
+        }
+        std::thread::spawn(move || for _ in lines {});
+        let Some(addr) = addr else {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("ferry serve did not start; log: {}", std::fs::read_to_string(&log_path).unwrap_or_default());
+        };
+        Ok(ServerProcess { child, addr, fingerprint, banner })
+    }
+}
+
+/// What a [`FaultProxy`] does to the one connection it relays.
+#[derive(Debug, Clone, Copy)]
+pub enum Fault {
+    /// Flip the byte at this offset of the client→server stream.
+    FlipUp(u64),
+    /// Flip the byte at this offset of the server→client stream.
+    FlipDown(u64),
+    /// Cut both directions once this many client→server bytes have passed.
+    CutUp(u64),
+}
+
+/// A TCP relay on 127.0.0.1:0 that damages the first connection as told and
+/// relays up to [`FaultProxy::MAX_CONNECTIONS`] later ones faithfully (so that a
+/// resume can reach the server through the same address as the cut upload).
+pub struct FaultProxy {
+    pub addr: SocketAddr,
+}
+
+impl FaultProxy {
+    pub const MAX_CONNECTIONS: usize = 16;
+
+    pub fn start(upstream: SocketAddr, fault: Fault) -> Result<Self> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        listener.set_nonblocking(true)?;
+        std::thread::spawn(move || {
+            // Each connection is awaited for at most a minute.
+            for n in 0..Self::MAX_CONNECTIONS {
+                let deadline = Instant::now() + Duration::from_secs(60);
+                let client = loop {
+                    match listener.accept() {
+                        Ok((s, _)) => break s,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                        Err(_) => return,
+                    }
+                };
+                let fault = if n == 0 { Some(fault) } else { None };
+                std::thread::spawn(move || relay_pair(client, upstream, fault));
+            }
+        });
+        Ok(FaultProxy { addr })
+    }
+}
+
+fn relay_pair(client: std::net::TcpStream, upstream: SocketAddr, fault: Option<Fault>) {
+    let _ = client.set_nonblocking(false);
+    let Ok(server) = std::net::TcpStream::connect(upstream) else { return };
+    let (Ok(c2), Ok(s2)) = (client.try_clone(), server.try_clone()) else { return };
+    let (flip_up, flip_down, cut_up) = match fault {
+        Some(Fault::FlipUp(n)) => (Some(n), None, None),
+        Some(Fault::FlipDown(n)) => (None, Some(n), None),
+        Some(Fault::CutUp(n)) => (None, None, Some(n)),
+        None => (None, None, None),
+    };
+    let down = std::thread::spawn(move || relay(s2, c2, flip_down, None));
+    relay(client, server, flip_up, cut_up);
+    let _ = down.join();
+}
+
+/// Copies `from` → `to` until either side ends, flipping the byte at `flip`
+/// and cutting both sockets at `cut`.
+fn relay(mut from: std::net::TcpStream, mut to: std::net::TcpStream, flip: Option<u64>, cut: Option<u64>) {
+    use std::io::Read;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut seen = 0u64;
+    loop {
+        let want = match cut {
+            Some(c) => (c - seen).min(buf.len() as u64) as usize,
+            None => buf.len(),
+        };
+        if want == 0 {
+            break;
+        }
+        let n = match from.read(&mut buf[..want]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if let Some(at) = flip.filter(|at| (seen..seen + n as u64).contains(at)) {
+            buf[(at - seen) as usize] ^= 0x55;
+        }
+        seen += n as u64;
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = from.shutdown(std::net::Shutdown::Both);
+    let _ = to.shutdown(std::net::Shutdown::Both);
+}

@@ -97,6 +97,8 @@ pub async fn put(session: &mut Session, conn: &mut Conn, id: u64, a: PutArgs) ->
         }
     }
     let upload_id = upload.id.clone();
+    // The sidecar landed with the partial; it is settled with the data.
+    let meta_len = upload.meta_len;
 
     // Disk side: hash what is already there (a resume), then write and hash each block.
     let (tx, mut rx) = mpsc::channel::<Bytes>(PIPE_DEPTH);
@@ -140,20 +142,20 @@ pub async fn put(session: &mut Session, conn: &mut Conn, id: u64, a: PutArgs) ->
 
     if let Some(e) = stream_err {
         // Cut mid-body: the partial stays for a resume and counts against the quota.
-        reservation.settle(written);
+        reservation.settle(written + meta_len);
         warn!(path = %target, bytes = written, "upload cut; partial kept for resume");
         drop(guard);
         return Err(Reply::Stream(e));
     }
     let end_hash = read_put_end(conn, id).await?;
     if let Err(e) = disk_result {
-        reservation.settle(written);
+        reservation.settle(written + meta_len);
         return Err(e.into());
     }
     let expected = match end_hash.and_then(|h| transfer::validate_sha256(&h).map_err(WireError::from)) {
         Ok(h) => h,
         Err(e) => {
-            reservation.settle(written);
+            reservation.settle(written + meta_len);
             return Err(e.into());
         }
     };
@@ -176,18 +178,16 @@ pub async fn put(session: &mut Session, conn: &mut Conn, id: u64, a: PutArgs) ->
     .await?;
     drop(guard);
     match committed {
-        Ok(replaced) => {
-            reservation.settle(written);
-            if let Some(bytes) = replaced {
-                session.quota.release(bytes);
-            }
+        Ok((replaced, meta_freed)) => {
+            reservation.settle(written + meta_len);
+            session.quota.release(replaced.unwrap_or(0) + meta_freed);
             let elapsed = started.elapsed();
             info!(path = %target, bytes = a.size, sent = written, ms = elapsed.as_millis() as u64, "upload committed");
             conn.queue_header(&ok_header(id, &json!({ "size": a.size, "sha256": actual, "upload_id": upload_id }), 0))?;
             Ok(())
         }
         Err((e, freed)) => {
-            reservation.settle(written);
+            reservation.settle(written + meta_len);
             // A failed commit must not leave a half-trusted partial behind.
             let freed = if freed == 0 { discard_by_id(session, &upload_id).await } else { freed };
             session.quota.release(freed);
@@ -274,12 +274,22 @@ async fn prepare_put(session: &mut Session, a: &PutArgs) -> Result<Prepared, Wir
     let t = target.clone();
     let overwrite = a.overwrite;
     blocking(&session.jail, move |j| check_target(j, &t, overwrite)).await?;
-    // Only the bytes not yet on disk need a reservation: a partial's bytes are already counted.
-    let reservation = session.quota.reserve(a.size - a.offset)?;
     let guard = match &a.upload_id {
         Some(uid) => Some(session.shared.uploads.claim(&session.user.name, uid)?),
         None => None,
     };
+    if a.offset == 0
+        && let Some(uid) = a.upload_id.clone()
+    {
+        // A fresh start over an old partial: free it before reserving, so
+        // that starting over near the quota fits when the end result would.
+        let freed = blocking(&session.jail, move |j| Ok(transfer::discard(j, &uid))).await?;
+        session.quota.release(freed);
+    }
+    // Only the bytes not yet on disk need a reservation (a partial's bytes
+    // are already counted), plus room for the sidecar.
+    let need = (a.size - a.offset).saturating_add(transfer::meta_len_bound(&target, a.size));
+    let reservation = session.quota.reserve(need)?;
     let (size, offset, uid, sha) = (a.size, a.offset, a.upload_id.clone(), a.sha256.clone());
     let (upload, released) =
         blocking(&session.jail, move |j| Ok(transfer::open_upload(j, &target, size, offset, uid.as_deref(), sha)?))
