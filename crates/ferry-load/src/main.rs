@@ -94,8 +94,17 @@ async fn run(cli: Cli) -> Result<bool> {
                 println!("  (load average after {name}: {})", load_average());
                 report += &text;
             };
+            // Each server session holds about 3 descriptors (socket, home, partial
+            // folder): stay within the server's open-file limit.
+            let fit = (server::server_nofile().saturating_sub(1000) / 3) as usize;
+            if sessions > fit {
+                println!(
+                    "(sessions: {sessions} asked, {fit} fit in the server's RLIMIT_NOFILE of {} at ~3 fds/session)",
+                    server::server_nofile()
+                );
+            }
             let a = sessions::SessionsArgs {
-                count: sessions,
+                count: sessions.min(fit),
                 ramp_concurrency: 200,
                 hold_secs: 5,
                 op_concurrency: 256,

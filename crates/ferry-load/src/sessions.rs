@@ -74,7 +74,13 @@ pub async fn run(ferry: &Path, dir: &Path, a: &SessionsArgs) -> Result<String> {
         tasks.push(tokio::spawn(async move {
             let _permit = permit;
             let t0 = Instant::now();
-            match t.login(&format!("s{}", i % USERS), "pw-sessions", Some(loopback(i, 1, addresses))).await {
+            // A server out of descriptors leaves connections in its backlog
+            // unanswered: give up on those instead of hanging.
+            let user = format!("s{}", i % USERS);
+            let login = t.login(&user, "pw-sessions", Some(loopback(i, 1, addresses)));
+            match tokio::time::timeout(Duration::from_secs(30), login).await.unwrap_or_else(|_| {
+                Err(ferry_client::ClientError::Local("no answer within 30 s (server out of descriptors?)".into()))
+            }) {
                 Ok(s) => {
                     login_lat.lock().expect("not poisoned").push(t0.elapsed());
                     held.lock().expect("not poisoned").push(s);
@@ -92,6 +98,7 @@ pub async fn run(ferry: &Path, dir: &Path, a: &SessionsArgs) -> Result<String> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_held = server.rss_kib().unwrap_or(0);
     let fds_held = server.fds().unwrap_or(0);
+    let fds_per_session = if n > 0 { fds_held as f64 / n as f64 } else { 0.0 };
     tokio::time::sleep(Duration::from_secs(a.hold_secs)).await;
 
     // Every held session does an ls and a stat, op_concurrency at a time.
@@ -149,7 +156,7 @@ pub async fn run(ferry: &Path, dir: &Path, a: &SessionsArgs) -> Result<String> {
     }
     r += &format!("  login latency while ramping: {}\n", login_lat.lock().expect("not poisoned").summary());
     r += &format!(
-        "  server RSS: {} idle -> {} with {n} sessions (+{:.1} KiB/session); {} after they closed; fds held {fds_held}\n",
+        "  server RSS: {} idle -> {} with {n} sessions (+{:.1} KiB/session); {} after they closed; fds held {fds_held} ({fds_per_session:.2}/session)\n",
         mib(rss_before),
         mib(rss_held),
         per_session / 1024.0,
