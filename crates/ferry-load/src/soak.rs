@@ -276,15 +276,25 @@ async fn client(sh: Arc<Shared>, idx: usize) {
             if std::fs::write(&file, content(c.seed, c.size)).is_err() {
                 continue;
             }
-            // Large uploads are killed more often, part-way, so that resumes happen.
-            let limit = if c.size > 1024 * 1024 && rng.chance(0.25) {
+            // Large uploads are killed more often, part-way through the body
+            // (after a random number of bytes), so that resumes happen.
+            let cut_at = (c.size > 1024 * 1024 && rng.chance(0.25)).then(|| 1 + rng.below(c.size - 1));
+            if cut_at.is_some() {
                 inc(&sh.counters.mid_upload_kills);
-                Duration::from_millis(20 + rng.below(300))
-            } else {
-                limit
-            };
+            }
+            let progress = KillAfter::new(cut_at);
             let opts = PutOptions { overwrite: true, resume: false, state_dir: Some(state_dir.clone()) };
-            match classify(tokio::time::timeout(limit, s.put_file(&file, &path, &opts, &NoProgress)).await) {
+            let put = s.put_file(&file, &path, &opts, &progress);
+            let limit = if cut_at.is_some() { Duration::from_secs(120) } else { limit };
+            let killed_mid = async {
+                tokio::select! {
+                    r = tokio::time::timeout(limit, put) => r,
+                    _ = progress.fired.notified(), if cut_at.is_some() => {
+                        tokio::time::timeout(Duration::ZERO, std::future::pending::<Result<_, ClientError>>()).await
+                    }
+                }
+            };
+            match classify(killed_mid.await) {
                 Outcome::Done(_) => {
                     inc(&sh.counters.uploads);
                     sh.set(&user, &path, vec![Some(c)]);
@@ -408,6 +418,34 @@ async fn client(sh: Arc<Shared>, idx: usize) {
     }
     if let Some(s) = session {
         let _ = s.close().await;
+    }
+}
+
+/// Progress that fires once `at` bytes have been sent: the caller then drops the upload.
+struct KillAfter {
+    at: Option<u64>,
+    sent: AtomicU64,
+    fired: tokio::sync::Notify,
+}
+
+impl KillAfter {
+    fn new(at: Option<u64>) -> Self {
+        KillAfter { at, sent: AtomicU64::new(0), fired: tokio::sync::Notify::new() }
+    }
+}
+
+impl ferry_client::Progress for KillAfter {
+    fn begin(&self, _name: &str, what: &str, _total: u64) {
+        if what == "upload" {
+            self.sent.store(0, Ordering::Relaxed);
+        }
+    }
+
+    fn advance(&self, bytes: u64) {
+        let now = self.sent.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        if self.at.is_some_and(|at| now >= at && now - bytes < at) {
+            self.fired.notify_one();
+        }
     }
 }
 
