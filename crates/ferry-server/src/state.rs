@@ -46,8 +46,9 @@ pub struct Prepared {
 impl Shared {
     /// Opens (creating on first start) the data folder: database, secret,
     /// certificate and homes.
-    pub fn prepare(config: ServerConfig) -> Result<Prepared> {
+    pub fn prepare(mut config: ServerConfig) -> Result<Prepared> {
         config.validate()?;
+        fit_connections_to_descriptors(&mut config);
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create data folder {}", config.data_dir.display()))?;
         std::fs::create_dir_all(config.homes_dir())?;
@@ -90,6 +91,29 @@ impl Shared {
             config,
         };
         Ok(Prepared { shared: Arc::new(shared), generated_certificate, user_count })
+    }
+}
+
+/// Descriptors a logged-in session holds: socket, home, partial-upload folder.
+const FDS_PER_SESSION: u64 = 3;
+/// Descriptors kept for listeners, the database, logs and blocking work.
+const FDS_RESERVED: u64 = 64;
+
+/// Lowers `max_connections` to what the open-file limit can hold: past it,
+/// accept fails and clients would wait in the backlog instead of being
+/// refused (found by the load harness at 6,600 sessions under a 20,000 limit).
+fn fit_connections_to_descriptors(config: &mut ServerConfig) {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+    let Some(limit) = limit else { return };
+    let fit = (limit.saturating_sub(FDS_RESERVED) / FDS_PER_SESSION).max(1) as usize;
+    if config.limits.max_connections > fit {
+        tracing::warn!(
+            configured = config.limits.max_connections,
+            fit,
+            open_file_limit = limit,
+            "limits.max_connections lowered to fit the open-file limit (raise it with ulimit -n or prlimit)"
+        );
+        config.limits.max_connections = fit;
     }
 }
 
