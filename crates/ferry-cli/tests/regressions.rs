@@ -53,3 +53,27 @@ async fn refused_wait_put_answers_and_keeps_the_session() {
     assert_eq!(again.unwrap_err().code(), Some(ferry_client::ErrorCode::AlreadyExists));
     assert_eq!(session.pwd().await.unwrap(), "/", "the stream is still framed");
 }
+
+/// Found by the load harness: every session opened its own home and
+/// partial-upload handles (3 descriptors a session), so ~6,600 sessions
+/// exhausted a 20,000 descriptor limit. Sessions of one user now share them.
+#[tokio::test]
+async fn sessions_of_one_user_share_their_home_handles() {
+    fn open_fds() -> usize {
+        std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
+    }
+    let server = TestServer::start_plaintext().await.unwrap();
+    server.add_user("alice", "pw", None, false).unwrap();
+    let first = server.login("alice", "pw").await.unwrap();
+    let before = open_fds();
+    let mut sessions = Vec::new();
+    for _ in 0..50 {
+        let mut s = server.login("alice", "pw").await.unwrap();
+        s.pwd().await.unwrap();
+        sessions.push(s);
+    }
+    // In this process: the client's socket and the server's, per session.
+    let added = open_fds() - before;
+    assert!(added <= 50 * 2 + 5, "{added} descriptors for 50 sessions");
+    drop(first);
+}

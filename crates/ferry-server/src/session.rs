@@ -19,6 +19,23 @@ use crate::state::Shared;
 use crate::stream::Stream;
 use crate::vfs::{Jail, VirtualPath};
 
+impl Shared {
+    /// The jail of a home, shared by every session open on it: one directory
+    /// handle per home rather than per session (a session then holds one
+    /// descriptor, its socket). Dropped with the last session.
+    fn open_jail(&self, home: &std::path::Path) -> Result<Arc<Jail>, WireError> {
+        let mut jails = self.jails.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(jail) = jails.get(home).and_then(std::sync::Weak::upgrade) {
+            return Ok(jail);
+        }
+        std::fs::create_dir_all(home).map_err(|e| WireError::new(ErrorCode::Internal, format!("home: {e}")))?;
+        let jail = Arc::new(Jail::open(home).map_err(WireError::from)?);
+        jails.retain(|_, weak| weak.strong_count() > 0);
+        jails.insert(home.to_path_buf(), Arc::downgrade(&jail));
+        Ok(jail)
+    }
+}
+
 pub type Conn = Connection<Stream>;
 
 /// Failed logins allowed on one connection before it is closed.
@@ -106,13 +123,12 @@ async fn open_session(shared: &Arc<Shared>, user: UserRecord) -> Result<Session,
     let name = user.name.clone();
     let limit = user.quota_bytes;
     let (jail, quota) = tokio::task::spawn_blocking(move || -> Result<_, WireError> {
-        std::fs::create_dir_all(&home).map_err(|e| WireError::new(ErrorCode::Internal, format!("home: {e}")))?;
-        let jail = Jail::open(&home).map_err(WireError::from)?;
+        let jail = shared2.open_jail(&home)?;
         let quota = shared2.quotas.get_or_scan(&name, limit, || jail.disk_usage().map(|(bytes, _)| bytes))?;
         // After the scan, so that the bytes of expired partials leave the
         // usage whether it was just measured or already tracked.
         quota.release(crate::transfer::expire_partials(&jail, &shared2.config.transfer));
-        Ok((Arc::new(jail), quota))
+        Ok((jail, quota))
     })
     .await
     .map_err(|_| WireError::new(ErrorCode::Internal, "session setup failed"))??;
