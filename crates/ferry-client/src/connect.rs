@@ -23,7 +23,7 @@ pub type ClientStream = Either<TcpStream, tokio_rustls::client::TlsStream<TlsSoc
 /// The socket beneath TLS with a large read buffer: rustls reads 4 KiB at a
 /// time, which would otherwise be one system call each.
 type TlsSocket = tokio::io::BufReader<TcpStream>;
-const TLS_READ_BUFFER: usize = 256 * 1024;
+const TLS_READ_BUFFER: usize = 32 * 1024;
 
 /// A callback that asks a person whether to trust an unknown fingerprint.
 pub type AskFn = Box<dyn Fn(&str, &str) -> bool + Send + Sync>;

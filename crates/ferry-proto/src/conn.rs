@@ -13,6 +13,8 @@ use crate::frame::{FrameCodec, FrameError, FrameItem, Header};
 
 /// Read buffer reservation: large reads keep the per-syscall cost low.
 const READ_RESERVE: usize = 256 * 1024;
+/// Read buffer reservation between bodies (headers are small).
+const HEADER_RESERVE: usize = 8 * 1024;
 /// Body writes at least this large bypass the write buffer.
 const DIRECT_WRITE: usize = 32 * 1024;
 
@@ -25,7 +27,7 @@ pub struct Connection<S> {
 
 impl<S> Connection<S> {
     pub fn new(io: S, codec: FrameCodec) -> Self {
-        Connection { io, rbuf: BytesMut::with_capacity(16 * 1024), wbuf: BytesMut::with_capacity(16 * 1024), codec }
+        Connection { io, rbuf: BytesMut::with_capacity(HEADER_RESERVE), wbuf: BytesMut::with_capacity(4 * 1024), codec }
     }
 
     pub fn get_ref(&self) -> &S {
@@ -69,8 +71,10 @@ impl<S: AsyncRead + Unpin> Connection<S> {
             if let Some(item) = self.codec.decode(&mut self.rbuf)? {
                 return Ok(Some(item));
             }
-            if self.rbuf.capacity() - self.rbuf.len() < READ_RESERVE / 4 {
-                self.rbuf.reserve(READ_RESERVE);
+            // Large reads only inside a body: an idle session keeps a small buffer.
+            let want = if self.codec.body_remaining() > 0 { READ_RESERVE } else { HEADER_RESERVE };
+            if self.rbuf.capacity() - self.rbuf.len() < want / 4 {
+                self.rbuf.reserve(want);
             }
             if self.io.read_buf(&mut self.rbuf).await? == 0 {
                 return self.codec.decode_eof(&mut self.rbuf);

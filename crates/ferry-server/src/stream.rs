@@ -10,7 +10,7 @@ use tokio_rustls::server::TlsStream;
 
 /// Bytes read from the socket at once beneath TLS. rustls asks for 4 KiB
 /// at a time; without this buffer every 4 KiB would cost a system call.
-pub const TLS_READ_BUFFER: usize = 256 * 1024;
+pub const TLS_READ_BUFFER: usize = 32 * 1024;
 
 /// The socket beneath TLS, with a large read buffer (writes pass through).
 pub type TlsSocket = BufReader<TcpStream>;
