@@ -77,3 +77,49 @@ async fn sessions_of_one_user_share_their_home_handles() {
     assert!(added <= 50 * 2 + 5, "{added} descriptors for 50 sessions");
     drop(first);
 }
+
+/// A client that goes silent in the middle of an upload body is cut after
+/// the idle timeout (it used to hold its session, and the upload id, forever).
+#[tokio::test]
+async fn upload_stalled_mid_body_is_cut_after_the_idle_timeout() {
+    use ferry_proto::scram::ScramClient;
+    use ferry_proto::{Connection, FrameCodec, Request};
+    let server = TestServer::start_with(|c| {
+        c.insecure_plaintext = true;
+        c.limits.idle_timeout_secs = 1;
+    })
+    .await
+    .unwrap();
+    server.add_user("alice", "pw", None, false).unwrap();
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let mut conn = Connection::new(tcp, FrameCodec::default());
+    let ask = async |conn: &mut Connection<tokio::net::TcpStream>, req: Request, id: u64| {
+        conn.send(&req.to_header(id, 0)).await.unwrap();
+        conn.read_header().await.unwrap().unwrap()
+    };
+    ask(&mut conn, Request::Hello { version: 1, client: "t".into() }, 1).await;
+    let scram = ScramClient::new("alice", "pw", "abcdefghijklmnop").unwrap();
+    let first =
+        ask(&mut conn, Request::AuthStart { mechanism: "SCRAM-SHA-256".into(), data: scram.client_first() }, 2).await;
+    let fin = scram.handle_server_first(first.get_str("data").unwrap()).unwrap();
+    let done = ask(&mut conn, Request::AuthFinish { data: fin.client_final().to_string() }, 3).await;
+    assert_eq!(done.fields["ok"], true, "{done:?}");
+    // Announce 1 MiB, send 1 KiB, then nothing.
+    let put = Request::Put {
+        path: "stall.bin".into(),
+        size: 1 << 20,
+        offset: 0,
+        upload_id: None,
+        sha256: None,
+        overwrite: false,
+        wait: false,
+    };
+    conn.queue_header(&put.to_header(4, 1 << 20)).unwrap();
+    conn.write_body(&[7u8; 1024]).await.unwrap();
+    conn.flush().await.unwrap();
+    let started = std::time::Instant::now();
+    let end = tokio::time::timeout(std::time::Duration::from_secs(20), conn.read_header()).await.expect("cut in time");
+    assert!(!matches!(end, Ok(Some(ref h)) if h.fields["ok"] == true), "{end:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(15));
+    assert!(!server.home("alice").join("stall.bin").exists(), "nothing under the final name");
+}

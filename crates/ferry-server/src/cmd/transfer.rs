@@ -121,10 +121,13 @@ pub async fn put(session: &mut Session, conn: &mut Conn, id: u64, a: PutArgs) ->
         (upload, hasher, written, result)
     });
 
-    // Network side.
+    // Network side. A peer silent for the idle timeout in the middle of a
+    // body is gone: the partial stays for a resume.
+    let idle = session.shared.config.idle_timeout();
     let mut stream_err = None;
     loop {
-        match conn.read_body_chunk().await {
+        let chunk = tokio::time::timeout(idle, conn.read_body_chunk()).await.unwrap_or_else(|_| Err(stalled()));
+        match chunk {
             Ok(Some(chunk)) => {
                 // A failed disk thread stops receiving; keep draining the body.
                 let _ = tx.send(chunk).await;
@@ -199,7 +202,8 @@ pub async fn put(session: &mut Session, conn: &mut Conn, id: u64, a: PutArgs) ->
 
 /// The small-file path: many small files cost one thread hop each, not four.
 async fn put_small(session: &mut Session, conn: &mut Conn, id: u64, a: PutArgs) -> Result<(), Reply> {
-    let data = conn.read_body_to_vec(SMALL_PUT).await?;
+    let idle = session.shared.config.idle_timeout();
+    let data = tokio::time::timeout(idle, conn.read_body_to_vec(SMALL_PUT)).await.unwrap_or_else(|_| Err(stalled()))?;
     let expected = read_put_end(conn, id).await?;
     let expected = transfer::validate_sha256(&expected?)?;
     if let Some(h) = a.sha256.as_deref().filter(|h| !h.eq_ignore_ascii_case(&expected)) {
@@ -384,9 +388,11 @@ pub async fn get(session: &mut Session, conn: &mut Conn, id: u64, path: String, 
             let hash = cached.is_none();
             let (tx, mut rx) = mpsc::channel::<Bytes>(PIPE_DEPTH);
             let reader = tokio::task::spawn_blocking(move || read_blocks(file, offset, size, hash, tx));
+            let idle = session.shared.config.idle_timeout();
             while let Some(block) = rx.recv().await {
                 sent += block.len() as u64;
-                conn.write_body(&block).await?;
+                // A client that stops reading for the idle timeout is gone.
+                tokio::time::timeout(idle, conn.write_body(&block)).await.unwrap_or_else(|_| Err(stalled()))?;
             }
             let read = reader.await.map_err(|_| WireError::new(ErrorCode::Internal, "download reader failed"))?;
             read.map(|h| h.or(cached).unwrap_or_default())
@@ -448,6 +454,11 @@ fn read_blocks(
         }
     }
     Ok(hash.then(|| hex::encode(hasher.finalize())))
+}
+
+/// The error of a transfer whose peer went silent past the idle timeout.
+fn stalled() -> FrameError {
+    FrameError::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, "peer silent past the idle timeout mid-transfer"))
 }
 
 fn plain_tcp(conn: &Conn) -> bool {
