@@ -72,6 +72,13 @@ impl Session {
         self.next_id
     }
 
+    /// Reserves `n` consecutive request ids for a pipelined batch; returns the first.
+    pub(crate) fn reserve_ids(&mut self, n: u64) -> u64 {
+        let first = self.next_id + 1;
+        self.next_id += n;
+        first
+    }
+
     /// Reads the next answer, which must belong to request `id`.
     pub(crate) async fn read_answer(&mut self, id: u64) -> Result<Header, ClientError> {
         read_answer(&mut self.rd, id).await

@@ -280,8 +280,7 @@ impl Session {
         overwrite: bool,
         progress: &dyn Progress,
     ) -> Result<Vec<Result<(), ClientError>>, ClientError> {
-        let first = self.next_id + 1;
-        self.next_id += files.len() as u64;
+        let first = self.reserve_ids(files.len() as u64);
         let (rd, wr) = (&mut self.rd, &mut self.wr);
         let (ids_tx, mut ids_rx) = mpsc::unbounded_channel::<Option<u64>>();
         let writer = async {
@@ -457,8 +456,7 @@ impl Session {
         overwrite: bool,
         progress: &dyn Progress,
     ) -> Result<Vec<Result<(), ClientError>>, ClientError> {
-        let first = self.next_id + 1;
-        self.next_id += files.len() as u64;
+        let first = self.reserve_ids(files.len() as u64);
         let (rd, wr) = (&mut self.rd, &mut self.wr);
         let writer = async {
             for (i, (remote, _)) in files.iter().enumerate() {
