@@ -82,8 +82,7 @@ async fn sessions_of_one_user_share_their_home_handles() {
 /// the idle timeout (it used to hold its session, and the upload id, forever).
 #[tokio::test]
 async fn upload_stalled_mid_body_is_cut_after_the_idle_timeout() {
-    use ferry_proto::scram::ScramClient;
-    use ferry_proto::{Connection, FrameCodec, Request};
+    use ferry_proto::Request;
     let server = TestServer::start_with(|c| {
         c.insecure_plaintext = true;
         c.limits.idle_timeout_secs = 1;
@@ -91,19 +90,7 @@ async fn upload_stalled_mid_body_is_cut_after_the_idle_timeout() {
     .await
     .unwrap();
     server.add_user("alice", "pw", None, false).unwrap();
-    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    let mut conn = Connection::new(tcp, FrameCodec::default());
-    let ask = async |conn: &mut Connection<tokio::net::TcpStream>, req: Request, id: u64| {
-        conn.send(&req.to_header(id, 0)).await.unwrap();
-        conn.read_header().await.unwrap().unwrap()
-    };
-    ask(&mut conn, Request::Hello { version: 1, client: "t".into() }, 1).await;
-    let scram = ScramClient::new("alice", "pw", "abcdefghijklmnop").unwrap();
-    let first =
-        ask(&mut conn, Request::AuthStart { mechanism: "SCRAM-SHA-256".into(), data: scram.client_first() }, 2).await;
-    let fin = scram.handle_server_first(first.get_str("data").unwrap()).unwrap();
-    let done = ask(&mut conn, Request::AuthFinish { data: fin.client_final().to_string() }, 3).await;
-    assert_eq!(done.fields["ok"], true, "{done:?}");
+    let mut conn = raw_login(&server, "alice", "pw").await;
     // Announce 1 MiB, send 1 KiB, then nothing.
     let put = Request::Put {
         path: "stall.bin".into(),
@@ -122,4 +109,139 @@ async fn upload_stalled_mid_body_is_cut_after_the_idle_timeout() {
     assert!(!matches!(end, Ok(Some(ref h)) if h.fields["ok"] == true), "{end:?}");
     assert!(started.elapsed() < std::time::Duration::from_secs(15));
     assert!(!server.home("alice").join("stall.bin").exists(), "nothing under the final name");
+}
+
+/// A logged-in connection that speaks raw frames (for what the client library never sends).
+async fn raw_login(server: &TestServer, user: &str, password: &str) -> ferry_proto::Connection<tokio::net::TcpStream> {
+    use ferry_proto::scram::ScramClient;
+    use ferry_proto::{Connection, FrameCodec, Request};
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let mut conn = Connection::new(tcp, FrameCodec::default());
+    let ask = async |conn: &mut Connection<tokio::net::TcpStream>, req: Request, id: u64| {
+        conn.send(&req.to_header(id, 0)).await.unwrap();
+        conn.read_header().await.unwrap().unwrap()
+    };
+    ask(&mut conn, Request::Hello { version: 1, client: "t".into() }, 1).await;
+    let scram = ScramClient::new(user, password, "abcdefghijklmnop").unwrap();
+    let first =
+        ask(&mut conn, Request::AuthStart { mechanism: "SCRAM-SHA-256".into(), data: scram.client_first() }, 2).await;
+    let fin = scram.handle_server_first(first.get_str("data").unwrap()).unwrap();
+    let done = ask(&mut conn, Request::AuthFinish { data: fin.client_final().to_string() }, 3).await;
+    assert_eq!(done.fields["ok"], true, "{done:?}");
+    conn
+}
+
+/// Found by the soak: a client gone right after `ready` (a `wait` upload)
+/// left a new partial's sidecar on disk that the live quota never counted,
+/// so `df` drifted below the disk until the next restart's rescan.
+#[tokio::test]
+async fn wait_upload_dropped_after_ready_keeps_the_quota_exact() {
+    use ferry_proto::Request;
+    let server = TestServer::start_with(|c| c.insecure_plaintext = true).await.unwrap();
+    server.add_user("alice", "pw", Some(64 << 20), false).unwrap();
+    let put = Request::Put {
+        path: "gone.bin".into(),
+        size: 1 << 20,
+        offset: 0,
+        upload_id: None,
+        sha256: None,
+        overwrite: false,
+        wait: true,
+    };
+    for round in 0..3u64 {
+        let mut conn = raw_login(&server, "alice", "pw").await;
+        conn.send(&put.to_header(10 + round, 0)).await.unwrap();
+        let ready = conn.read_header().await.unwrap().unwrap();
+        assert_eq!(ready.fields["ready"], true, "{ready:?}");
+        drop(conn);
+    }
+    let mut session = server.login("alice", "pw").await.unwrap();
+    // The server notices each dropped connection on its own time: wait (bounded).
+    let mut df = session.df().await.unwrap();
+    for _ in 0..100 {
+        if df.reserved == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        df = session.df().await.unwrap();
+    }
+    assert_eq!(df.reserved, 0, "{df:?}");
+    let home = server.home("alice");
+    assert!(bytes_under(&home) > 0, "the partials' sidecars are on disk");
+    assert_eq!(df.used, bytes_under(&home), "df counts every byte the partials left");
+}
+
+/// Bytes of the regular files under `dir`, partials and sidecars included.
+fn bytes_under(dir: &std::path::Path) -> u64 {
+    let mut total = 0;
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(d).unwrap().flatten() {
+            let m = e.metadata().unwrap();
+            if m.is_dir() { dirs.push(e.path()) } else { total += m.len() }
+        }
+    }
+    total
+}
+
+/// Found by the soak: partials of uploads that were cut and never resumed
+/// piled up until they expired and filled the quota, so later uploads of the
+/// same names were refused. A fresh upload of a path now replaces them.
+#[tokio::test]
+async fn fresh_upload_replaces_abandoned_partials_of_its_path() {
+    use ferry_proto::Request;
+    let server = TestServer::start_with(|c| c.insecure_plaintext = true).await.unwrap();
+    let quota = 8 << 20;
+    server.add_user("alice", "pw", Some(quota), false).unwrap();
+    let cut = |n: u64| Request::Put {
+        path: format!("f{}.bin", n % 2),
+        size: 3 << 20,
+        offset: 0,
+        upload_id: None,
+        sha256: None,
+        overwrite: true,
+        wait: false,
+    };
+    let partial_dir = server.home("alice").join(".ferry-partial");
+    let parts = || -> std::collections::BTreeSet<std::path::PathBuf> {
+        let Ok(dir) = std::fs::read_dir(&partial_dir) else { return Default::default() };
+        dir.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "part")).collect()
+    };
+    let mut session = server.login("alice", "pw").await.unwrap();
+    // Two cut uploads of f0.bin and one of f1.bin, each leaving 1 MiB.
+    let mut before = parts();
+    for n in [0, 2, 1] {
+        let mut conn = raw_login(&server, "alice", "pw").await;
+        conn.queue_header(&cut(n).to_header(10, 3 << 20)).unwrap();
+        conn.write_body(&vec![1u8; 1 << 20]).await.unwrap();
+        conn.flush().await.unwrap();
+        drop(conn);
+        // Wait (bounded) until the server has settled this cut: a new partial
+        // holding the whole MiB, and nothing reserved.
+        for _ in 0..400 {
+            let now = parts();
+            let landed = now.difference(&before).any(|p| std::fs::metadata(p).is_ok_and(|m| m.len() == 1 << 20));
+            if landed && session.df().await.unwrap().reserved == 0 {
+                before = now;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+    }
+    let partials = || std::fs::read_dir(&partial_dir).unwrap().count();
+    assert_eq!(partials(), 4, "the second cut of f0.bin replaced the first: two partials and their sidecars");
+    // 6 MiB more would not fit beside the 2 MiB of partials: it fits because
+    // the fresh upload of f0.bin frees the abandoned one of its path.
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("big.bin");
+    ferry_testkit::write_random_file(&local, 6 << 20, 3).unwrap();
+    let opts = ferry_client::PutOptions { overwrite: true, ..Default::default() };
+    session.put_file(&local, "f0.bin", &opts, &ferry_client::NoProgress).await.unwrap();
+    assert_eq!(partials(), 2, "only the partial of f1.bin is left");
+    let df = session.df().await.unwrap();
+    assert_eq!(df.used, bytes_under(&server.home("alice")));
+    assert_eq!(
+        ferry_testkit::sha256_file(&server.home("alice").join("f0.bin")).unwrap(),
+        ferry_testkit::sha256_file(&local).unwrap()
+    );
 }

@@ -207,8 +207,8 @@ pub fn raise_nofile(want: u64) -> Result<u64> {
     Ok(getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX))
 }
 
-/// Every regular file under `dir`, with its size, relative path first.
-pub fn walk_files(dir: &Path) -> Vec<(PathBuf, u64)> {
+/// Every regular file under `dir`: relative path, size and inode number.
+pub fn walk_files(dir: &Path) -> Vec<(PathBuf, u64, u64)> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -218,7 +218,8 @@ pub fn walk_files(dir: &Path) -> Vec<(PathBuf, u64)> {
             if m.is_dir() {
                 stack.push(e.path());
             } else if m.is_file() {
-                out.push((e.path().strip_prefix(dir).unwrap_or(&e.path()).to_path_buf(), m.len()));
+                let rel = e.path().strip_prefix(dir).unwrap_or(&e.path()).to_path_buf();
+                out.push((rel, m.len(), std::os::unix::fs::MetadataExt::ino(&m)));
             }
         }
     }

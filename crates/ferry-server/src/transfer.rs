@@ -98,6 +98,23 @@ impl ActiveUploads {
     }
 }
 
+/// One user's claims on the active uploads (ids are unique per home only).
+#[derive(Clone)]
+pub struct Claims {
+    active: Arc<ActiveUploads>,
+    user: String,
+}
+
+impl Claims {
+    pub fn new(active: &Arc<ActiveUploads>, user: &str) -> Self {
+        Claims { active: Arc::clone(active), user: user.to_string() }
+    }
+
+    pub fn claim(&self, id: &str) -> Result<ActiveGuard, TransferError> {
+        self.active.claim(&self.user, id)
+    }
+}
+
 pub struct ActiveGuard {
     set: Arc<ActiveUploads>,
     key: (String, String),
@@ -168,11 +185,37 @@ pub struct PartialStatus {
     pub prefix_sha256: String,
 }
 
-/// Opens the partial for an upload of `size` bytes to `target`: a new one when
-/// `offset` is 0, else the existing partial `upload_id`, which must be bound
-/// to the same path, size and hash and hold exactly `offset` bytes. Also
-/// returns the bytes it freed: an old partial of this id on a fresh start, the
-/// old sidecar (rewritten, and counted anew in `meta_len`) on a resume.
+/// Before a fresh upload of `target`: removes the partial `upload_id` the
+/// client started over from, and every other partial of the same path that
+/// no session is writing (left by a client that was cut and did not resume),
+/// as a new `put` in sftp truncates what a failed one left. Returns the bytes
+/// freed.
+pub fn discard_for_fresh_start(jail: &Jail, target: &VirtualPath, upload_id: Option<&str>, claims: &Claims) -> u64 {
+    let Ok(dir) = partial_dir(jail) else { return 0 };
+    let mut freed = upload_id.filter(|id| is_upload_id(id)).map_or(0, |id| remove_partial(dir, id));
+    let Ok(entries) = dir.entries() else { return freed };
+    let path = target.to_string();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".json")).filter(|id| is_upload_id(id)) else {
+            continue;
+        };
+        if read_meta(dir, id).is_some_and(|m| m.path == path) {
+            // Held while removing, so that a resume cannot start on it meanwhile.
+            if let Ok(_claim) = claims.claim(id) {
+                freed += remove_partial(dir, id);
+            }
+        }
+    }
+    freed
+}
+
+/// Opens the partial for an upload of `size` bytes to `target`: a new one,
+/// claimed for this upload before it exists, when `offset` is 0; else the
+/// existing partial `upload_id` (which the caller has claimed), bound to the
+/// same path, size and hash and holding exactly `offset` bytes. Also returns
+/// the bytes it freed: the old sidecar (rewritten, and counted anew in
+/// `meta_len`) on a resume.
 pub fn open_upload(
     jail: &Jail,
     target: &VirtualPath,
@@ -180,19 +223,16 @@ pub fn open_upload(
     offset: u64,
     upload_id: Option<&str>,
     sha256: Option<String>,
-) -> Result<(PartialUpload, u64), TransferError> {
+    claims: &Claims,
+) -> Result<(PartialUpload, Option<ActiveGuard>, u64), TransferError> {
     let dir = partial_dir(jail)?;
     let path = target.to_string();
-    let mut released = 0;
     if offset == 0 {
-        // A fresh start discards the old partial of this id, if any.
-        if let Some(id) = upload_id.filter(|id| is_upload_id(id)) {
-            released += remove_partial(dir, id);
-        }
         let id = new_upload_id();
+        let guard = claims.claim(&id)?;
         let meta = PartialMeta { path, size, sha256 };
         let (file, meta_len) = create_partial(dir, &id, &meta)?;
-        return Ok((PartialUpload { id, meta, dir: dir.try_clone()?, file, offset: 0, meta_len }, released));
+        return Ok((PartialUpload { id, meta, dir: dir.try_clone()?, file, offset: 0, meta_len }, Some(guard), 0));
     }
     let id = upload_id.filter(|id| is_upload_id(id)).ok_or_else(|| TransferError::UploadNotFound("(none)".into()))?;
     let meta = read_meta(dir, id).ok_or_else(|| TransferError::UploadNotFound(id.to_string()))?;
@@ -208,9 +248,9 @@ pub fn open_upload(
     }
     file.seek(SeekFrom::Start(offset))?;
     let meta = PartialMeta { sha256: meta.sha256.or(sha256), ..meta };
-    released += meta_file_len(dir, id);
+    let released = meta_file_len(dir, id);
     let meta_len = write_meta(dir, id, &meta)?;
-    Ok((PartialUpload { id: id.to_string(), meta, dir: dir.try_clone()?, file, offset, meta_len }, released))
+    Ok((PartialUpload { id: id.to_string(), meta, dir: dir.try_clone()?, file, offset, meta_len }, None, released))
 }
 
 fn create_partial(dir: &Dir, id: &str, meta: &PartialMeta) -> Result<(std::fs::File, u64), TransferError> {

@@ -80,25 +80,17 @@ pub async fn put(session: &mut Session, conn: &mut Conn, id: u64, a: PutArgs) ->
             return Err(e.into());
         }
     };
-    let target = resolve(session, &a.path)?;
-    if a.wait {
-        let ready = json!({ "ready": true, "upload_id": upload.id, "offset": upload.offset });
-        conn.send(&ok_header(id, &ready, 0)).await?;
-        // The body comes in a put_data frame of the same id.
-        let header = conn.read_header().await?.ok_or(FrameError::Truncated)?;
-        let (data_id, req) = Request::from_header(&header);
-        if data_id != id || !matches!(req, Ok(Request::PutData)) || header.body_len != a.size - a.offset {
-            reservation.settle(0);
-            return Err(WireError::new(
-                ErrorCode::BadRequest,
-                "after ready, send put_data with body_len = size - offset",
-            )
-            .into());
-        }
-    }
-    let upload_id = upload.id.clone();
-    // The sidecar landed with the partial; it is settled with the data.
+    // The sidecar landed with the partial; it is settled with the data, or
+    // alone when the upload ends before its body.
     let meta_len = upload.meta_len;
+    if a.wait
+        && let Err(e) = exchange_ready(conn, id, &upload, a.size - a.offset).await
+    {
+        reservation.settle(meta_len);
+        return Err(e);
+    }
+    let target = resolve(session, &a.path)?;
+    let upload_id = upload.id.clone();
 
     // Disk side: hash what is already there (a resume), then write and hash each block.
     let (tx, mut rx) = mpsc::channel::<Bytes>(PIPE_DEPTH);
@@ -255,6 +247,21 @@ async fn discard_by_id(session: &Session, upload_id: &str) -> u64 {
     blocking(&session.jail, move |j| Ok(transfer::discard(j, &id))).await.unwrap_or(0)
 }
 
+/// Tells a `wait` client that its upload is ready, then reads the `put_data`
+/// header that must follow with the rest of the file as its body.
+async fn exchange_ready(conn: &mut Conn, id: u64, upload: &PartialUpload, rest: u64) -> Result<(), Reply> {
+    let ready = json!({ "ready": true, "upload_id": upload.id, "offset": upload.offset });
+    conn.send(&ok_header(id, &ready, 0)).await?;
+    let header = conn.read_header().await?.ok_or(FrameError::Truncated)?;
+    let (data_id, req) = Request::from_header(&header);
+    if data_id != id || !matches!(req, Ok(Request::PutData)) || header.body_len != rest {
+        return Err(
+            WireError::new(ErrorCode::BadRequest, "after ready, send put_data with body_len = size - offset").into()
+        );
+    }
+    Ok(())
+}
+
 type Prepared = (PartialUpload, crate::quota::Reservation, transfer::ActiveGuard);
 
 async fn prepare_put(session: &mut Session, a: &PutArgs) -> Result<Prepared, WireError> {
@@ -282,12 +289,15 @@ async fn prepare_put(session: &mut Session, a: &PutArgs) -> Result<Prepared, Wir
         Some(uid) => Some(session.shared.uploads.claim(&session.user.name, uid)?),
         None => None,
     };
-    if a.offset == 0
-        && let Some(uid) = a.upload_id.clone()
-    {
-        // A fresh start over an old partial: free it before reserving, so
-        // that starting over near the quota fits when the end result would.
-        let freed = blocking(&session.jail, move |j| Ok(transfer::discard(j, &uid))).await?;
+    let claims = transfer::Claims::new(&session.shared.uploads, &session.user.name);
+    if a.offset == 0 {
+        // A fresh start over old partials of this path: free them before
+        // reserving, so that starting over near the quota fits when the end
+        // result would.
+        let (t, uid, claims) = (target.clone(), a.upload_id.clone(), claims.clone());
+        let freed =
+            blocking(&session.jail, move |j| Ok(transfer::discard_for_fresh_start(j, &t, uid.as_deref(), &claims)))
+                .await?;
         session.quota.release(freed);
     }
     // Only the bytes not yet on disk need a reservation (a partial's bytes
@@ -295,12 +305,13 @@ async fn prepare_put(session: &mut Session, a: &PutArgs) -> Result<Prepared, Wir
     let need = (a.size - a.offset).saturating_add(transfer::meta_len_bound(&target, a.size));
     let reservation = session.quota.reserve(need)?;
     let (size, offset, uid, sha) = (a.size, a.offset, a.upload_id.clone(), a.sha256.clone());
-    let (upload, released) =
-        blocking(&session.jail, move |j| Ok(transfer::open_upload(j, &target, size, offset, uid.as_deref(), sha)?))
-            .await?;
+    let (upload, new_guard, released) = blocking(&session.jail, move |j| {
+        Ok(transfer::open_upload(j, &target, size, offset, uid.as_deref(), sha, &claims)?)
+    })
+    .await?;
     session.quota.release(released);
-    drop(guard);
-    let guard = session.shared.uploads.claim(&session.user.name, &upload.id)?;
+    // A fresh upload holds the claim on its new id; a resume keeps the one it took.
+    let guard = new_guard.or(guard).ok_or_else(|| WireError::new(ErrorCode::Internal, "upload not claimed"))?;
     Ok((upload, reservation, guard))
 }
 
