@@ -82,6 +82,9 @@ type State = Option<Content>;
 /// (user, path) → the states the name may be in.
 type Ledger = Mutex<BTreeMap<(String, String), Vec<State>>>;
 
+/// (user, path) → until when a lost request may still act on it, and what it may leave.
+type Lingering = Mutex<HashMap<(String, String), (Instant, Vec<State>)>>;
+
 #[derive(Default)]
 struct Counters {
     uploads: AtomicU64,
@@ -107,6 +110,8 @@ struct Shared {
     target: Target,
     proxy_port: u16,
     ledger: Ledger,
+    /// Names touched by requests whose answer was lost: until when, and what they may still do.
+    lingering: Lingering,
     hashes: Mutex<HashMap<Content, String>>,
     counters: Counters,
     problems: Mutex<Vec<String>>,
@@ -137,19 +142,44 @@ impl Shared {
         self.ledger.lock().expect("not poisoned").get(&(user.into(), path.into())).cloned().unwrap_or(vec![None])
     }
 
+    /// What an answer said the name holds now, plus what a lost request may
+    /// still do to it: the server finishes a request whose client vanished
+    /// on its own time, possibly after the client's next request.
     fn set(&self, user: &str, path: &str, states: Vec<State>) {
+        let key = (user.to_string(), path.to_string());
         let mut states = states;
+        let mut lingering = self.lingering.lock().expect("not poisoned");
+        if let Some((until, late)) = lingering.get(&key) {
+            if Instant::now() < *until {
+                states.extend_from_slice(late);
+            } else {
+                lingering.remove(&key);
+            }
+        }
         states.sort();
         states.dedup();
-        self.ledger.lock().expect("not poisoned").insert((user.into(), path.into()), states);
+        self.ledger.lock().expect("not poisoned").insert(key, states);
     }
 
+    /// A lost answer: the name may be in any of `more` too, from now on and
+    /// for [`LINGER`] whatever later answers say.
     fn add(&self, user: &str, path: &str, more: &[State]) {
+        let key = (user.to_string(), path.to_string());
+        {
+            let mut lingering = self.lingering.lock().expect("not poisoned");
+            let entry = lingering.entry(key).or_insert_with(|| (Instant::now(), Vec::new()));
+            entry.0 = Instant::now() + LINGER;
+            entry.1.extend_from_slice(more);
+        }
         let mut s = self.states(user, path);
         s.extend_from_slice(more);
         self.set(user, path, s);
     }
 }
+
+/// How long a request whose answer was lost may still take effect: the
+/// server may be busy, but not for this long.
+const LINGER: Duration = Duration::from_secs(30);
 
 /// How an operation ended.
 enum Outcome<T> {
@@ -261,6 +291,7 @@ async fn client(sh: Arc<Shared>, idx: usize) {
                 }
                 Outcome::InDoubt(why) => {
                     lost(why, &sh);
+                    sh.add(&user, &path, &[Some(c)]);
                     drop_session = true;
                 }
             }
@@ -597,6 +628,7 @@ pub async fn run(ferry: &Path, dir: &Path, a: &SoakArgs) -> Result<String> {
         target: server.target(),
         proxy_port,
         ledger: Mutex::default(),
+        lingering: Mutex::default(),
         hashes: Mutex::default(),
         counters: Counters::default(),
         problems: Mutex::default(),

@@ -34,24 +34,43 @@ pub struct QuotaExceeded {
     pub limit: u64,
 }
 
+/// The counters behind [`Usage`]. `used` is signed: the disk change and its
+/// accounting are not one step, so two sessions can report in the other
+/// order (a file removed is counted out before its upload is counted in).
+/// Clamping such a moment at zero would lose bytes for good; the sum comes
+/// out exact whatever the order.
+#[derive(Debug)]
+struct Counts {
+    used: i128,
+    reserved: u64,
+    limit: Option<u64>,
+}
+
+impl Counts {
+    fn used(&self) -> u64 {
+        u64::try_from(self.used.max(0)).unwrap_or(u64::MAX)
+    }
+}
+
 #[derive(Debug)]
 pub struct UserQuota {
-    state: Mutex<Usage>,
+    state: Mutex<Counts>,
 }
 
 impl UserQuota {
     pub fn new(used: u64, limit: Option<u64>) -> Self {
-        UserQuota { state: Mutex::new(Usage { used, reserved: 0, limit }) }
+        UserQuota { state: Mutex::new(Counts { used: used.into(), reserved: 0, limit }) }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Usage> {
+    fn lock(&self) -> MutexGuard<'_, Counts> {
         // A poisoned lock only means another thread panicked mid-update of
         // plain integers; the numbers are still the best we have.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn usage(&self) -> Usage {
-        *self.lock()
+        let s = self.lock();
+        Usage { used: s.used(), reserved: s.reserved, limit: s.limit }
     }
 
     pub fn set_limit(&self, limit: Option<u64>) {
@@ -62,7 +81,7 @@ impl UserQuota {
     pub fn reserve(self: &Arc<Self>, bytes: u64) -> Result<Reservation, QuotaExceeded> {
         let mut s = self.lock();
         if let Some(limit) = s.limit {
-            let committed = s.used + s.reserved;
+            let committed = s.used().saturating_add(s.reserved);
             if committed.saturating_add(bytes) > limit {
                 return Err(QuotaExceeded { needed: bytes, free: limit.saturating_sub(committed), limit });
             }
@@ -73,13 +92,12 @@ impl UserQuota {
 
     /// Bytes left the home (a file removed, a partial expired, a file overwritten).
     pub fn release(&self, bytes: u64) {
-        let mut s = self.lock();
-        s.used = s.used.saturating_sub(bytes);
+        self.lock().used -= i128::from(bytes);
     }
 
     /// Bytes arrived outside a reservation (not normally used by uploads).
     pub fn add(&self, bytes: u64) {
-        self.lock().used += bytes;
+        self.lock().used += i128::from(bytes);
     }
 }
 
@@ -102,7 +120,7 @@ impl Reservation {
     pub fn settle(mut self, landed: u64) {
         let mut s = self.quota.lock();
         s.reserved = s.reserved.saturating_sub(self.bytes);
-        s.used += landed.min(self.bytes);
+        s.used += i128::from(landed.min(self.bytes));
         self.settled = true;
     }
 }
@@ -189,6 +207,17 @@ mod tests {
         q.release(250);
         assert_eq!(q.usage().used, 50);
         assert_eq!(q.usage().free(), Some(950));
+    }
+
+    #[test]
+    fn a_release_counted_before_its_settle_is_not_lost() {
+        let q = Arc::new(UserQuota::new(0, Some(1000)));
+        let r = q.reserve(300).unwrap();
+        // Another session removes the new file before the upload settles.
+        q.release(300);
+        assert_eq!(q.usage().used, 0);
+        r.settle(300);
+        assert_eq!(q.usage().used, 0, "the file is gone");
     }
 
     #[test]

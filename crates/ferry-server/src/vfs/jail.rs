@@ -21,6 +21,10 @@ pub struct Jail {
     root: Dir,
     /// The server's reserved directory, opened once per session.
     internal: std::sync::OnceLock<(String, Dir)>,
+    /// Held from the stat to the unlink or rename that frees what the stat
+    /// measured. Sessions of one user share this jail, so two of them never
+    /// both count the same replaced or removed file against the quota.
+    accounting: std::sync::Mutex<()>,
 }
 
 fn entry_from(name: String, m: &Metadata) -> Entry {
@@ -53,7 +57,7 @@ impl Jail {
     pub fn open(home: &Path) -> Result<Jail, VfsError> {
         let root =
             Dir::open_ambient_dir(home, ambient_authority()).map_err(|e| VfsError::from_io(e, &VirtualPath::root()))?;
-        Ok(Jail { root, internal: std::sync::OnceLock::new() })
+        Ok(Jail { root, internal: std::sync::OnceLock::new(), accounting: std::sync::Mutex::new(()) })
     }
 
     /// The directory handle for `vp` (the root itself for `/`).
@@ -118,6 +122,7 @@ impl Jail {
     /// Removes a file (or a symlink, never its target). Returns the bytes freed.
     pub fn remove_file(&self, vp: &VirtualPath) -> Result<u64, VfsError> {
         let (parent, name) = self.parent_and_name(vp)?;
+        let _counting = self.lock_accounting();
         let m = parent.symlink_metadata(name).map_err(err_at(vp))?;
         if m.is_dir() {
             return Err(VfsError::IsADirectory(vp.to_string()));
@@ -139,6 +144,7 @@ impl Jail {
     /// removed, its target is not). Returns (bytes, files) freed.
     pub fn remove_tree(&self, vp: &VirtualPath) -> Result<(u64, u64), VfsError> {
         let (parent, name) = self.parent_and_name(vp)?;
+        let _counting = self.lock_accounting();
         let m = parent.symlink_metadata(name).map_err(err_at(vp))?;
         if !m.is_dir() {
             parent.remove_file(name).map_err(err_at(vp))?;
@@ -167,6 +173,7 @@ impl Jail {
             return Err(VfsError::InvalidMove(format!("cannot move {from} into itself ({to})")));
         }
         let (to_parent, to_name) = self.parent_and_name(to)?;
+        let _counting = self.lock_accounting();
         rename_at(&from_parent, from_name, &to_parent, to_name, overwrite, src.is_dir(), to)
     }
 
@@ -265,7 +272,12 @@ impl Jail {
         }
         let (to_parent, to_name) = self.parent_and_name(target)?;
         check_name(to_name)?;
+        let _counting = self.lock_accounting();
         rename_at(internal, name, &to_parent, to_name, overwrite, false, target)
+    }
+
+    fn lock_accounting(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.accounting.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Bytes and files in the whole home (partials included), for the quota.
