@@ -297,3 +297,47 @@ async fn concurrent_overwrites_and_removals_of_the_same_names_keep_the_quota_exa
     let listing = files_under(&server.home("alice"));
     assert_eq!(df.used, bytes_under(&server.home("alice")), "df equals the bytes on disk: {listing:?}");
 }
+
+/// Found by the soak: a connection lost after a whole upload body but before
+/// its `put_end` left a complete partial on disk that the quota never
+/// counted (the reservation was dropped, not settled).
+#[tokio::test]
+async fn upload_cut_before_put_end_counts_its_partial() {
+    use ferry_proto::Request;
+    let server = TestServer::start_with(|c| c.insecure_plaintext = true).await.unwrap();
+    server.add_user("alice", "pw", Some(64 << 20), false).unwrap();
+    let size = 1u64 << 20;
+    let put = Request::Put {
+        path: "cut.bin".into(),
+        size,
+        offset: 0,
+        upload_id: None,
+        sha256: None,
+        overwrite: false,
+        wait: false,
+    };
+    let mut conn = raw_login(&server, "alice", "pw").await;
+    conn.queue_header(&put.to_header(10, size)).unwrap();
+    conn.write_body(&vec![5u8; size as usize]).await.unwrap();
+    conn.flush().await.unwrap();
+    drop(conn);
+    let part_len = || {
+        files_under(&server.home("alice"))
+            .into_iter()
+            .filter(|(p, _)| p.extension().is_some_and(|e| e == "part"))
+            .map(|(_, len)| len)
+            .sum::<u64>()
+    };
+    let mut session = server.login("alice", "pw").await.unwrap();
+    let mut df = session.df().await.unwrap();
+    for _ in 0..200 {
+        if part_len() == size && df.reserved == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        df = session.df().await.unwrap();
+    }
+    assert_eq!(part_len(), size, "the whole body is in the partial");
+    assert_eq!(df.reserved, 0);
+    assert_eq!(df.used, bytes_under(&server.home("alice")), "the partial and its sidecar are counted");
+}

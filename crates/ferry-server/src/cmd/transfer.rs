@@ -134,26 +134,19 @@ pub async fn put(session: &mut Session, conn: &mut Conn, id: u64, a: PutArgs) ->
     drop(tx);
     let (upload, hasher, written, disk_result) =
         writer.await.map_err(|_| WireError::new(ErrorCode::Internal, "upload writer failed"))?;
+    // What reached the partial counts from here on, whatever happens next
+    // (a commit or a discard then releases what leaves the disk).
+    reservation.settle(written + meta_len);
 
     if let Some(e) = stream_err {
         // Cut mid-body: the partial stays for a resume and counts against the quota.
-        reservation.settle(written + meta_len);
         warn!(path = %target, bytes = written, "upload cut; partial kept for resume");
         drop(guard);
         return Err(Reply::Stream(e));
     }
     let end_hash = read_put_end(conn, id).await?;
-    if let Err(e) = disk_result {
-        reservation.settle(written + meta_len);
-        return Err(e.into());
-    }
-    let expected = match end_hash.and_then(|h| transfer::validate_sha256(&h).map_err(WireError::from)) {
-        Ok(h) => h,
-        Err(e) => {
-            reservation.settle(written + meta_len);
-            return Err(e.into());
-        }
-    };
+    disk_result?;
+    let expected = end_hash.and_then(|h| transfer::validate_sha256(&h).map_err(WireError::from))?;
     let actual = hex::encode(hasher.finalize());
     let header_hash = upload.meta.sha256.clone();
     let fsync = session.shared.config.transfer.fsync;
@@ -174,7 +167,6 @@ pub async fn put(session: &mut Session, conn: &mut Conn, id: u64, a: PutArgs) ->
     drop(guard);
     match committed {
         Ok((replaced, meta_freed)) => {
-            reservation.settle(written + meta_len);
             session.quota.release(replaced.unwrap_or(0) + meta_freed);
             let elapsed = started.elapsed();
             info!(path = %target, bytes = a.size, sent = written, ms = elapsed.as_millis() as u64, "upload committed");
@@ -182,7 +174,6 @@ pub async fn put(session: &mut Session, conn: &mut Conn, id: u64, a: PutArgs) ->
             Ok(())
         }
         Err((e, freed)) => {
-            reservation.settle(written + meta_len);
             // A failed commit must not leave a half-trusted partial behind.
             let freed = if freed == 0 { discard_by_id(session, &upload_id).await } else { freed };
             session.quota.release(freed);
