@@ -12,8 +12,10 @@ use crate::args::{GetArgs, PutArgs};
 use crate::connect::open;
 use crate::progress::Bar;
 
-/// Files per pipelined batch: bounds memory, keeps the pipe full.
-const BATCH: usize = 256;
+/// Files per pipelined batch. Answers are read while requests go out, and
+/// one file is in memory at a time, so a batch costs only its results; each
+/// batch boundary drains the pipe once, so batches are large.
+const BATCH: usize = 4096;
 
 /// Joins a remote directory and a name.
 pub fn remote_join(dir: &str, name: &str) -> String {

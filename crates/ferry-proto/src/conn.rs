@@ -54,6 +54,20 @@ impl<S> Connection<S> {
         self.rbuf.len()
     }
 
+    /// The next header if it is already whole in the read buffer, without
+    /// consuming it or waiting for input; `None` inside a body. For a server
+    /// that handles a run of pipelined requests together.
+    pub fn peek_header(&self) -> Option<Header> {
+        if self.codec.body_remaining() > 0 || self.rbuf.len() < 4 {
+            return None;
+        }
+        let len = u32::from_be_bytes([self.rbuf[0], self.rbuf[1], self.rbuf[2], self.rbuf[3]]) as usize;
+        if len > self.codec.max_header() || self.rbuf.len() < 4 + len {
+            return None;
+        }
+        crate::frame::parse_header(&self.rbuf[4..4 + len]).ok()
+    }
+
     pub fn note_body_written(&mut self, n: u64) -> Result<(), FrameError> {
         self.codec.note_body_written(n)
     }

@@ -9,7 +9,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::time::Instant;
 
 use bytes::Bytes;
-use ferry_proto::msg::ok_header;
+use ferry_proto::msg::{error_header, ok_header};
 use ferry_proto::{ErrorCode, FrameError, Request, WireError};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -18,10 +18,12 @@ use tracing::{info, warn};
 
 use super::fs::resolve;
 use super::{Reply, blocking};
+use crate::quota::Reservation;
 use crate::session::{Conn, Session};
 use crate::stream::Stream;
 use crate::transfer::{self, PartialUpload, READ_BLOCK, TransferError};
 use crate::vfs::EntryKind;
+use crate::vfs::VirtualPath;
 
 /// File blocks in flight between the socket and the disk thread.
 const PIPE_DEPTH: usize = 8;
@@ -62,7 +64,7 @@ pub struct PutArgs {
 const SMALL_PUT: u64 = 256 * 1024;
 
 pub async fn put(session: &mut Session, conn: &mut Conn, id: u64, a: PutArgs) -> Result<(), Reply> {
-    if !a.wait && a.offset == 0 && a.upload_id.is_none() && a.body_len <= SMALL_PUT && a.body_len == a.size {
+    if is_small_put(&a) {
         return put_small(session, conn, id, a).await;
     }
     let started = Instant::now();
@@ -183,39 +185,130 @@ pub async fn put(session: &mut Session, conn: &mut Conn, id: u64, a: PutArgs) ->
     }
 }
 
-/// The small-file path: many small files cost one thread hop each, not four.
+/// True for a put that takes the small-file path: the whole file in one
+/// body, no `ready` asked, no resume.
+fn is_small_put(a: &PutArgs) -> bool {
+    !a.wait && a.offset == 0 && a.upload_id.is_none() && a.body_len <= SMALL_PUT && a.body_len == a.size
+}
+
+/// Small puts committed by one blocking call, at most (a pipelining client
+/// has many in the buffer at once).
+const SMALL_BATCH_FILES: usize = 64;
+const SMALL_BATCH_BYTES: usize = 4 * 1024 * 1024;
+
+/// A small put read off the wire, checked and with its room reserved.
+struct SmallPut {
+    id: u64,
+    target: VirtualPath,
+    data: Vec<u8>,
+    expected: String,
+    overwrite: bool,
+    reservation: Reservation,
+}
+
+/// The small-file path. The body is held in memory, and the small puts that
+/// follow it already in the read buffer join it: one blocking call checks,
+/// writes, syncs and renames them all, so a pipelining client pays one thread
+/// hop per batch instead of one per file. Each file still commits on its own
+/// and gets its own answer, in order.
 async fn put_small(session: &mut Session, conn: &mut Conn, id: u64, a: PutArgs) -> Result<(), Reply> {
+    let mut batch: Vec<Result<SmallPut, (u64, WireError)>> = vec![read_small(session, conn, id, a).await?];
+    let mut bytes = 0;
+    while batch.len() < SMALL_BATCH_FILES && bytes < SMALL_BATCH_BYTES {
+        let Some(next) = conn.peek_header().and_then(|h| small_put_args(&h)) else { break };
+        let (id, a) = next;
+        let _ = conn.read_header().await?;
+        let item = read_small(session, conn, id, a).await?;
+        bytes += item.as_ref().map_or(0, |p| p.data.len());
+        batch.push(item);
+    }
+    let fsync = session.shared.config.transfer.fsync;
+    let jobs: Vec<_> = batch
+        .iter()
+        .filter_map(|r| r.as_ref().ok())
+        .map(|p| (p.target.clone(), p.overwrite, p.expected.clone()))
+        .collect();
+    let data: Vec<Vec<u8>> =
+        batch.iter_mut().filter_map(|r| r.as_mut().ok()).map(|p| std::mem::take(&mut p.data)).collect();
+    let mut outcomes = blocking(&session.jail, move |j| {
+        Ok(jobs
+            .into_iter()
+            .zip(data)
+            .map(|((t, overwrite, expected), data)| commit_small(j, &t, &data, expected, overwrite, fsync))
+            .collect::<Vec<_>>())
+    })
+    .await?
+    .into_iter();
+    for item in batch {
+        match item {
+            Ok(p) => {
+                match outcomes.next().unwrap_or_else(|| Err(WireError::new(ErrorCode::Internal, "lost outcome"))) {
+                    Ok((actual, replaced, size)) => {
+                        p.reservation.settle(size);
+                        session.quota.release(replaced.unwrap_or(0));
+                        info!(path = %p.target, bytes = size, "upload committed");
+                        conn.queue_header(&ok_header(p.id, &json!({ "size": size, "sha256": actual }), 0))?;
+                    }
+                    Err(e) => conn.queue_header(&error_header(p.id, &e))?,
+                }
+            }
+            Err((id, e)) => conn.queue_header(&error_header(id, &e))?,
+        }
+    }
+    Ok(())
+}
+
+/// The arguments of a header that is a small put, else `None`.
+fn small_put_args(h: &ferry_proto::Header) -> Option<(u64, PutArgs)> {
+    let (id, req) = Request::from_header(h);
+    let Ok(Request::Put { path, size, offset, upload_id, sha256, overwrite, wait }) = req else { return None };
+    let a = PutArgs { path, size, offset, upload_id, sha256, overwrite, wait, body_len: h.body_len };
+    is_small_put(&a).then_some((id, a))
+}
+
+/// Reads a small put's body and `put_end`, checks them and reserves room.
+/// The outer error is the stream's; the inner one is this put's answer.
+async fn read_small(
+    session: &Session,
+    conn: &mut Conn,
+    id: u64,
+    a: PutArgs,
+) -> Result<Result<SmallPut, (u64, WireError)>, FrameError> {
     let idle = session.shared.config.idle_timeout();
     let data = tokio::time::timeout(idle, conn.read_body_to_vec(SMALL_PUT)).await.unwrap_or_else(|_| Err(stalled()))?;
-    let expected = read_put_end(conn, id).await?;
-    let expected = transfer::validate_sha256(&expected?)?;
-    if let Some(h) = a.sha256.as_deref().filter(|h| !h.eq_ignore_ascii_case(&expected)) {
-        return Err(WireError::new(ErrorCode::BadRequest, format!("put sha256 {h} differs from put_end")).into());
-    }
-    let target = resolve(session, &a.path)?;
-    if target.is_root() {
-        return Err(WireError::new(ErrorCode::IsADirectory, "/ is a directory").into());
-    }
-    let reservation = session.quota.reserve(a.size).map_err(WireError::from)?;
-    let (overwrite, fsync) = (a.overwrite, session.shared.config.transfer.fsync);
-    let t = target.clone();
-    let (actual, replaced) = blocking(&session.jail, move |j| {
-        check_target(j, &t, overwrite)?;
-        let actual = hex::encode(Sha256::digest(&data));
-        if actual != expected {
-            return Err(TransferError::ChecksumMismatch { expected, actual }.into());
+    let end = read_put_end(conn, id).await?;
+    let checked = (|| {
+        let expected = transfer::validate_sha256(&end?)?;
+        if let Some(h) = a.sha256.as_deref().filter(|h| !h.eq_ignore_ascii_case(&expected)) {
+            return Err(WireError::new(ErrorCode::BadRequest, format!("put sha256 {h} differs from put_end")));
         }
-        let replaced = transfer::write_small(j, &t, &data, &actual, overwrite, fsync)?;
-        Ok((actual, replaced))
-    })
-    .await?;
-    reservation.settle(a.size);
-    if let Some(bytes) = replaced {
-        session.quota.release(bytes);
+        let target = resolve(session, &a.path)?;
+        if target.is_root() {
+            return Err(WireError::new(ErrorCode::IsADirectory, "/ is a directory"));
+        }
+        let reservation = session.quota.reserve(a.size)?;
+        Ok(SmallPut { id, target, data, expected, overwrite: a.overwrite, reservation })
+    })();
+    Ok(checked.map_err(|e| (id, e)))
+}
+
+/// Verifies and commits one small file; its hash, the size of a file it
+/// replaced, and its size.
+fn commit_small(
+    j: &crate::vfs::Jail,
+    target: &VirtualPath,
+    data: &[u8],
+    expected: String,
+    overwrite: bool,
+    fsync: bool,
+) -> Result<(String, Option<u64>, u64), WireError> {
+    check_target(j, target, overwrite)?;
+    let actual = hex::encode(Sha256::digest(data));
+    if actual != expected {
+        return Err(TransferError::ChecksumMismatch { expected, actual }.into());
     }
-    info!(path = %target, bytes = a.size, "upload committed");
-    conn.queue_header(&ok_header(id, &json!({ "size": a.size, "sha256": actual }), 0))?;
-    Ok(())
+    let replaced = transfer::write_small(j, target, data, &actual, overwrite, fsync)?;
+    Ok((actual, replaced, data.len() as u64))
 }
 
 /// Refuses a target that is a directory, or that exists without `overwrite`.
