@@ -55,3 +55,31 @@ async fn cached_hash_serves_plaintext_downloads_and_catches_silent_changes() {
         assert_ne!(got, hash);
     }
 }
+
+/// A file put in the home by other means (an admin's copy) is hashed at its
+/// first download, and that hash is kept for the next ones: seen here by
+/// changing the file silently, which only a cached hash would miss on the
+/// server (and the client then refuses).
+#[tokio::test]
+async fn first_download_of_a_file_placed_in_the_home_records_its_hash() {
+    let server = TestServer::start_with(|c| c.insecure_plaintext = true).await.unwrap();
+    server.add_user("alice", "pw", None, false).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    // The home exists after a first login.
+    server.login("alice", "pw").await.unwrap().close().await.unwrap();
+    let stored = server.home("alice").join("f.bin");
+    write_random_file(&stored, 2 * 1024 * 1024 + 5, 9).unwrap();
+    let hash = sha256_file(&stored).unwrap();
+    assert_eq!(download(&server, &tmp.path().join("a")).await.unwrap(), hash);
+    assert_eq!(download(&server, &tmp.path().join("b")).await.unwrap(), hash, "the recorded hash serves again");
+
+    let mtime = std::fs::metadata(&stored).unwrap().modified().unwrap();
+    {
+        let mut f = std::fs::OpenOptions::new().write(true).open(&stored).unwrap();
+        f.seek(SeekFrom::Start(5)).unwrap();
+        f.write_all(b"\x01\x02").unwrap();
+        f.set_modified(mtime).unwrap();
+    }
+    let err = download(&server, &tmp.path().join("c")).await.expect_err("served from the recorded hash, caught");
+    assert!(matches!(err, ferry_client::ClientError::Checksum { .. }), "{err}");
+}

@@ -70,6 +70,19 @@ pub fn record_hash(file: &std::fs::File, sha256: &str) {
     let _ = rustix::fs::fsetxattr(file, HASH_XATTR, value.as_bytes(), rustix::fs::XattrFlags::empty());
 }
 
+/// Records a hash computed by reading the whole file, unless the file
+/// changed (size or modification time) since `before`, taken when the read
+/// began. So a file put in the home by other means is hashed at its first
+/// download only.
+pub fn record_hash_if_unchanged(file: &std::fs::File, sha256: &str, before: &std::fs::Metadata) {
+    if let Ok(now) = file.metadata()
+        && now.len() == before.len()
+        && mtime_ns(&now) == mtime_ns(before)
+    {
+        record_hash(file, sha256);
+    }
+}
+
 /// The hash recorded at commit, if the file still has the size and
 /// modification time it had then. The client verifies every byte against
 /// it, so a file changed behind our back is caught, never passed off.

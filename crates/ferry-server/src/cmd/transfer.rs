@@ -527,6 +527,7 @@ fn read_blocks(
     tx: mpsc::Sender<Bytes>,
 ) -> std::io::Result<Option<String>> {
     let mut hasher = Sha256::new();
+    let before = file.metadata()?;
     if hash && offset > 0 && transfer::hash_range(&mut file, offset, &mut hasher)? < offset {
         return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
     }
@@ -548,7 +549,15 @@ fn read_blocks(
             return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
         }
     }
-    Ok(hash.then(|| hex::encode(hasher.finalize())))
+    if !hash {
+        return Ok(None);
+    }
+    let sha256 = hex::encode(hasher.finalize());
+    // Every byte was read: later downloads can skip the hashing.
+    if before.len() == size {
+        transfer::record_hash_if_unchanged(&file, &sha256, &before);
+    }
+    Ok(Some(sha256))
 }
 
 /// The error of a transfer whose peer went silent past the idle timeout.
