@@ -164,6 +164,11 @@ for mode in tls plain; do
 done
 echo "#### load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 
+# Each ferry server served every run of its mode (1 GiB up and down included):
+# its peak resident set over all of them, against the 64 MiB target.
+hwm() { awk '/^VmHWM/ { printf "%.1f MiB", $2 / 1024 }' "/proc/$(cat "$ST/pids/$1" 2>/dev/null)/status" 2>/dev/null || echo "?"; }
+mem_line="Server peak RSS (VmHWM) over all its runs: TLS $(hwm ferry-tls), plaintext $(hwm ferry-plain) (target: under 64 MiB during a 1 GiB transfer)"
+
 # ---------------------------------------------------------------- 5. the table
 # spec: label | ferry TLS id | ferry plaintext id | judged column (tls/plain/both) | target ratio | peer ids (best wins)
 specs='1 GiB upload, encrypted|ferry-tls-big-up|ferry-plain-big-up|tls|2.5|scp-aes128-gcm-up,sftp-aes-put
@@ -193,6 +198,8 @@ specs='1 GiB upload, encrypted|ferry-tls-big-up|ferry-plain-big-up|tls|2.5|scp-a
       else { r = sprintf("%.2fx TLS, %.2fx plaintext", rt, rp); m = "TLS " verdict(rt, $5) ", plaintext " verdict(rp, $5) }
       printf "| %s | %s | %s | %s | %s | >= %.1fx | %s |\n", $1, show($2), show($3), peer, r, $5, m
     }'
+  echo
+  echo "$mem_line"
   echo
   echo "Raw rows (median, min-max over the timed runs; CPU = busy % of all cores during one extra run):"
   echo
