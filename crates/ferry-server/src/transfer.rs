@@ -19,8 +19,10 @@ use crate::config::TransferConfig;
 use crate::vfs::{Jail, VfsError, VirtualPath};
 
 pub use crate::vfs::PARTIAL_DIR;
-/// Blocking reads of file data happen in blocks of this size.
-pub const READ_BLOCK: usize = 1024 * 1024;
+
+/// Blocking reads of file data happen in blocks of this size. With 1 MiB
+/// blocks a download's server peaked at 69 MiB resident (target: 64).
+pub const READ_BLOCK: usize = 256 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -22,11 +22,11 @@ use crate::quota::Reservation;
 use crate::session::{Conn, Session};
 use crate::stream::Stream;
 use crate::transfer::{self, PartialUpload, READ_BLOCK, TransferError};
-use crate::vfs::EntryKind;
-use crate::vfs::VirtualPath;
+use crate::vfs::{EntryKind, VirtualPath};
 
-/// File blocks in flight between the socket and the disk thread.
-const PIPE_DEPTH: usize = 8;
+/// File blocks in flight between the socket and the disk thread (a few, so
+/// that memory stays small and blocks stay in cache).
+const PIPE_DEPTH: usize = 4;
 
 impl From<TransferError> for WireError {
     fn from(e: TransferError) -> Self {
