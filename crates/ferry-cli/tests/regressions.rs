@@ -341,3 +341,38 @@ async fn upload_cut_before_put_end_counts_its_partial() {
     assert_eq!(df.reserved, 0);
     assert_eq!(df.used, bytes_under(&server.home("alice")), "the partial and its sidecar are counted");
 }
+
+/// Found while chasing a soak client that never finished (that one was the
+/// harness's own clock): the connect timeout covered only TCP, so a server
+/// that accepts and then never speaks (a stuck or draining process) held the
+/// client forever in the TLS handshake or the hello.
+#[tokio::test]
+async fn connect_gives_up_on_a_server_that_accepts_and_never_speaks() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        for _ in 0..2 {
+            if let Ok((s, _)) = listener.accept().await {
+                open.push(s);
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+        drop(open);
+    });
+    for plaintext in [false, true] {
+        let remote = ferry_client::Remote::parse(&format!("alice@127.0.0.1:{port}")).unwrap();
+        let opts = ferry_client::ConnectOptions {
+            insecure_plaintext: plaintext,
+            connect_timeout: std::time::Duration::from_secs(1),
+            ..Default::default()
+        };
+        let started = std::time::Instant::now();
+        let r = tokio::time::timeout(std::time::Duration::from_secs(10), ferry_client::Client::connect(&remote, &opts))
+            .await
+            .expect("the client gives up by itself");
+        assert!(r.is_err(), "plaintext={plaintext}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "{:?}", started.elapsed());
+    }
+    held.abort();
+}

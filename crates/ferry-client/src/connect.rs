@@ -62,11 +62,18 @@ pub struct Client {
 }
 
 impl Client {
+    /// Connects, shakes hands (TLS, pin, hello) within `opts.connect_timeout`:
+    /// a server that accepts and then never speaks is an error, not a hang.
     pub async fn connect(remote: &Remote, opts: &ConnectOptions) -> Result<Client, ClientError> {
+        tokio::time::timeout(opts.connect_timeout, Self::connect_untimed(remote, opts)).await.map_err(|_| {
+            ClientError::Connect { addr: remote.host_port(), source: std::io::ErrorKind::TimedOut.into() }
+        })?
+    }
+
+    async fn connect_untimed(remote: &Remote, opts: &ConnectOptions) -> Result<Client, ClientError> {
         let addr = remote.host_port();
-        let tcp = tokio::time::timeout(opts.connect_timeout, tcp_connect(remote, opts.bind))
+        let tcp = tcp_connect(remote, opts.bind)
             .await
-            .map_err(|_| ClientError::Connect { addr: addr.clone(), source: std::io::ErrorKind::TimedOut.into() })?
             .map_err(|source| ClientError::Connect { addr: addr.clone(), source })?;
         let _ = tcp.set_nodelay(true);
         let (stream, fingerprint) = if opts.insecure_plaintext {

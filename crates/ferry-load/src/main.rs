@@ -94,12 +94,13 @@ async fn run(cli: Cli) -> Result<bool> {
                 println!("  (load average after {name}: {})", load_average());
                 report += &text;
             };
-            // Each server session holds about 3 descriptors (socket, home, partial
-            // folder): stay within the server's open-file limit.
-            let fit = (server::server_nofile().saturating_sub(1000) / 3) as usize;
+            // Each server session holds one descriptor (its socket; a user's home
+            // and partial folder are shared by all their sessions): stay within
+            // the server's open-file limit, with a reserve.
+            let fit = server::server_nofile().saturating_sub(1000) as usize;
             if sessions > fit {
                 println!(
-                    "(sessions: {sessions} asked, {fit} fit in the server's RLIMIT_NOFILE of {} at ~3 fds/session)",
+                    "(sessions: {sessions} asked, {fit} fit in the server's RLIMIT_NOFILE of {} at 1 fd/session)",
                     server::server_nofile()
                 );
             }

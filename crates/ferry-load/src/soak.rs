@@ -112,6 +112,8 @@ struct Shared {
     ledger: Ledger,
     /// Names touched by requests whose answer was lost: until when, and what they may still do.
     lingering: Lingering,
+    /// What each client is waiting on now.
+    steps: Mutex<Vec<&'static str>>,
     hashes: Mutex<HashMap<Content, String>>,
     counters: Counters,
     problems: Mutex<Vec<String>>,
@@ -128,6 +130,11 @@ impl Shared {
         let h = sha256_hex(&content(c.seed, c.size));
         self.hashes.lock().expect("not poisoned").insert(c, h.clone());
         h
+    }
+
+    /// Notes what client `idx` is waiting on, for a report if it never finishes.
+    fn step(&self, idx: usize, what: &'static str) {
+        self.steps.lock().expect("not poisoned")[idx] = what;
     }
 
     fn problem(&self, p: String) {
@@ -216,9 +223,14 @@ async fn connect(sh: &Shared, user: &str, proxied: bool) -> Option<Session> {
     let mut backoff = Duration::from_millis(100);
     while Instant::now() < sh.deadline {
         let port = proxied.then_some(sh.proxy_port);
-        match sh.target.login_via(user, "soak-pw", None, port).await {
-            Ok(s) => return Some(s),
+        let login = tokio::time::timeout(STEP_LIMIT, sh.target.login_via(user, "soak-pw", None, port)).await;
+        match login {
+            Ok(Ok(s)) => return Some(s),
             Err(_) => {
+                sh.problem(format!("{user}: a login (proxied: {proxied}) got no answer in {STEP_LIMIT:?}"));
+                inc(&sh.counters.connect_failures);
+            }
+            Ok(Err(_)) => {
                 inc(&sh.counters.connect_failures);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));
@@ -242,15 +254,22 @@ async fn client(sh: Arc<Shared>, idx: usize) {
     let mut upload_no = 0u64;
     while Instant::now() < sh.deadline {
         if session.is_none() {
+            sh.step(idx, "connect");
             session = connect(&sh, &user, proxied).await;
             inc(&sh.counters.reconnects);
         }
         let Some(s) = session.as_mut() else { break };
         if !made_dir {
-            match s.mkdir(&dir, true).await {
-                Ok(()) => made_dir = true,
-                Err(e) if e.code() == Some(ErrorCode::AlreadyExists) => made_dir = true,
+            sh.step(idx, "mkdir");
+            match tokio::time::timeout(STEP_LIMIT, s.mkdir(&dir, true)).await {
+                Ok(Ok(())) => made_dir = true,
+                Ok(Err(e)) if e.code() == Some(ErrorCode::AlreadyExists) => made_dir = true,
+                Ok(Err(_)) => {
+                    session = None;
+                    continue;
+                }
                 Err(_) => {
+                    sh.problem(format!("{user}: mkdir {dir} got no answer in {STEP_LIMIT:?}"));
                     session = None;
                     continue;
                 }
@@ -267,6 +286,15 @@ async fn client(sh: Arc<Shared>, idx: usize) {
         };
         let pick = rng.below(100);
         let mut drop_session = false;
+        sh.step(
+            idx,
+            if pending.is_some() {
+                "resume"
+            } else {
+                ["upload", "download", "mv", "rm"]
+                    [usize::from(pick >= 40) + usize::from(pick >= 70) + usize::from(pick >= 85)]
+            },
+        );
         if let Some((path, c, file)) = pending.clone() {
             // Finish the upload that was cut: resume it.
             let opts = PutOptions { overwrite: true, resume: true, state_dir: Some(state_dir.clone()) };
@@ -444,13 +472,22 @@ async fn client(sh: Arc<Shared>, idx: usize) {
             // A lost answer leaves the stream in an unknown place: start afresh,
             // after the server had a moment to notice the dead connection.
             session = None;
+            sh.step(idx, "pause");
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
     }
-    if let Some(s) = session {
-        let _ = s.close().await;
+    sh.step(idx, "bye");
+    if let Some(s) = session
+        && tokio::time::timeout(STEP_LIMIT, s.close()).await.is_err()
+    {
+        sh.problem(format!("{user}: client {idx}'s bye got no answer in {STEP_LIMIT:?}"));
     }
+    sh.step(idx, "done");
 }
+
+/// Longest wait for a step that has no kill planned (login, mkdir, bye): a
+/// server that leaves one unanswered this long is a finding, not a hang.
+const STEP_LIMIT: Duration = Duration::from_secs(60);
 
 /// Progress that fires once `at` bytes have been sent: the caller then drops the upload.
 struct KillAfter {
@@ -629,6 +666,7 @@ pub async fn run(ferry: &Path, dir: &Path, a: &SoakArgs) -> Result<String> {
         proxy_port,
         ledger: Mutex::default(),
         lingering: Mutex::default(),
+        steps: Mutex::new(vec!["start"; a.clients]),
         hashes: Mutex::default(),
         counters: Counters::default(),
         problems: Mutex::default(),
@@ -706,9 +744,14 @@ pub async fn run(ferry: &Path, dir: &Path, a: &SoakArgs) -> Result<String> {
             t.elapsed().as_secs_f64()
         ));
     }
-    for c in clients {
-        if tokio::time::timeout(Duration::from_secs(180), c).await.is_err() {
-            sh.problem("a client did not finish within 3 minutes of the deadline".into());
+    // Measured from the deadline, not from now: this loop starts right after
+    // the second restart, at two thirds of the run. (Timing each client from
+    // here once flagged a healthy client of a 10-minute run, cut off at 580 s.)
+    let give_up = sh.deadline + Duration::from_secs(180);
+    for (i, c) in clients.into_iter().enumerate() {
+        if tokio::time::timeout_at(give_up.into(), c).await.is_err() {
+            let step = sh.steps.lock().expect("not poisoned")[i];
+            sh.problem(format!("client {i} did not finish within 3 minutes of the deadline (stuck in: {step})"));
         }
     }
     proxy_task.abort();
