@@ -54,6 +54,10 @@ fn init_logs(format: &str) {
 pub async fn run(a: ServeArgs) -> Result<u8> {
     let config = config_from(&a)?;
     init_logs(&a.log_format);
+    // Installed before the banner: a script that sends SIGTERM as soon as it
+    // reads the banner must get a graceful stop, not the default kill.
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let data_dir = config.data_dir.clone();
     let (running, prepared) = ferry_server::start(config).await?;
     for addr in &running.tcp_addrs {
@@ -72,8 +76,6 @@ pub async fn run(a: ServeArgs) -> Result<u8> {
         }
         None => println!("WARNING: --insecure-plaintext: file names and data travel unencrypted"),
     }
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}

@@ -19,7 +19,8 @@ pub async fn time(a: TimeArgs) -> Result<u8> {
     Ok(0)
 }
 
-/// Cancels the token on SIGINT or SIGTERM.
+/// Cancels the token on SIGINT or SIGTERM. Called before the service prints
+/// that it listens, so a signal sent right after that line stops it cleanly.
 fn stop_on_signal() -> Result<CancellationToken> {
     use tokio::signal::unix::{SignalKind, signal};
     let token = CancellationToken::new();
@@ -44,9 +45,10 @@ async fn bind(listen: Option<std::net::SocketAddr>, default: std::net::SocketAdd
 }
 
 pub async fn time_server(a: UdpServerArgs) -> Result<u8> {
+    let stop = stop_on_signal()?;
     let socket = bind(a.listen, ferry_server::services::TIME_DEFAULT, "time service").await?;
     let cfg = TimeConfig { utc: a.utc, ..TimeConfig::default() };
-    ferry_server::udp::time::serve(socket, cfg, stop_on_signal()?).await?;
+    ferry_server::udp::time::serve(socket, cfg, stop).await?;
     Ok(0)
 }
 
@@ -59,7 +61,8 @@ pub async fn chat(a: ChatArgs) -> Result<u8> {
 }
 
 pub async fn chat_server(a: UdpServerArgs) -> Result<u8> {
+    let stop = stop_on_signal()?;
     let socket = bind(a.listen, ferry_server::services::CHAT_DEFAULT, "chat relay").await?;
-    ferry_server::udp::chat::serve(socket, ChatConfig::default(), stop_on_signal()?).await?;
+    ferry_server::udp::chat::serve(socket, ChatConfig::default(), stop).await?;
     Ok(0)
 }
