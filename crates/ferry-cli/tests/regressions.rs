@@ -90,7 +90,7 @@ async fn upload_stalled_mid_body_is_cut_after_the_idle_timeout() {
     .await
     .unwrap();
     server.add_user("alice", "pw", None, false).unwrap();
-    let mut conn = raw_login(&server, "alice", "pw").await;
+    let mut conn = server.login_raw("alice", "pw").await.unwrap();
     // Announce 1 MiB, send 1 KiB, then nothing.
     let put = Request::Put {
         path: "stall.bin".into(),
@@ -111,26 +111,6 @@ async fn upload_stalled_mid_body_is_cut_after_the_idle_timeout() {
     assert!(!server.home("alice").join("stall.bin").exists(), "nothing under the final name");
 }
 
-/// A logged-in connection that speaks raw frames (for what the client library never sends).
-async fn raw_login(server: &TestServer, user: &str, password: &str) -> ferry_proto::Connection<tokio::net::TcpStream> {
-    use ferry_proto::scram::ScramClient;
-    use ferry_proto::{Connection, FrameCodec, Request};
-    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    let mut conn = Connection::new(tcp, FrameCodec::default());
-    let ask = async |conn: &mut Connection<tokio::net::TcpStream>, req: Request, id: u64| {
-        conn.send(&req.to_header(id, 0)).await.unwrap();
-        conn.read_header().await.unwrap().unwrap()
-    };
-    ask(&mut conn, Request::Hello { version: 1, client: "t".into() }, 1).await;
-    let scram = ScramClient::new(user, password, "abcdefghijklmnop").unwrap();
-    let first =
-        ask(&mut conn, Request::AuthStart { mechanism: "SCRAM-SHA-256".into(), data: scram.client_first() }, 2).await;
-    let fin = scram.handle_server_first(first.get_str("data").unwrap()).unwrap();
-    let done = ask(&mut conn, Request::AuthFinish { data: fin.client_final().to_string() }, 3).await;
-    assert_eq!(done.fields["ok"], true, "{done:?}");
-    conn
-}
-
 /// Found by the soak: a client gone right after `ready` (a `wait` upload)
 /// left a new partial's sidecar on disk that the live quota never counted,
 /// so `df` drifted below the disk until the next restart's rescan.
@@ -149,7 +129,7 @@ async fn wait_upload_dropped_after_ready_keeps_the_quota_exact() {
         wait: true,
     };
     for round in 0..3u64 {
-        let mut conn = raw_login(&server, "alice", "pw").await;
+        let mut conn = server.login_raw("alice", "pw").await.unwrap();
         conn.send(&put.to_header(10 + round, 0)).await.unwrap();
         let ready = conn.read_header().await.unwrap().unwrap();
         assert_eq!(ready.fields["ready"], true, "{ready:?}");
@@ -216,7 +196,7 @@ async fn fresh_upload_replaces_abandoned_partials_of_its_path() {
     // Two cut uploads of f0.bin and one of f1.bin, each leaving 1 MiB.
     let mut before = parts();
     for n in [0, 2, 1] {
-        let mut conn = raw_login(&server, "alice", "pw").await;
+        let mut conn = server.login_raw("alice", "pw").await.unwrap();
         conn.queue_header(&cut(n).to_header(10, 3 << 20)).unwrap();
         conn.write_body(&vec![1u8; 1 << 20]).await.unwrap();
         conn.flush().await.unwrap();
@@ -316,7 +296,7 @@ async fn upload_cut_before_put_end_counts_its_partial() {
         overwrite: false,
         wait: false,
     };
-    let mut conn = raw_login(&server, "alice", "pw").await;
+    let mut conn = server.login_raw("alice", "pw").await.unwrap();
     conn.queue_header(&put.to_header(10, size)).unwrap();
     conn.write_body(&vec![5u8; size as usize]).await.unwrap();
     conn.flush().await.unwrap();

@@ -22,7 +22,7 @@ use crate::quota::Reservation;
 use crate::session::{Conn, Session};
 use crate::stream::Stream;
 use crate::transfer::{self, PartialUpload, READ_BLOCK, TransferError};
-use crate::vfs::{EntryKind, VirtualPath};
+use crate::vfs::{Entry, EntryKind, Jail, VirtualPath};
 
 /// File blocks in flight between the socket and the disk thread (a few, so
 /// that memory stays small and blocks stay in cache).
@@ -312,7 +312,7 @@ fn commit_small(
 }
 
 /// Refuses a target that is a directory, or that exists without `overwrite`.
-fn check_target(j: &crate::vfs::Jail, target: &crate::vfs::VirtualPath, overwrite: bool) -> Result<(), WireError> {
+fn check_target(j: &Jail, target: &VirtualPath, overwrite: bool) -> Result<(), WireError> {
     match j.stat(target) {
         Ok(e) if e.kind == EntryKind::Dir => {
             Err(WireError::new(ErrorCode::IsADirectory, format!("{target} is a directory")))
@@ -431,27 +431,138 @@ pub async fn upload_status(
     Ok(())
 }
 
+/// A whole small file read by a download's blocking step: data, mtime and
+/// hash, so the answer goes out without another thread hop.
+struct SmallRead {
+    data: Vec<u8>,
+    mtime: i64,
+    sha256: String,
+}
+
+/// `get`. Whole-file gets already in the read buffer behind this one join it
+/// (a pipelining client sends many): one blocking call opens and reads every
+/// small file of the run, as `put_small` does for uploads, and the others
+/// take the streaming path. Answers go out in request order.
 pub async fn get(session: &mut Session, conn: &mut Conn, id: u64, path: String, offset: u64) -> Result<(), Reply> {
+    if offset != 0 || conn.peek_header().and_then(|h| whole_get_args(&h)).is_none() {
+        return get_one(session, conn, id, path, offset).await;
+    }
+    let mut batch = vec![(id, path)];
+    while batch.len() < SMALL_BATCH_FILES {
+        let Some(next) = conn.peek_header().and_then(|h| whole_get_args(&h)) else { break };
+        let _ = conn.read_header().await?;
+        batch.push(next);
+    }
+    let targets: Vec<_> = batch.iter().map(|(_, p)| resolve(session, p)).collect();
+    let jobs: Vec<_> = targets.iter().filter_map(|t| t.as_ref().ok().cloned()).collect();
+    let count = jobs.len();
+    let read = blocking(&session.jail, move |j| {
+        let mut budget = SMALL_BATCH_BYTES;
+        // A file to stream is closed here and opened again by `get_one`, so a
+        // batch never holds more than one descriptor at a time.
+        let small = |t| open_for_get(j, t, 0, &mut budget).map(Opened::into_small);
+        Ok(jobs.iter().map(small).collect::<Vec<_>>())
+    })
+    .await
+    // A lost blocking task still answers every request of the batch.
+    .unwrap_or_else(|e| (0..count).map(|_| Err(e.clone())).collect());
+    let mut reads = read.into_iter();
+    for ((id, path), target) in batch.into_iter().zip(targets) {
+        let step = match target {
+            Err(e) => Err(e),
+            Ok(_) => reads.next().unwrap_or_else(|| Err(WireError::new(ErrorCode::Internal, "lost outcome"))),
+        };
+        let answered = match step {
+            Ok(Some(small)) => send_small(conn, id, small).await.map_err(Reply::from),
+            Ok(None) => get_one(session, conn, id, path, 0).await,
+            Err(e) => Err(e.into()),
+        };
+        match answered {
+            Ok(()) => {}
+            Err(Reply::Wire(e)) => conn.queue_header(&error_header(id, &e))?,
+            Err(Reply::Stream(e)) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// The id and path of a header that is a whole-file get without a body,
+/// else `None`.
+fn whole_get_args(h: &ferry_proto::Header) -> Option<(u64, String)> {
+    if h.body_len != 0 {
+        return None;
+    }
+    match Request::from_header(h) {
+        (id, Ok(Request::Get { path, offset: 0 })) => Some((id, path)),
+        _ => None,
+    }
+}
+
+/// A download's first blocking step: a small file already read whole, or
+/// a file to stream.
+enum Opened {
+    Small(SmallRead),
+    Stream(std::fs::File, Entry),
+}
+
+impl Opened {
+    fn into_small(self) -> Option<SmallRead> {
+        match self {
+            Opened::Small(s) => Some(s),
+            Opened::Stream(..) => None,
+        }
+    }
+}
+
+/// Opens `t` for a download from `offset`. A whole regular file within the
+/// small-file size and what is left of `budget` is read and hashed at once.
+fn open_for_get(j: &Jail, t: &VirtualPath, offset: u64, budget: &mut usize) -> Result<Opened, WireError> {
+    let (file, entry) = j.open_read(t)?;
+    if entry.kind != EntryKind::File {
+        return Err(not_a_file(t));
+    }
+    if offset != 0 || entry.size > SMALL_PUT || entry.size as usize > *budget {
+        return Ok(Opened::Stream(file, entry));
+    }
+    let mut data = Vec::with_capacity(entry.size as usize);
+    file.take(entry.size).read_to_end(&mut data).map_err(crate::vfs::VfsError::from)?;
+    *budget -= data.len();
+    let sha256 = hex::encode(Sha256::digest(&data));
+    Ok(Opened::Small(SmallRead { data, mtime: entry.mtime, sha256 }))
+}
+
+fn not_a_file(t: &VirtualPath) -> WireError {
+    WireError::new(ErrorCode::IsADirectory, format!("{t} is not a regular file"))
+}
+
+/// Answers a get with a small file read whole: header, body, trailer.
+async fn send_small(conn: &mut Conn, id: u64, small: SmallRead) -> Result<(), FrameError> {
+    let len = small.data.len();
+    conn.queue_header(&ok_header(id, &json!({ "size": len, "offset": 0, "mtime": small.mtime }), len as u64))?;
+    conn.write_body(&small.data).await?;
+    conn.queue_header(&ok_header(id, &json!({ "done": true, "sha256": small.sha256 }), 0))
+}
+
+/// One get: a small whole file in one blocking step, anything else streamed.
+async fn get_one(session: &mut Session, conn: &mut Conn, id: u64, path: String, offset: u64) -> Result<(), Reply> {
     let started = Instant::now();
     let target = resolve(session, &path)?;
     let t = target.clone();
-    let (file, entry, small, cached) = blocking(&session.jail, move |j| {
-        let (mut file, entry) = j.open_read(&t)?;
-        let cached = transfer::cached_hash(&file);
-        // A small file is read and hashed whole in this one blocking call.
-        let small = if entry.kind == EntryKind::File && entry.size <= SMALL_PUT && offset == 0 {
-            let mut data = Vec::with_capacity(entry.size as usize);
-            (&mut file).take(entry.size).read_to_end(&mut data).map_err(crate::vfs::VfsError::from)?;
-            Some(data)
-        } else {
-            None
-        };
-        Ok((file, entry, small, cached))
+    let opened = blocking(&session.jail, move |j| {
+        let mut budget = SMALL_BATCH_BYTES;
+        Ok(match open_for_get(j, &t, offset, &mut budget)? {
+            Opened::Small(small) => (Opened::Small(small), None),
+            Opened::Stream(file, entry) => {
+                let cached = transfer::cached_hash(&file);
+                (Opened::Stream(file, entry), cached)
+            }
+        })
     })
     .await?;
-    if entry.kind != EntryKind::File {
-        return Err(WireError::new(ErrorCode::IsADirectory, format!("{target} is not a regular file")).into());
-    }
+    let (file, entry, cached) = match opened {
+        (Opened::Small(small), _) => return Ok(send_small(conn, id, small).await?),
+        (Opened::Stream(file, entry), cached) => (file, entry, cached),
+    };
     let size = entry.size;
     if offset > size {
         return Err(
@@ -459,14 +570,6 @@ pub async fn get(session: &mut Session, conn: &mut Conn, id: u64, path: String, 
         );
     }
     let mtime = entry.mtime;
-    if let Some(data) = small {
-        let head = ok_header(id, &json!({ "size": data.len(), "offset": 0, "mtime": mtime }), data.len() as u64);
-        conn.queue_header(&head)?;
-        conn.write_body(&data).await?;
-        let sha256 = hex::encode(Sha256::digest(&data));
-        conn.queue_header(&ok_header(id, &json!({ "done": true, "sha256": sha256 }), 0))?;
-        return Ok(());
-    }
     let body_len = size - offset;
     conn.queue_header(&ok_header(id, &json!({ "size": size, "offset": offset, "mtime": mtime }), body_len))?;
 
