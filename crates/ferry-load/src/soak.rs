@@ -558,9 +558,10 @@ struct Usage {
 }
 
 impl Usage {
-    /// What the server must count: files, partials and their sidecars.
+    /// What the server must count: files and partials (sidecars are the
+    /// server's bookkeeping, not charged to the user).
     fn on_disk(&self) -> u64 {
-        self.files + self.parts + self.sidecars
+        self.files + self.parts
     }
 }
 
@@ -837,21 +838,21 @@ pub async fn run(ferry: &Path, dir: &Path, a: &SoakArgs) -> Result<String> {
         over_quota.first().map(|s| format!(" ({s})")).unwrap_or_default()
     );
     r += &format!(
-        "  [{}] df.used == files + live partials (.part and .json sidecar), reserved == 0:\n",
+        "  [{}] df.used == files + live partials (.part; sidecars not charged), reserved == 0:\n",
         if quota_ok { "ok" } else { "FAIL" }
     );
     for (label, lines) in [("after the run", &quota_lines), ("after a restart (rescan)", &rescan_lines)] {
         for (user, u, ok) in lines.iter() {
             r += &format!(
-                "      {label:<25} {user}: df.used {} reserved {} quota {:?} | disk files {} + parts {} + sidecars {} = {} {}\n",
+                "      {label:<25} {user}: df.used {} reserved {} quota {:?} | disk files {} + parts {} = {} {} (sidecars {} not charged)\n",
                 u.df_used,
                 u.df_reserved,
                 u.quota,
                 u.files,
                 u.parts,
-                u.sidecars,
                 u.on_disk(),
-                if *ok { "ok" } else { "MISMATCH" }
+                if *ok { "ok" } else { "MISMATCH" },
+                u.sidecars
             );
         }
     }

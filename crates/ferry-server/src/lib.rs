@@ -1,32 +1,35 @@
 //! ferry's server: the listener and sessions, and the cores they drive.
 //!
-//! The cores (`auth`, `vfs`, `quota`, `transfer`) take no wire types, so that
-//! other front ends (SFTP, FTP) can reuse them. `cmd` is the only layer that
-//! sees both wire types and the cores. docs/DESIGN.md maps every file.
+//! Front ends (the framed protocol: `listener`, `session`, `cmd/`) translate
+//! to and from the core: `Core` (users, login, quotas, open homes) and `Home`
+//! (every file operation, settling the quota) over a `Storage` backend. The
+//! core takes no wire types; `cmd/` is the only layer that sees both.
+//! docs/DESIGN.md maps every file.
 
 pub mod auth;
 mod cmd;
 pub mod config;
+pub mod core;
 pub mod exec;
+pub mod home;
 pub mod listener;
 pub mod quota;
 pub mod services;
 mod session;
-pub mod state;
+pub mod storage;
 mod stream;
 pub mod tls;
-pub mod transfer;
 pub mod udp;
 pub mod users;
 pub mod vfs;
 
 pub use config::ServerConfig;
+pub use core::{Core, Prepared};
 pub use listener::Running;
-pub use state::{Prepared, Shared};
 
 /// Prepares the data folder and starts serving in the background.
 pub async fn start(config: ServerConfig) -> anyhow::Result<(Running, Prepared)> {
-    let prepared = Shared::prepare(config)?;
-    let running = listener::start(std::sync::Arc::clone(&prepared.shared)).await?;
+    let prepared = Core::prepare(config)?;
+    let running = listener::start(std::sync::Arc::clone(&prepared.core)).await?;
     Ok((running, prepared))
 }

@@ -1,10 +1,12 @@
-//! Listening and admission: bind with `SO_REUSEADDR`, admit a connection only
-//! with a permit, refuse the rest cleanly, run the TLS handshake under the
-//! login timeout, and drain sessions on shutdown within a grace period.
+//! The framed protocol's listener: bind with `SO_REUSEADDR`, admit a
+//! connection only with a permit, refuse the rest cleanly, run the TLS
+//! handshake under the login timeout, and drain sessions on shutdown within a
+//! grace period. Admission and the TLS acceptor are this front end's own
+//! state ([`Framed`]); everything shared with other front ends is in `Core`.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,12 +14,24 @@ use anyhow::{Context, Result};
 use ferry_proto::msg::error_header;
 use ferry_proto::{Connection, ErrorCode, FrameCodec, WireError};
 use tokio::net::{TcpListener, TcpSocket, TcpStream, UnixListener};
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::state::Shared;
+use crate::core::Core;
 use crate::stream::Stream;
+
+/// The framed-protocol front end's state: the core, and its own admission
+/// counters and TLS acceptor.
+pub struct Framed {
+    pub core: Arc<Core>,
+    tls: Option<TlsAcceptor>,
+    connections: Arc<Semaphore>,
+    refusals: Arc<Semaphore>,
+    unauth: Arc<UnauthCounts>,
+    session_ids: AtomicU64,
+}
 
 /// A running server: its bound addresses and the handle to stop it.
 pub struct Running {
@@ -44,8 +58,16 @@ impl Running {
 }
 
 /// Binds every configured address and starts serving in the background.
-pub async fn start(shared: Arc<Shared>) -> Result<Running> {
-    let config = &shared.config;
+pub async fn start(core: Arc<Core>) -> Result<Running> {
+    let shared = Arc::new(Framed {
+        tls: core.tls.as_ref().map(|(config, _)| TlsAcceptor::from(Arc::clone(config))),
+        connections: Arc::new(Semaphore::new(core.config.limits.max_connections)),
+        refusals: Arc::new(Semaphore::new(64)),
+        unauth: Arc::new(UnauthCounts::default()),
+        session_ids: AtomicU64::new(0),
+        core,
+    });
+    let config = &shared.core.config;
     let mut tcp = Vec::new();
     for addr in &config.listen {
         tcp.push(bind_tcp(*addr).with_context(|| format!("cannot listen on {addr}"))?);
@@ -59,8 +81,8 @@ pub async fn start(shared: Arc<Shared>) -> Result<Running> {
         None => None,
     };
     let tcp_addrs = tcp.iter().filter_map(|l| l.local_addr().ok()).collect();
-    let shutdown = shared.shutdown.clone();
-    let tracker = shared.tracker.clone();
+    let shutdown = shared.core.shutdown.clone();
+    let tracker = shared.core.tracker.clone();
 
     let mut accept_loops = Vec::new();
     for listener in tcp {
@@ -69,9 +91,9 @@ pub async fn start(shared: Arc<Shared>) -> Result<Running> {
     if let Some(listener) = unix {
         accept_loops.push(tokio::spawn(accept_unix(Arc::clone(&shared), listener)));
     }
-    let udp = crate::services::start_udp(&shared).await?;
+    let udp = crate::services::start_udp(&shared.core).await?;
 
-    let grace = Duration::from_secs(shared.config.limits.shutdown_grace_secs);
+    let grace = Duration::from_secs(shared.core.config.limits.shutdown_grace_secs);
     let token = shutdown.clone();
     let done = tokio::spawn(async move {
         token.cancelled().await;
@@ -88,7 +110,7 @@ pub async fn start(shared: Arc<Shared>) -> Result<Running> {
         }
         info!("server stopped");
     });
-    let fingerprint = shared.tls.as_ref().map(|t| t.1.clone());
+    let fingerprint = shared.core.tls.as_ref().map(|t| t.1.clone());
     Ok(Running { tcp_addrs, fingerprint, shutdown, done })
 }
 
@@ -100,11 +122,11 @@ fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(4096)
 }
 
-async fn accept_tcp(shared: Arc<Shared>, listener: TcpListener) {
+async fn accept_tcp(shared: Arc<Framed>, listener: TcpListener) {
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
-            _ = shared.shutdown.cancelled() => return,
+            _ = shared.core.shutdown.cancelled() => return,
         };
         let (socket, peer) = match accepted {
             Ok(x) => x,
@@ -119,19 +141,19 @@ async fn accept_tcp(shared: Arc<Shared>, listener: TcpListener) {
         match shared.admit(peer.ip()) {
             Ok(admission) => {
                 let shared2 = Arc::clone(&shared);
-                shared.tracker.spawn(async move { serve_tcp(shared2, socket, peer, admission).await });
+                shared.core.tracker.spawn(async move { serve_tcp(shared2, socket, peer, admission).await });
             }
             Err(err) => refuse(&shared, socket, peer, err),
         }
     }
 }
 
-async fn serve_tcp(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr, admission: Admission) {
+async fn serve_tcp(shared: Arc<Framed>, socket: TcpStream, peer: SocketAddr, admission: Admission) {
     let stream = match &shared.tls {
         None => Stream::Tcp(socket),
-        Some((acceptor, _)) => {
+        Some(acceptor) => {
             match tokio::time::timeout(
-                shared.config.login_timeout(),
+                shared.core.config.login_timeout(),
                 acceptor.accept(crate::stream::tls_socket(socket)),
             )
             .await
@@ -151,11 +173,11 @@ async fn serve_tcp(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr, adm
     crate::session::run(shared, stream, peer.to_string(), Some(peer.ip()), admission).await;
 }
 
-async fn accept_unix(shared: Arc<Shared>, listener: UnixListener) {
+async fn accept_unix(shared: Arc<Framed>, listener: UnixListener) {
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
-            _ = shared.shutdown.cancelled() => return,
+            _ = shared.core.shutdown.cancelled() => return,
         };
         let socket = match accepted {
             Ok((s, _)) => s,
@@ -167,7 +189,7 @@ async fn accept_unix(shared: Arc<Shared>, listener: UnixListener) {
         };
         let Ok(admission) = shared.admit_local() else { continue };
         let shared2 = Arc::clone(&shared);
-        shared.tracker.spawn(async move {
+        shared.core.tracker.spawn(async move {
             crate::session::run(shared2, Stream::Unix(socket), "unix".into(), None, admission).await
         });
     }
@@ -175,12 +197,12 @@ async fn accept_unix(shared: Arc<Shared>, listener: UnixListener) {
 
 /// Tells a refused peer why, then closes. Bounded: when even the refusal
 /// budget is spent, the socket is simply dropped.
-fn refuse(shared: &Arc<Shared>, socket: TcpStream, peer: SocketAddr, err: WireError) {
+fn refuse(shared: &Arc<Framed>, socket: TcpStream, peer: SocketAddr, err: WireError) {
     let Ok(permit) = Arc::clone(&shared.refusals).try_acquire_owned() else {
         return;
     };
     debug!(%peer, code = %err.code, "connection refused");
-    let tls = shared.tls.as_ref().map(|(a, _)| a.clone());
+    let tls = shared.tls.clone();
     tokio::spawn(async move {
         let _permit = permit;
         let _ = tokio::time::timeout(Duration::from_secs(2), async move {
@@ -250,12 +272,12 @@ impl UnauthCounts {
     }
 }
 
-impl Shared {
+impl Framed {
     fn admit(&self, ip: IpAddr) -> Result<Admission, WireError> {
         let permit = Arc::clone(&self.connections)
             .try_acquire_owned()
             .map_err(|_| WireError::new(ErrorCode::TooManyConnections, "server is at its connection limit"))?;
-        if !self.unauth.enter(ip, self.config.limits.max_unauthenticated_per_ip) {
+        if !self.unauth.enter(ip, self.core.config.limits.max_unauthenticated_per_ip) {
             return Err(WireError::new(
                 ErrorCode::TooManyConnections,
                 "too many connections from your address that have not logged in",

@@ -99,6 +99,20 @@ impl UserQuota {
     pub fn add(&self, bytes: u64) {
         self.lock().used += i128::from(bytes);
     }
+
+    /// Counts `bytes` that are about to land, or refuses if they do not fit:
+    /// the check and the count are one step (an upload of unknown size).
+    pub fn try_add(&self, bytes: u64) -> Result<(), QuotaExceeded> {
+        let mut s = self.lock();
+        if let Some(limit) = s.limit {
+            let committed = s.used().saturating_add(s.reserved);
+            if committed.saturating_add(bytes) > limit {
+                return Err(QuotaExceeded { needed: bytes, free: limit.saturating_sub(committed), limit });
+            }
+        }
+        s.used += i128::from(bytes);
+        Ok(())
+    }
 }
 
 /// Bytes promised to one upload. Settle it with what reached the disk; if it
@@ -113,6 +127,17 @@ pub struct Reservation {
 impl Reservation {
     pub fn bytes(&self) -> u64 {
         self.bytes
+    }
+
+    /// Moves up to `bytes` of the reservation into usage (they landed);
+    /// returns how many it covered.
+    pub fn take(&mut self, bytes: u64) -> u64 {
+        let n = bytes.min(self.bytes);
+        let mut s = self.quota.lock();
+        s.reserved = s.reserved.saturating_sub(n);
+        s.used += i128::from(n);
+        self.bytes -= n;
+        n
     }
 
     /// Turns the reservation into `landed` bytes of usage (at most the
@@ -137,33 +162,28 @@ impl Drop for Reservation {
 /// The quotas of all users with a session since this start.
 #[derive(Debug, Default)]
 pub struct QuotaRegistry {
-    users: Mutex<HashMap<String, Arc<UserQuota>>>,
+    users: tokio::sync::Mutex<HashMap<String, Arc<UserQuota>>>,
 }
 
 impl QuotaRegistry {
-    /// The user's shared quota; `scan` is called once, at first use, to
-    /// measure the home (it runs under the registry lock so two first logins
+    /// The user's shared quota; `scan` is awaited once, at first use, to
+    /// measure the home (under the registry lock, so two first logins
     /// cannot both scan and diverge).
-    pub fn get_or_scan<E>(
+    pub async fn get_or_scan<E>(
         &self,
         user: &str,
         limit: Option<u64>,
-        scan: impl FnOnce() -> Result<u64, E>,
+        scan: impl Future<Output = Result<u64, E>>,
     ) -> Result<Arc<UserQuota>, E> {
-        let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
+        let mut users = self.users.lock().await;
         if let Some(q) = users.get(user) {
             q.set_limit(limit);
             return Ok(Arc::clone(q));
         }
-        let used = scan()?;
+        let used = scan.await?;
         let q = Arc::new(UserQuota::new(used, limit));
         users.insert(user.to_string(), Arc::clone(&q));
         Ok(q)
-    }
-
-    /// Forgets a user (deleted): the next login rescans.
-    pub fn forget(&self, user: &str) {
-        self.users.lock().unwrap_or_else(|e| e.into_inner()).remove(user);
     }
 }
 
@@ -218,6 +238,19 @@ mod tests {
         assert_eq!(q.usage().used, 0);
         r.settle(300);
         assert_eq!(q.usage().used, 0, "the file is gone");
+    }
+
+    #[test]
+    fn taking_from_a_reservation_counts_as_it_lands_and_the_rest_is_withdrawn() {
+        let q = Arc::new(UserQuota::new(0, Some(1000)));
+        let mut r = q.reserve(600).unwrap();
+        assert_eq!(r.take(250), 250);
+        assert_eq!(q.usage(), Usage { used: 250, reserved: 350, limit: Some(1000) });
+        assert_eq!(r.take(500), 350, "never more than was reserved");
+        assert!(q.try_add(401).is_err(), "600 used, 400 free");
+        q.try_add(400).unwrap();
+        drop(r);
+        assert_eq!(q.usage(), Usage { used: 1000, reserved: 0, limit: Some(1000) });
     }
 
     #[test]

@@ -9,13 +9,13 @@ use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::state::Shared;
+use crate::core::Core;
 use crate::udp::{chat, time};
 
 pub const TIME_DEFAULT: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 7734);
 pub const CHAT_DEFAULT: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 7735);
 
-pub async fn start_udp(shared: &Arc<Shared>) -> Result<Vec<JoinHandle<()>>> {
+pub async fn start_udp(shared: &Arc<Core>) -> Result<Vec<JoinHandle<()>>> {
     let mut tasks = Vec::new();
     let cfg = &shared.config;
     if cfg.time.enabled {

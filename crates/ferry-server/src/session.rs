@@ -13,28 +13,11 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::auth::{AuthError, UserRecord};
 use crate::cmd;
-use crate::listener::Admission;
-use crate::quota::UserQuota;
-use crate::state::Shared;
+use crate::core::Core;
+use crate::home::Home;
+use crate::listener::{Admission, Framed};
 use crate::stream::Stream;
-use crate::vfs::{Jail, VirtualPath};
-
-impl Shared {
-    /// The jail of a home, shared by every session open on it: one directory
-    /// handle per home rather than per session (a session then holds one
-    /// descriptor, its socket). Dropped with the last session.
-    fn open_jail(&self, home: &std::path::Path) -> Result<Arc<Jail>, WireError> {
-        let mut jails = self.jails.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(jail) = jails.get(home).and_then(std::sync::Weak::upgrade) {
-            return Ok(jail);
-        }
-        std::fs::create_dir_all(home).map_err(|e| WireError::new(ErrorCode::Internal, format!("home: {e}")))?;
-        let jail = Arc::new(Jail::open(home).map_err(WireError::from)?);
-        jails.retain(|_, weak| weak.strong_count() > 0);
-        jails.insert(home.to_path_buf(), Arc::downgrade(&jail));
-        Ok(jail)
-    }
-}
+use crate::vfs::VirtualPath;
 
 pub type Conn = Connection<Stream>;
 
@@ -43,11 +26,10 @@ const LOGIN_ATTEMPTS_PER_CONNECTION: u32 = 3;
 
 /// A logged-in session: who, where, and what it may use.
 pub struct Session {
-    pub shared: Arc<Shared>,
+    pub core: Arc<Core>,
     pub user: UserRecord,
-    pub jail: Arc<Jail>,
+    pub home: Arc<Home>,
     pub cwd: VirtualPath,
-    pub quota: Arc<UserQuota>,
 }
 
 /// Why a session ended, for the log.
@@ -83,8 +65,9 @@ impl From<FrameError> for End {
     }
 }
 
-pub async fn run(shared: Arc<Shared>, stream: Stream, peer: String, ip: Option<IpAddr>, mut admission: Admission) {
-    let id = shared.next_session_id();
+pub async fn run(front: Arc<Framed>, stream: Stream, peer: String, ip: Option<IpAddr>, mut admission: Admission) {
+    let id = front.next_session_id();
+    let shared = Arc::clone(&front.core);
     let span = info_span!("session", id, peer = %peer);
     async move {
         info!("session start");
@@ -117,26 +100,13 @@ pub async fn run(shared: Arc<Shared>, stream: Stream, peer: String, ip: Option<I
     .await
 }
 
-async fn open_session(shared: &Arc<Shared>, user: UserRecord) -> Result<Session, WireError> {
-    let home = crate::users::home_of(&shared.config, &user);
-    let shared2 = Arc::clone(shared);
-    let name = user.name.clone();
-    let limit = user.quota_bytes;
-    let (jail, quota) = tokio::task::spawn_blocking(move || -> Result<_, WireError> {
-        let jail = shared2.open_jail(&home)?;
-        let quota = shared2.quotas.get_or_scan(&name, limit, || jail.disk_usage().map(|(bytes, _)| bytes))?;
-        // After the scan, so that the bytes of expired partials leave the
-        // usage whether it was just measured or already tracked.
-        quota.release(crate::transfer::expire_partials(&jail, &shared2.config.transfer));
-        Ok((jail, quota))
-    })
-    .await
-    .map_err(|_| WireError::new(ErrorCode::Internal, "session setup failed"))??;
-    Ok(Session { shared: Arc::clone(shared), user, jail, cwd: VirtualPath::root(), quota })
+async fn open_session(core: &Arc<Core>, user: UserRecord) -> Result<Session, WireError> {
+    let home = core.open_home(&user).await?;
+    Ok(Session { core: Arc::clone(core), user, home, cwd: VirtualPath::root() })
 }
 
 /// Handshake and login. Returns the user on success.
-async fn login_phase(shared: &Arc<Shared>, conn: &mut Conn, ip: Option<IpAddr>) -> Result<UserRecord, End> {
+async fn login_phase(shared: &Arc<Core>, conn: &mut Conn, ip: Option<IpAddr>) -> Result<UserRecord, End> {
     let timeout = shared.config.login_timeout();
     let result = tokio::select! {
         r = tokio::time::timeout(timeout, login_exchange(shared, conn, ip)) => r,
@@ -155,7 +125,7 @@ async fn login_phase(shared: &Arc<Shared>, conn: &mut Conn, ip: Option<IpAddr>) 
     }
 }
 
-async fn login_exchange(shared: &Arc<Shared>, conn: &mut Conn, ip: Option<IpAddr>) -> Result<UserRecord, End> {
+async fn login_exchange(shared: &Arc<Core>, conn: &mut Conn, ip: Option<IpAddr>) -> Result<UserRecord, End> {
     let mut said_hello = false;
     let mut failures = 0;
     let mut pending: Option<crate::auth::LoginAttempt> = None;
@@ -268,8 +238,8 @@ async fn login_exchange(shared: &Arc<Shared>, conn: &mut Conn, ip: Option<IpAddr
 
 /// The request loop of a logged-in session.
 async fn serve(session: &mut Session, conn: &mut Conn) -> End {
-    let idle = session.shared.config.idle_timeout();
-    let shutdown = session.shared.shutdown.clone();
+    let idle = session.core.config.idle_timeout();
+    let shutdown = session.core.shutdown.clone();
     loop {
         // Answers to pipelined requests go out together: flush only when no
         // further request is already waiting in the buffer.

@@ -30,7 +30,7 @@ const KILL_GRACE: Duration = Duration::from_secs(5);
 
 pub async fn exec(session: &mut Session, conn: &mut Conn, id: u64, argv: Vec<String>) -> Result<(), Reply> {
     let user = session.user.name.clone();
-    let cfg = &session.shared.config.exec;
+    let cfg = &session.core.config.exec;
     if !session.user.allow_exec {
         warn!(user = %user, program = argv.first().map(String::as_str).unwrap_or(""), "exec refused: not permitted");
         return Err(WireError::new(ErrorCode::NotPermitted, "remote commands are not permitted for this user").into());
@@ -44,11 +44,11 @@ pub async fn exec(session: &mut Session, conn: &mut Conn, id: u64, argv: Vec<Str
             WireError::new(ErrorCode::NotPermitted, format!("{program} is not in the server's allowlist")).into()
         );
     }
-    let Some(_permit) = session.shared.exec.try_acquire(&user, cfg.max_per_user) else {
+    let Some(_permit) = session.core.exec.try_acquire(&user, cfg.max_per_user) else {
         return Err(WireError::new(ErrorCode::Busy, "too many commands running; try again later").into());
     };
     let timeout = Duration::from_secs(cfg.timeout_secs);
-    let home = crate::users::home_of(&session.shared.config, &session.user);
+    let home = crate::users::home_of(&session.core.config, &session.user);
     let cwd = home.join(session.cwd.to_relative_path());
     let mut child = match exec::command(&argv, &cwd, &home, &user).spawn() {
         Ok(c) => c,

@@ -1,10 +1,11 @@
 //! Navigation and file management: pwd, cd, ls, stat, mkdir, rm, rmdir, mv, df.
 
 use ferry_proto::msg::ok_header;
-use ferry_proto::{Entry, ErrorCode, WireError};
+use ferry_proto::{Entry, WireError};
 use serde_json::json;
 
-use super::{Reply, blocking};
+use super::Reply;
+use crate::home::Remove;
 use crate::session::{Conn, Session};
 use crate::vfs::{self, VirtualPath};
 
@@ -30,8 +31,7 @@ pub fn pwd(session: &mut Session, conn: &mut Conn, id: u64) -> Result<(), Reply>
 
 pub async fn cd(session: &mut Session, conn: &mut Conn, id: u64, path: String) -> Result<(), Reply> {
     let target = resolve(session, &path)?;
-    let t = target.clone();
-    blocking(&session.jail, move |j| Ok(j.ensure_dir(&t)?)).await?;
+    session.home.enter(&target).await?;
     session.cwd = target;
     conn.queue_header(&ok_header(id, &json!({ "path": session.cwd.to_string() }), 0))?;
     Ok(())
@@ -42,23 +42,10 @@ pub async fn ls(session: &mut Session, conn: &mut Conn, id: u64, path: Option<St
         Some(p) => (resolve(session, &p)?, false),
         None => (session.cwd.clone(), true),
     };
-    let entries = blocking(&session.jail, move |j| {
-        // The cwd is always listed as a directory: it may have been reached
-        // through a link inside the home (`cd alias`), and if it has become
-        // anything else meanwhile, that is the answer.
-        if is_cwd {
-            return Ok(j.list(&target)?);
-        }
-        let meta = j.stat(&target)?;
-        match meta.kind {
-            vfs::EntryKind::Dir => Ok(j.list(&target)?),
-            // A link to a directory inside the home lists that directory; a
-            // link to anything else (a file, nothing, outside) is shown as itself.
-            vfs::EntryKind::Symlink if j.ensure_dir(&target).is_ok() => Ok(j.list(&target)?),
-            _ => Ok(vec![meta]),
-        }
-    })
-    .await?;
+    // The cwd is always listed as a directory: it may have been reached
+    // through a link inside the home (`cd alias`), and if it has become
+    // anything else meanwhile, that is the answer.
+    let entries = if is_cwd { session.home.list_dir(&target).await? } else { session.home.list(&target).await? };
     // Pages are cut by encoded size, not by count: names may be up to 255
     // bytes, and every page must fit the peer's header cap (64 KiB).
     let mut page: Vec<Entry> = Vec::new();
@@ -86,42 +73,29 @@ pub async fn ls(session: &mut Session, conn: &mut Conn, id: u64, path: Option<St
 
 pub async fn stat(session: &mut Session, conn: &mut Conn, id: u64, path: String) -> Result<(), Reply> {
     let target = resolve(session, &path)?;
-    let entry = blocking(&session.jail, move |j| Ok(j.stat(&target)?)).await?;
+    let entry = session.home.stat(&target).await?;
     conn.queue_header(&ok_header(id, &json!({ "entry": wire_entry(&entry) }), 0))?;
     Ok(())
 }
 
 pub async fn mkdir(session: &mut Session, conn: &mut Conn, id: u64, path: String, parents: bool) -> Result<(), Reply> {
     let target = resolve(session, &path)?;
-    blocking(&session.jail, move |j| Ok(j.mkdir(&target, parents)?)).await?;
+    session.home.mkdir(&target, parents).await?;
     conn.queue_header(&ok_header(id, &json!({}), 0))?;
     Ok(())
 }
 
 pub async fn rm(session: &mut Session, conn: &mut Conn, id: u64, path: String, recursive: bool) -> Result<(), Reply> {
     let target = resolve(session, &path)?;
-    if target.is_root() {
-        return Err(WireError::new(ErrorCode::PermissionDenied, "the home directory itself cannot be removed").into());
-    }
-    let (bytes, files) =
-        blocking(
-            &session.jail,
-            move |j| {
-                if recursive { Ok(j.remove_tree(&target)?) } else { Ok((j.remove_file(&target)?, 1)) }
-            },
-        )
-        .await?;
-    session.quota.release(bytes);
+    let freed = session.home.remove(&target, if recursive { Remove::Tree } else { Remove::File }).await?;
+    let (bytes, files) = (freed.bytes, freed.files);
     conn.queue_header(&ok_header(id, &json!({ "bytes": bytes, "files": files }), 0))?;
     Ok(())
 }
 
 pub async fn rmdir(session: &mut Session, conn: &mut Conn, id: u64, path: String) -> Result<(), Reply> {
     let target = resolve(session, &path)?;
-    if target.is_root() {
-        return Err(WireError::new(ErrorCode::PermissionDenied, "the home directory itself cannot be removed").into());
-    }
-    blocking(&session.jail, move |j| Ok(j.remove_dir(&target)?)).await?;
+    session.home.remove(&target, Remove::EmptyDir).await?;
     conn.queue_header(&ok_header(id, &json!({}), 0))?;
     Ok(())
 }
@@ -135,28 +109,14 @@ pub async fn mv(
     overwrite: bool,
 ) -> Result<(), Reply> {
     let src = resolve(session, &from)?;
-    let mut dst = resolve(session, &to)?;
-    let replaced = blocking(&session.jail, move |j| {
-        // Like mv(1): moving onto an existing directory moves into it.
-        if let Ok(meta) = j.stat(&dst)
-            && meta.kind == vfs::EntryKind::Dir
-            && let Some(name) = src.file_name()
-            && src != dst
-        {
-            dst = dst.join_user_input(name)?;
-        }
-        Ok(j.rename(&src, &dst, overwrite)?)
-    })
-    .await?;
-    if let Some(bytes) = replaced {
-        session.quota.release(bytes);
-    }
+    let dst = resolve(session, &to)?;
+    session.home.move_to(&src, &dst, overwrite).await?;
     conn.queue_header(&ok_header(id, &json!({}), 0))?;
     Ok(())
 }
 
 pub fn df(session: &mut Session, conn: &mut Conn, id: u64) -> Result<(), Reply> {
-    let u = session.quota.usage();
+    let u = session.home.usage();
     let body = json!({ "used": u.used, "reserved": u.reserved, "quota": u.limit, "free": u.free() });
     conn.queue_header(&ok_header(id, &body, 0))?;
     Ok(())

@@ -6,13 +6,11 @@ mod exec;
 mod fs;
 mod transfer;
 
-use std::sync::Arc;
-
 use ferry_proto::{ErrorCode, FrameError, Request, WireError};
 
-use crate::quota::QuotaExceeded;
+use crate::home::HomeError;
 use crate::session::{Conn, Session, reply_error_skip};
-use crate::vfs::{Jail, VfsError};
+use crate::vfs::VfsError;
 
 pub async fn dispatch(
     session: &mut Session,
@@ -85,6 +83,12 @@ impl From<WireError> for Reply {
     }
 }
 
+impl From<HomeError> for Reply {
+    fn from(e: HomeError) -> Self {
+        Reply::Wire(e.into())
+    }
+}
+
 impl From<VfsError> for Reply {
     fn from(e: VfsError) -> Self {
         Reply::Wire(e.into())
@@ -94,35 +98,39 @@ impl From<VfsError> for Reply {
 /// The one place where file-system errors become wire errors.
 impl From<VfsError> for WireError {
     fn from(e: VfsError) -> Self {
-        let code = match e.code() {
-            "not_found" => ErrorCode::NotFound,
-            "not_a_directory" => ErrorCode::NotADirectory,
-            "is_a_directory" => ErrorCode::IsADirectory,
-            "already_exists" => ErrorCode::AlreadyExists,
-            "directory_not_empty" => ErrorCode::DirectoryNotEmpty,
-            "invalid_name" => ErrorCode::InvalidName,
-            "permission_denied" => ErrorCode::PermissionDenied,
-            "outside_home" => ErrorCode::OutsideHome,
-            "invalid_move" => ErrorCode::InvalidMove,
+        let code = match &e {
+            VfsError::NotFound(_) => ErrorCode::NotFound,
+            VfsError::NotADirectory(_) => ErrorCode::NotADirectory,
+            VfsError::IsADirectory(_) => ErrorCode::IsADirectory,
+            VfsError::AlreadyExists(_) => ErrorCode::AlreadyExists,
+            VfsError::DirectoryNotEmpty(_) => ErrorCode::DirectoryNotEmpty,
+            VfsError::InvalidName(_) => ErrorCode::InvalidName,
+            VfsError::PermissionDenied(_) => ErrorCode::PermissionDenied,
+            VfsError::OutsideHome(_) => ErrorCode::OutsideHome,
+            VfsError::InvalidMove(_) => ErrorCode::InvalidMove,
             _ => ErrorCode::Internal,
         };
         WireError::new(code, e.to_string())
     }
 }
 
-impl From<QuotaExceeded> for WireError {
-    fn from(e: QuotaExceeded) -> Self {
-        WireError::new(ErrorCode::QuotaExceeded, e.to_string())
+/// The one place where the core's errors become wire errors, by variant.
+impl From<HomeError> for WireError {
+    fn from(e: HomeError) -> Self {
+        if let HomeError::Vfs(v) = e {
+            return v.into();
+        }
+        let code = match &e {
+            HomeError::Quota(_) => ErrorCode::QuotaExceeded,
+            HomeError::UploadNotFound(_) | HomeError::OffsetMismatch { .. } | HomeError::Incomplete { .. } => {
+                ErrorCode::UploadNotFound
+            }
+            HomeError::ChecksumMismatch { .. } => ErrorCode::ChecksumMismatch,
+            HomeError::Busy(_) | HomeError::TakenOver(_) => ErrorCode::Busy,
+            HomeError::BadHash(_) | HomeError::BadRange(_) => ErrorCode::BadRequest,
+            HomeError::FileChanged(_) => ErrorCode::FileChanged,
+            _ => ErrorCode::Internal,
+        };
+        WireError::new(code, e.to_string())
     }
-}
-
-/// Runs a blocking jail operation on the blocking pool.
-pub async fn blocking<T: Send + 'static>(
-    jail: &Arc<Jail>,
-    f: impl FnOnce(&Jail) -> Result<T, WireError> + Send + 'static,
-) -> Result<T, WireError> {
-    let jail = Arc::clone(jail);
-    tokio::task::spawn_blocking(move || f(&jail))
-        .await
-        .unwrap_or_else(|_| Err(WireError::new(ErrorCode::Internal, "file operation failed")))
 }

@@ -1,52 +1,30 @@
-//! put, get, hash and upload_status: the wire side of the transfer core.
+//! put, get, hash and upload_status: translation between frames and the
+//! home's uploads and downloads.
 //!
-//! File data moves between the socket and a blocking thread through a small
-//! bounded channel, so network I/O (and TLS) runs on the async side while
-//! disk I/O and hashing run beside it, and memory stays bounded by the
-//! channel (a few MiB) whatever the file size.
+//! File data moves between the socket and the home through a small bounded
+//! channel, so network I/O (and TLS) runs beside the disk work and hashing,
+//! and memory stays bounded by the channel whatever the file size.
 
-use std::io::{Read, Seek, SeekFrom, Write};
 use std::time::Instant;
 
 use bytes::Bytes;
 use ferry_proto::msg::{error_header, ok_header};
 use ferry_proto::{ErrorCode, FrameError, Request, WireError};
 use serde_json::json;
-use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use super::Reply;
 use super::fs::resolve;
-use super::{Reply, blocking};
-use crate::quota::Reservation;
+use crate::home::{Download, HomeError, SmallPut, Upload, UploadSpec};
 use crate::session::{Conn, Session};
+use crate::storage::{READ_BLOCK, SmallFile};
 use crate::stream::Stream;
-use crate::transfer::{self, PartialUpload, READ_BLOCK, TransferError};
-use crate::vfs::{Entry, EntryKind, Jail, VirtualPath};
+use crate::vfs::VfsError;
 
-/// File blocks in flight between the socket and the disk thread (a few, so
-/// that memory stays small and blocks stay in cache).
+/// File blocks in flight between the socket and the home (a few, so that
+/// memory stays small and blocks stay in cache).
 const PIPE_DEPTH: usize = 4;
-
-impl From<TransferError> for WireError {
-    fn from(e: TransferError) -> Self {
-        match e {
-            TransferError::Vfs(v) => v.into(),
-            TransferError::UploadNotFound(_) | TransferError::OffsetMismatch { .. } => {
-                WireError::new(ErrorCode::UploadNotFound, e.to_string())
-            }
-            TransferError::ChecksumMismatch { .. } => WireError::new(ErrorCode::ChecksumMismatch, e.to_string()),
-            TransferError::Busy(_) => WireError::new(ErrorCode::Busy, e.to_string()),
-            TransferError::BadHash(_) => WireError::new(ErrorCode::BadRequest, e.to_string()),
-        }
-    }
-}
-
-impl From<TransferError> for Reply {
-    fn from(e: TransferError) -> Self {
-        Reply::Wire(e.into())
-    }
-}
 
 pub struct PutArgs {
     pub path: String,
@@ -59,18 +37,22 @@ pub struct PutArgs {
     pub body_len: u64,
 }
 
-/// Uploads up to this size that ask for no `ready` take the small-file path:
-/// one blocking call does the checks, the write, the sync and the rename.
+/// Uploads up to this size that ask for no `ready` take the small-file path
+/// (and downloads up to it are read whole).
 const SMALL_PUT: u64 = 256 * 1024;
+
+/// Small puts (and gets) handled in one step, at most (a pipelining client
+/// has many in the buffer at once).
+const SMALL_BATCH_FILES: usize = 64;
+const SMALL_BATCH_BYTES: usize = 4 * 1024 * 1024;
 
 pub async fn put(session: &mut Session, conn: &mut Conn, id: u64, a: PutArgs) -> Result<(), Reply> {
     if is_small_put(&a) {
         return put_small(session, conn, id, a).await;
     }
     let started = Instant::now();
-    let prepared = prepare_put(session, &a).await;
-    let (upload, reservation, guard) = match prepared {
-        Ok(p) => p,
+    let upload = match begin_put(session, &a).await {
+        Ok(u) => u,
         Err(e) => {
             // Without `wait` the client sends the body and put_end anyway:
             // consume both so that exactly one answer goes back. With `wait`
@@ -82,48 +64,33 @@ pub async fn put(session: &mut Session, conn: &mut Conn, id: u64, a: PutArgs) ->
             return Err(e.into());
         }
     };
-    // The sidecar landed with the partial; it is settled with the data, or
-    // alone when the upload ends before its body.
-    let meta_len = upload.meta_len;
-    if a.wait
-        && let Err(e) = exchange_ready(conn, id, &upload, a.size - a.offset).await
-    {
-        reservation.settle(meta_len);
-        return Err(e);
+    if a.wait {
+        exchange_ready(conn, id, &upload, a.size - a.offset).await?;
     }
-    let target = resolve(session, &a.path)?;
-    let upload_id = upload.id.clone();
+    let target = upload.target().clone();
 
-    // Disk side: hash what is already there (a resume), then write and hash each block.
+    // The home's side: each block written (and hashed) as it comes.
     let (tx, mut rx) = mpsc::channel::<Bytes>(PIPE_DEPTH);
-    let writer = tokio::task::spawn_blocking(move || {
+    let writer = tokio::spawn(async move {
         let mut upload = upload;
-        let mut hasher = Sha256::new();
-        let mut written = 0u64;
-        let mut result = if upload.offset > 0 { upload.hash_prefix(&mut hasher) } else { Ok(()) };
-        while let Some(block) = rx.blocking_recv() {
+        let mut result = Ok(());
+        while let Some(block) = rx.recv().await {
             if result.is_ok() {
-                match upload.file.write_all(&block) {
-                    Ok(()) => {
-                        hasher.update(&block);
-                        written += block.len() as u64;
-                    }
-                    Err(e) => result = Err(e.into()),
-                }
+                result = upload.write(block).await;
             }
         }
-        (upload, hasher, written, result)
+        (upload, result)
     });
 
     // Network side. A peer silent for the idle timeout in the middle of a
     // body is gone: the partial stays for a resume.
-    let idle = session.shared.config.idle_timeout();
+    let idle = session.core.config.idle_timeout();
     let mut stream_err = None;
     loop {
         let chunk = tokio::time::timeout(idle, conn.read_body_chunk()).await.unwrap_or_else(|_| Err(stalled()));
         match chunk {
             Ok(Some(chunk)) => {
-                // A failed disk thread stops receiving; keep draining the body.
+                // A failed writer stops receiving; keep draining the body.
                 let _ = tx.send(chunk).await;
             }
             Ok(None) => break,
@@ -134,55 +101,19 @@ pub async fn put(session: &mut Session, conn: &mut Conn, id: u64, a: PutArgs) ->
         }
     }
     drop(tx);
-    let (upload, hasher, written, disk_result) =
-        writer.await.map_err(|_| WireError::new(ErrorCode::Internal, "upload writer failed"))?;
-    // What reached the partial counts from here on, whatever happens next
-    // (a commit or a discard then releases what leaves the disk).
-    reservation.settle(written + meta_len);
-
+    let (upload, written) = writer.await.map_err(|_| WireError::new(ErrorCode::Internal, "upload writer failed"))?;
     if let Some(e) = stream_err {
-        // Cut mid-body: the partial stays for a resume and counts against the quota.
-        warn!(path = %target, bytes = written, "upload cut; partial kept for resume");
-        drop(guard);
+        warn!(path = %target, bytes = upload.len(), "upload cut; partial kept for resume");
         return Err(Reply::Stream(e));
     }
     let end_hash = read_put_end(conn, id).await?;
-    disk_result?;
-    let expected = end_hash.and_then(|h| transfer::validate_sha256(&h).map_err(WireError::from))?;
-    let actual = hex::encode(hasher.finalize());
-    let header_hash = upload.meta.sha256.clone();
-    let fsync = session.shared.config.transfer.fsync;
-    let overwrite = a.overwrite;
-    let t = target.clone();
-    let actual_hash = actual.clone();
-    let committed = blocking(&session.jail, move |j| {
-        if let Some(h) = header_hash.filter(|h| !h.eq_ignore_ascii_case(&expected)) {
-            let freed = upload.discard();
-            return Ok(Err((TransferError::ChecksumMismatch { expected: h, actual: expected }, freed)));
-        }
-        match upload.commit(j, &t, &actual_hash, &expected, overwrite, fsync) {
-            Ok(replaced) => Ok(Ok(replaced)),
-            Err(e) => Ok(Err((e, 0))),
-        }
-    })
-    .await?;
-    drop(guard);
-    match committed {
-        Ok((replaced, meta_freed)) => {
-            session.quota.release(replaced.unwrap_or(0) + meta_freed);
-            let elapsed = started.elapsed();
-            info!(path = %target, bytes = a.size, sent = written, ms = elapsed.as_millis() as u64, "upload committed");
-            conn.queue_header(&ok_header(id, &json!({ "size": a.size, "sha256": actual, "upload_id": upload_id }), 0))?;
-            Ok(())
-        }
-        Err((e, freed)) => {
-            // A failed commit must not leave a half-trusted partial behind.
-            let freed = if freed == 0 { discard_by_id(session, &upload_id).await } else { freed };
-            session.quota.release(freed);
-            warn!(path = %target, error = %e, "upload not committed");
-            Err(e.into())
-        }
-    }
+    written?;
+    let committed = upload.commit(Some(&end_hash?)).await?;
+    let ms = started.elapsed().as_millis() as u64;
+    info!(path = %target, bytes = committed.size, ms, "upload committed");
+    let body = json!({ "size": committed.size, "sha256": committed.sha256, "upload_id": committed.upload_id });
+    conn.queue_header(&ok_header(id, &body, 0))?;
+    Ok(())
 }
 
 /// True for a put that takes the small-file path: the whole file in one
@@ -191,72 +122,55 @@ fn is_small_put(a: &PutArgs) -> bool {
     !a.wait && a.offset == 0 && a.upload_id.is_none() && a.body_len <= SMALL_PUT && a.body_len == a.size
 }
 
-/// Small puts committed by one blocking call, at most (a pipelining client
-/// has many in the buffer at once).
-const SMALL_BATCH_FILES: usize = 64;
-const SMALL_BATCH_BYTES: usize = 4 * 1024 * 1024;
-
-/// A small put read off the wire, checked and with its room reserved.
-struct SmallPut {
-    id: u64,
-    target: VirtualPath,
-    data: Vec<u8>,
-    expected: String,
-    overwrite: bool,
-    reservation: Reservation,
-}
-
 /// The small-file path. The body is held in memory, and the small puts that
-/// follow it already in the read buffer join it: one blocking call checks,
-/// writes, syncs and renames them all, so a pipelining client pays one thread
-/// hop per batch instead of one per file. Each file still commits on its own
-/// and gets its own answer, in order.
+/// follow it already in the read buffer join it: the home hashes and commits
+/// the batch in one step each, so a pipelining client pays two thread hops
+/// per batch instead of per file. Each file still commits on its own and
+/// gets its own answer, in order.
 async fn put_small(session: &mut Session, conn: &mut Conn, id: u64, a: PutArgs) -> Result<(), Reply> {
-    let mut batch: Vec<Result<SmallPut, (u64, WireError)>> = vec![read_small(session, conn, id, a).await?];
+    let mut batch = vec![read_small(session, conn, id, a).await?];
     let mut bytes = 0;
     while batch.len() < SMALL_BATCH_FILES && bytes < SMALL_BATCH_BYTES {
-        let Some(next) = conn.peek_header().and_then(|h| small_put_args(&h)) else { break };
-        let (id, a) = next;
+        let Some((id, a)) = conn.peek_header().and_then(|h| small_put_args(&h)) else { break };
         let _ = conn.read_header().await?;
         let item = read_small(session, conn, id, a).await?;
-        bytes += item.as_ref().map_or(0, |p| p.data.len());
+        bytes += item.1.as_ref().map_or(0, |p| p.data.len());
         batch.push(item);
     }
-    let fsync = session.shared.config.transfer.fsync;
-    let jobs: Vec<_> = batch
-        .iter()
-        .filter_map(|r| r.as_ref().ok())
-        .map(|p| (p.target.clone(), p.overwrite, p.expected.clone()))
-        .collect();
-    let data: Vec<Vec<u8>> =
-        batch.iter_mut().filter_map(|r| r.as_mut().ok()).map(|p| std::mem::take(&mut p.data)).collect();
-    let mut outcomes = blocking(&session.jail, move |j| {
-        Ok(jobs
-            .into_iter()
-            .zip(data)
-            .map(|((t, overwrite, expected), data)| commit_small(j, &t, &data, expected, overwrite, fsync))
-            .collect::<Vec<_>>())
-    })
-    .await?
-    .into_iter();
-    for item in batch {
+    let mut answers: Vec<(u64, Option<SmallAnswer>)> = Vec::with_capacity(batch.len());
+    let mut slots = Vec::new();
+    let mut puts = Vec::new();
+    for (id, item) in batch {
         match item {
-            Ok(p) => {
-                match outcomes.next().unwrap_or_else(|| Err(WireError::new(ErrorCode::Internal, "lost outcome"))) {
-                    Ok((actual, replaced, size)) => {
-                        p.reservation.settle(size);
-                        session.quota.release(replaced.unwrap_or(0));
-                        info!(path = %p.target, bytes = size, "upload committed");
-                        conn.queue_header(&ok_header(p.id, &json!({ "size": size, "sha256": actual }), 0))?;
-                    }
-                    Err(e) => conn.queue_header(&error_header(p.id, &e))?,
-                }
+            Ok(put) => {
+                slots.push((answers.len(), put.data.len() as u64, put.target.clone()));
+                answers.push((id, None));
+                puts.push(put);
             }
-            Err((id, e)) => conn.queue_header(&error_header(id, &e))?,
+            Err(e) => answers.push((id, Some(Err(e)))),
+        }
+    }
+    let outcomes = session.home.put_small(puts).await;
+    for ((i, size, target), outcome) in slots.into_iter().zip(outcomes) {
+        answers[i].1 = Some(match outcome {
+            Ok(sha256) => {
+                info!(path = %target, bytes = size, "upload committed");
+                Ok((size, sha256))
+            }
+            Err(e) => Err(e.into()),
+        });
+    }
+    for (id, answer) in answers {
+        match answer.unwrap_or_else(|| Err(WireError::new(ErrorCode::Internal, "lost outcome"))) {
+            Ok((size, sha256)) => conn.queue_header(&ok_header(id, &json!({ "size": size, "sha256": sha256 }), 0))?,
+            Err(e) => conn.queue_header(&error_header(id, &e))?,
         }
     }
     Ok(())
 }
+
+/// A small put's answer: its size and hash, or the error.
+type SmallAnswer = Result<(u64, String), WireError>;
 
 /// The arguments of a header that is a small put, else `None`.
 fn small_put_args(h: &ferry_proto::Header) -> Option<(u64, PutArgs)> {
@@ -266,75 +180,28 @@ fn small_put_args(h: &ferry_proto::Header) -> Option<(u64, PutArgs)> {
     is_small_put(&a).then_some((id, a))
 }
 
-/// Reads a small put's body and `put_end`, checks them and reserves room.
-/// The outer error is the stream's; the inner one is this put's answer.
+/// Reads a small put's body and `put_end`. The outer error is the stream's;
+/// the inner one is this put's answer.
 async fn read_small(
     session: &Session,
     conn: &mut Conn,
     id: u64,
     a: PutArgs,
-) -> Result<Result<SmallPut, (u64, WireError)>, FrameError> {
-    let idle = session.shared.config.idle_timeout();
+) -> Result<(u64, Result<SmallPut, WireError>), FrameError> {
+    let idle = session.core.config.idle_timeout();
     let data = tokio::time::timeout(idle, conn.read_body_to_vec(SMALL_PUT)).await.unwrap_or_else(|_| Err(stalled()))?;
     let end = read_put_end(conn, id).await?;
-    let checked = (|| {
-        let expected = transfer::validate_sha256(&end?)?;
-        if let Some(h) = a.sha256.as_deref().filter(|h| !h.eq_ignore_ascii_case(&expected)) {
-            return Err(WireError::new(ErrorCode::BadRequest, format!("put sha256 {h} differs from put_end")));
-        }
+    let put = end.and_then(|sha256| {
         let target = resolve(session, &a.path)?;
-        if target.is_root() {
-            return Err(WireError::new(ErrorCode::IsADirectory, "/ is a directory"));
-        }
-        let reservation = session.quota.reserve(a.size)?;
-        Ok(SmallPut { id, target, data, expected, overwrite: a.overwrite, reservation })
-    })();
-    Ok(checked.map_err(|e| (id, e)))
-}
-
-/// Verifies and commits one small file; its hash, the size of a file it
-/// replaced, and its size.
-fn commit_small(
-    j: &crate::vfs::Jail,
-    target: &VirtualPath,
-    data: &[u8],
-    expected: String,
-    overwrite: bool,
-    fsync: bool,
-) -> Result<(String, Option<u64>, u64), WireError> {
-    check_target(j, target, overwrite)?;
-    let actual = hex::encode(Sha256::digest(data));
-    if actual != expected {
-        return Err(TransferError::ChecksumMismatch { expected, actual }.into());
-    }
-    let replaced = transfer::write_small(j, target, data, &actual, overwrite, fsync)?;
-    Ok((actual, replaced, data.len() as u64))
-}
-
-/// Refuses a target that is a directory, or that exists without `overwrite`.
-fn check_target(j: &Jail, target: &VirtualPath, overwrite: bool) -> Result<(), WireError> {
-    match j.stat(target) {
-        Ok(e) if e.kind == EntryKind::Dir => {
-            Err(WireError::new(ErrorCode::IsADirectory, format!("{target} is a directory")))
-        }
-        Ok(_) if !overwrite => {
-            Err(WireError::new(ErrorCode::AlreadyExists, format!("{target} already exists (use --force to overwrite)")))
-        }
-        Ok(_) => Ok(()),
-        Err(e) if e.code() == "not_found" => Ok(()),
-        Err(e) => Err(e.into()),
-    }
-}
-
-async fn discard_by_id(session: &Session, upload_id: &str) -> u64 {
-    let id = upload_id.to_string();
-    blocking(&session.jail, move |j| Ok(transfer::discard(j, &id))).await.unwrap_or(0)
+        Ok(SmallPut { target, data, sha256, promised: a.sha256, overwrite: a.overwrite })
+    });
+    Ok((id, put))
 }
 
 /// Tells a `wait` client that its upload is ready, then reads the `put_data`
 /// header that must follow with the rest of the file as its body.
-async fn exchange_ready(conn: &mut Conn, id: u64, upload: &PartialUpload, rest: u64) -> Result<(), Reply> {
-    let ready = json!({ "ready": true, "upload_id": upload.id, "offset": upload.offset });
+async fn exchange_ready(conn: &mut Conn, id: u64, upload: &Upload, rest: u64) -> Result<(), Reply> {
+    let ready = json!({ "ready": true, "upload_id": upload.id(), "offset": upload.offset() });
     conn.send(&ok_header(id, &ready, 0)).await?;
     let header = conn.read_header().await?.ok_or(FrameError::Truncated)?;
     let (data_id, req) = Request::from_header(&header);
@@ -346,9 +213,7 @@ async fn exchange_ready(conn: &mut Conn, id: u64, upload: &PartialUpload, rest: 
     Ok(())
 }
 
-type Prepared = (PartialUpload, crate::quota::Reservation, transfer::ActiveGuard);
-
-async fn prepare_put(session: &mut Session, a: &PutArgs) -> Result<Prepared, WireError> {
+async fn begin_put(session: &mut Session, a: &PutArgs) -> Result<Upload, WireError> {
     if a.offset > a.size {
         return Err(WireError::new(ErrorCode::BadRequest, "offset is past size"));
     }
@@ -359,44 +224,16 @@ async fn prepare_put(session: &mut Session, a: &PutArgs) -> Result<Prepared, Wir
             "body_len must equal size - offset (0 with wait: the body follows ready in put_data)",
         ));
     }
-    if let Some(h) = &a.sha256 {
-        transfer::validate_sha256(h)?;
-    }
     let target = resolve(session, &a.path)?;
-    if target.is_root() {
-        return Err(WireError::new(ErrorCode::IsADirectory, "/ is a directory"));
-    }
-    let t = target.clone();
-    let overwrite = a.overwrite;
-    blocking(&session.jail, move |j| check_target(j, &t, overwrite)).await?;
-    let guard = match &a.upload_id {
-        Some(uid) => Some(session.shared.uploads.claim(&session.user.name, uid)?),
-        None => None,
+    let spec = UploadSpec {
+        size: Some(a.size),
+        offset: a.offset,
+        upload_id: a.upload_id.clone(),
+        sha256: a.sha256.clone(),
+        overwrite: a.overwrite,
+        resumable: true,
     };
-    let claims = transfer::Claims::new(&session.shared.uploads, &session.user.name);
-    if a.offset == 0 {
-        // A fresh start over old partials of this path: free them before
-        // reserving, so that starting over near the quota fits when the end
-        // result would.
-        let (t, uid, claims) = (target.clone(), a.upload_id.clone(), claims.clone());
-        let freed =
-            blocking(&session.jail, move |j| Ok(transfer::discard_for_fresh_start(j, &t, uid.as_deref(), &claims)))
-                .await?;
-        session.quota.release(freed);
-    }
-    // Only the bytes not yet on disk need a reservation (a partial's bytes
-    // are already counted), plus room for the sidecar.
-    let need = (a.size - a.offset).saturating_add(transfer::meta_len_bound(&target, a.size));
-    let reservation = session.quota.reserve(need)?;
-    let (size, offset, uid, sha) = (a.size, a.offset, a.upload_id.clone(), a.sha256.clone());
-    let (upload, new_guard, released) = blocking(&session.jail, move |j| {
-        Ok(transfer::open_upload(j, &target, size, offset, uid.as_deref(), sha, &claims)?)
-    })
-    .await?;
-    session.quota.release(released);
-    // A fresh upload holds the claim on its new id; a resume keeps the one it took.
-    let guard = new_guard.or(guard).ok_or_else(|| WireError::new(ErrorCode::Internal, "upload not claimed"))?;
-    Ok((upload, reservation, guard))
+    Ok(session.home.begin_upload(&target, spec).await?)
 }
 
 /// Reads the `put_end` frame that follows a put's body; its hash, or an error
@@ -419,9 +256,7 @@ pub async fn upload_status(
     upload_id: Option<String>,
 ) -> Result<(), Reply> {
     let target = resolve(session, &path)?;
-    let status =
-        blocking(&session.jail, move |j| Ok(transfer::upload_status(j, &target, size, upload_id.as_deref())?)).await?;
-    let body = match status {
+    let body = match session.home.upload_status(&target, Some(size), upload_id.as_deref()).await? {
         Some(s) => {
             json!({ "found": true, "upload_id": s.upload_id, "offset": s.offset, "prefix_sha256": s.prefix_sha256 })
         }
@@ -431,18 +266,10 @@ pub async fn upload_status(
     Ok(())
 }
 
-/// A whole small file read by a download's blocking step: data, mtime and
-/// hash, so the answer goes out without another thread hop.
-struct SmallRead {
-    data: Vec<u8>,
-    mtime: i64,
-    sha256: String,
-}
-
 /// `get`. Whole-file gets already in the read buffer behind this one join it
-/// (a pipelining client sends many): one blocking call opens and reads every
-/// small file of the run, as `put_small` does for uploads, and the others
-/// take the streaming path. Answers go out in request order.
+/// (a pipelining client sends many): one step reads a run of small files, as
+/// `put_small` does for uploads, and the others take the streaming path.
+/// Answers go out in request order.
 pub async fn get(session: &mut Session, conn: &mut Conn, id: u64, path: String, offset: u64) -> Result<(), Reply> {
     if offset != 0 || conn.peek_header().and_then(|h| whole_get_args(&h)).is_none() {
         return get_one(session, conn, id, path, offset).await;
@@ -454,26 +281,16 @@ pub async fn get(session: &mut Session, conn: &mut Conn, id: u64, path: String, 
         batch.push(next);
     }
     let targets: Vec<_> = batch.iter().map(|(_, p)| resolve(session, p)).collect();
-    let jobs: Vec<_> = targets.iter().filter_map(|t| t.as_ref().ok().cloned()).collect();
-    let count = jobs.len();
-    let read = blocking(&session.jail, move |j| {
-        let mut budget = SMALL_BATCH_BYTES;
-        // A file to stream is closed here and opened again by `get_one`, so a
-        // batch never holds more than one descriptor at a time.
-        let small = |t| open_for_get(j, t, 0, &mut budget).map(Opened::into_small);
-        Ok(jobs.iter().map(small).collect::<Vec<_>>())
-    })
-    .await
-    // A lost blocking task still answers every request of the batch.
-    .unwrap_or_else(|e| (0..count).map(|_| Err(e.clone())).collect());
-    let mut reads = read.into_iter();
+    let paths: Vec<_> = targets.iter().filter_map(|t| t.as_ref().ok().cloned()).collect();
+    let mut reads = session.home.read_small(paths, SMALL_PUT, SMALL_BATCH_BYTES as u64).await.into_iter();
     for ((id, path), target) in batch.into_iter().zip(targets) {
         let step = match target {
             Err(e) => Err(e),
-            Ok(_) => reads.next().unwrap_or_else(|| Err(WireError::new(ErrorCode::Internal, "lost outcome"))),
+            Ok(_) => reads.next().unwrap_or_else(|| Err(lost())).map_err(WireError::from),
         };
         let answered = match step {
             Ok(Some(small)) => send_small(conn, id, small).await.map_err(Reply::from),
+            // Too large for the batch: streamed on its own turn.
             Ok(None) => get_one(session, conn, id, path, 0).await,
             Err(e) => Err(e.into()),
         };
@@ -484,6 +301,10 @@ pub async fn get(session: &mut Session, conn: &mut Conn, id: u64, path: String, 
         }
     }
     Ok(())
+}
+
+fn lost() -> HomeError {
+    VfsError::Io(std::io::Error::other("lost outcome")).into()
 }
 
 /// The id and path of a header that is a whole-file get without a body,
@@ -498,104 +319,31 @@ fn whole_get_args(h: &ferry_proto::Header) -> Option<(u64, String)> {
     }
 }
 
-/// A download's first blocking step: a small file already read whole, or
-/// a file to stream.
-enum Opened {
-    Small(SmallRead),
-    Stream(std::fs::File, Entry),
-}
-
-impl Opened {
-    fn into_small(self) -> Option<SmallRead> {
-        match self {
-            Opened::Small(s) => Some(s),
-            Opened::Stream(..) => None,
-        }
-    }
-}
-
-/// Opens `t` for a download from `offset`. A whole regular file within the
-/// small-file size and what is left of `budget` is read and hashed at once.
-fn open_for_get(j: &Jail, t: &VirtualPath, offset: u64, budget: &mut usize) -> Result<Opened, WireError> {
-    let (file, entry) = j.open_read(t)?;
-    if entry.kind != EntryKind::File {
-        return Err(not_a_file(t));
-    }
-    if offset != 0 || entry.size > SMALL_PUT || entry.size as usize > *budget {
-        return Ok(Opened::Stream(file, entry));
-    }
-    let mut data = Vec::with_capacity(entry.size as usize);
-    file.take(entry.size).read_to_end(&mut data).map_err(crate::vfs::VfsError::from)?;
-    *budget -= data.len();
-    let sha256 = hex::encode(Sha256::digest(&data));
-    Ok(Opened::Small(SmallRead { data, mtime: entry.mtime, sha256 }))
-}
-
-fn not_a_file(t: &VirtualPath) -> WireError {
-    WireError::new(ErrorCode::IsADirectory, format!("{t} is not a regular file"))
-}
-
 /// Answers a get with a small file read whole: header, body, trailer.
-async fn send_small(conn: &mut Conn, id: u64, small: SmallRead) -> Result<(), FrameError> {
+async fn send_small(conn: &mut Conn, id: u64, small: SmallFile) -> Result<(), FrameError> {
     let len = small.data.len();
-    conn.queue_header(&ok_header(id, &json!({ "size": len, "offset": 0, "mtime": small.mtime }), len as u64))?;
+    let mtime = small.entry.mtime;
+    conn.queue_header(&ok_header(id, &json!({ "size": len, "offset": 0, "mtime": mtime }), len as u64))?;
     conn.write_body(&small.data).await?;
     conn.queue_header(&ok_header(id, &json!({ "done": true, "sha256": small.sha256 }), 0))
 }
 
-/// One get: a small whole file in one blocking step, anything else streamed.
+/// One get: a small whole file in one step, anything else streamed.
 async fn get_one(session: &mut Session, conn: &mut Conn, id: u64, path: String, offset: u64) -> Result<(), Reply> {
     let started = Instant::now();
     let target = resolve(session, &path)?;
-    let t = target.clone();
-    let opened = blocking(&session.jail, move |j| {
-        let mut budget = SMALL_BATCH_BYTES;
-        Ok(match open_for_get(j, &t, offset, &mut budget)? {
-            Opened::Small(small) => (Opened::Small(small), None),
-            Opened::Stream(file, entry) => {
-                let cached = transfer::cached_hash(&file);
-                (Opened::Stream(file, entry), cached)
-            }
-        })
-    })
-    .await?;
-    let (file, entry, cached) = match opened {
-        (Opened::Small(small), _) => return Ok(send_small(conn, id, small).await?),
-        (Opened::Stream(file, entry), cached) => (file, entry, cached),
-    };
-    let size = entry.size;
-    if offset > size {
-        return Err(
-            WireError::new(ErrorCode::BadRequest, format!("offset {offset} is past the end ({size} bytes)")).into()
-        );
+    if offset == 0 {
+        let small = session.home.read_small(vec![target.clone()], SMALL_PUT, SMALL_BATCH_BYTES as u64).await;
+        match small.into_iter().next() {
+            Some(Ok(Some(small))) => return Ok(send_small(conn, id, small).await?),
+            Some(Err(e)) => return Err(e.into()),
+            _ => {}
+        }
     }
-    let mtime = entry.mtime;
-    let body_len = size - offset;
+    let download = session.home.open_download(&target, offset).await?;
+    let (size, mtime, body_len) = (download.entry().size, download.entry().mtime, download.len());
     conn.queue_header(&ok_header(id, &json!({ "size": size, "offset": offset, "mtime": mtime }), body_len))?;
-
-    let mut sent = 0u64;
-    // With the hash recorded at commit, plaintext bodies go out by sendfile:
-    // no copy through user space.
-    let outcome = match (&cached, plain_tcp(conn)) {
-        (Some(sha256), true) => {
-            conn.flush().await?;
-            sent = send_file(conn, &file, offset, body_len).await?;
-            Ok(sha256.clone())
-        }
-        _ => {
-            let hash = cached.is_none();
-            let (tx, mut rx) = mpsc::channel::<Bytes>(PIPE_DEPTH);
-            let reader = tokio::task::spawn_blocking(move || read_blocks(file, offset, size, hash, tx));
-            let idle = session.shared.config.idle_timeout();
-            while let Some(block) = rx.recv().await {
-                sent += block.len() as u64;
-                // A client that stops reading for the idle timeout is gone.
-                tokio::time::timeout(idle, conn.write_body(&block)).await.unwrap_or_else(|_| Err(stalled()))?;
-            }
-            let read = reader.await.map_err(|_| WireError::new(ErrorCode::Internal, "download reader failed"))?;
-            read.map(|h| h.or(cached).unwrap_or_default())
-        }
-    };
+    let (mut sent, outcome) = send_download(session, conn, download).await?;
     // The header promised `body_len` bytes: if the file shrank, keep the
     // stream framed with zeros and say so in the trailer rather than lie.
     if sent < body_len {
@@ -613,54 +361,40 @@ async fn get_one(session: &mut Session, conn: &mut Conn, id: u64, path: String, 
         }
         _ => {
             let e = WireError::new(ErrorCode::FileChanged, format!("{target} changed while it was being read"));
-            conn.queue_header(&ferry_proto::msg::error_header(id, &e))?;
+            conn.queue_header(&error_header(id, &e))?;
         }
     }
     Ok(())
 }
 
-/// Reads `offset..size` of the file in blocks into the channel, hashing the
-/// whole file (the prefix too). Returns the hex SHA-256, or an error if the
-/// file ended early.
-fn read_blocks(
-    mut file: std::fs::File,
-    offset: u64,
-    size: u64,
-    hash: bool,
-    tx: mpsc::Sender<Bytes>,
-) -> std::io::Result<Option<String>> {
-    let mut hasher = Sha256::new();
-    let before = file.metadata()?;
-    if hash && offset > 0 && transfer::hash_range(&mut file, offset, &mut hasher)? < offset {
-        return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
+/// Sends a download's body: by sendfile(2) when the file is local, its hash
+/// is recorded and the connection is plaintext TCP (no copy through user
+/// space); else block by block from the home. Returns the bytes sent and the
+/// whole file's hash.
+async fn send_download(
+    session: &Session,
+    conn: &mut Conn,
+    download: Download,
+) -> Result<(u64, Result<String, HomeError>), FrameError> {
+    let body_len = download.len();
+    if plain_tcp(conn)
+        && let (Some(sha256), Some(file)) = (download.recorded_sha256(), download.local_file())
+    {
+        conn.flush().await?;
+        let sent = send_file(conn, file, download.offset(), body_len).await?;
+        return Ok((sent, Ok(sha256)));
     }
-    file.seek(SeekFrom::Start(offset))?;
-    let mut left = size - offset;
-    while left > 0 {
-        let want = left.min(READ_BLOCK as u64) as usize;
-        // Read into spare capacity: no zeroing of a buffer about to be overwritten.
-        let mut buf = Vec::with_capacity(want);
-        let filled = (&mut file).take(want as u64).read_to_end(&mut buf)?;
-        if hash {
-            hasher.update(&buf);
-        }
-        left -= filled as u64;
-        if tx.blocking_send(Bytes::from(buf)).is_err() {
-            return Err(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
-        }
-        if filled < want {
-            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
-        }
+    let (tx, mut rx) = mpsc::channel::<Bytes>(PIPE_DEPTH);
+    let reader = tokio::spawn(download.stream(tx));
+    let idle = session.core.config.idle_timeout();
+    let mut sent = 0u64;
+    while let Some(block) = rx.recv().await {
+        sent += block.len() as u64;
+        // A client that stops reading for the idle timeout is gone.
+        tokio::time::timeout(idle, conn.write_body(&block)).await.unwrap_or_else(|_| Err(stalled()))?;
     }
-    if !hash {
-        return Ok(None);
-    }
-    let sha256 = hex::encode(hasher.finalize());
-    // Every byte was read: later downloads can skip the hashing.
-    if before.len() == size {
-        transfer::record_hash_if_unchanged(&file, &sha256, &before);
-    }
-    Ok(Some(sha256))
+    let outcome = reader.await.unwrap_or_else(|_| Err(lost()));
+    Ok((sent, outcome))
 }
 
 /// The error of a transfer whose peer went silent past the idle timeout.
@@ -703,17 +437,7 @@ pub async fn hash(
     length: Option<u64>,
 ) -> Result<(), Reply> {
     let target = resolve(session, &path)?;
-    let (sha256, length, size) = blocking(&session.jail, move |j| {
-        let (mut file, entry) = j.open_read(&target)?;
-        if entry.kind != EntryKind::File {
-            return Err(WireError::new(ErrorCode::IsADirectory, format!("{target} is not a regular file")));
-        }
-        let want = length.unwrap_or(entry.size).min(entry.size);
-        let mut hasher = Sha256::new();
-        let got = transfer::hash_range(&mut file, want, &mut hasher).map_err(crate::vfs::VfsError::from)?;
-        Ok((hex::encode(hasher.finalize()), got, entry.size))
-    })
-    .await?;
+    let (sha256, length, size) = session.home.hash(&target, length).await?;
     conn.queue_header(&ok_header(id, &json!({ "sha256": sha256, "length": length, "size": size }), 0))?;
     Ok(())
 }

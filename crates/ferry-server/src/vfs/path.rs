@@ -18,7 +18,7 @@ pub const RESERVED_PREFIX: &str = ".ferry";
 pub const PARTIAL_DIR: &str = ".ferry-partial";
 
 /// A normalized path beneath a user's home; shown to users as `/a/b`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
 pub struct VirtualPath {
     parts: Vec<String>,
 }
@@ -102,6 +102,16 @@ impl VirtualPath {
 
     pub fn starts_with(&self, other: &VirtualPath) -> bool {
         self.parts.len() >= other.parts.len() && self.parts[..other.parts.len()] == other.parts[..]
+    }
+
+    /// The rest of `self` below `prefix`, if it is beneath it.
+    pub fn strip_prefix(&self, prefix: &VirtualPath) -> Option<VirtualPath> {
+        self.starts_with(prefix).then(|| VirtualPath { parts: self.parts[prefix.parts.len()..].to_vec() })
+    }
+
+    /// `self` followed by the components of `rest` (both already checked).
+    pub fn join_relative(&self, rest: &VirtualPath) -> VirtualPath {
+        VirtualPath { parts: self.parts.iter().chain(&rest.parts).cloned().collect() }
     }
 }
 

@@ -1,51 +1,48 @@
-//! What every session shares: configuration, user store, authenticator,
-//! quotas, TLS, admission counters and the shutdown signal.
+//! `Core`: what every front end shares (framed protocol now; SFTP and FTP
+//! beside it): configuration, user store, authenticator, quotas, the open
+//! homes, exec limits, the server's certificate and the shutdown signal.
+//! Admission and the TLS acceptor belong to each listener, not here.
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use tokio::sync::Semaphore;
-use tokio_rustls::TlsAcceptor;
+use std::collections::HashMap;
+use std::sync::Weak;
+
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::{Authenticator, SqliteUserStore, Throttle, ThrottleConfig, UserStore};
+use crate::auth::{Authenticator, SqliteUserStore, Throttle, ThrottleConfig, UserRecord, UserStore};
 use crate::config::ServerConfig;
 use crate::exec::ExecLimits;
-use crate::listener::UnauthCounts;
+use crate::home::{Home, HomeError, HomeSettings};
 use crate::quota::QuotaRegistry;
-use crate::transfer::ActiveUploads;
+use crate::storage::{FsStorage, Storage};
 
-pub struct Shared {
+pub struct Core {
     pub config: ServerConfig,
     pub store: Arc<dyn UserStore>,
     pub authenticator: Arc<Authenticator>,
     pub quotas: QuotaRegistry,
-    /// The TLS acceptor and the certificate's fingerprint; `None` when plaintext.
-    pub tls: Option<(TlsAcceptor, String)>,
-    pub connections: Arc<Semaphore>,
-    pub refusals: Arc<Semaphore>,
-    pub unauth: Arc<UnauthCounts>,
-    pub session_ids: AtomicU64,
+    /// The server's certificate and its fingerprint; `None` when plaintext.
+    pub tls: Option<(Arc<rustls::ServerConfig>, String)>,
     pub exec: ExecLimits,
-    pub uploads: Arc<ActiveUploads>,
-    /// Open jails by home folder, shared by the sessions of one user.
-    pub jails: std::sync::Mutex<std::collections::HashMap<std::path::PathBuf, std::sync::Weak<crate::vfs::Jail>>>,
+    /// Open homes by user, shared by all of a user's sessions.
+    homes: tokio::sync::Mutex<HashMap<String, Weak<Home>>>,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
 }
 
 /// The outcome of preparing a data folder, for the caller to print.
 pub struct Prepared {
-    pub shared: Arc<Shared>,
+    pub core: Arc<Core>,
     pub generated_certificate: bool,
     pub user_count: usize,
 }
 
-impl Shared {
+impl Core {
     /// Opens (creating on first start) the data folder: database, secret,
     /// certificate and homes.
     pub fn prepare(mut config: ServerConfig) -> Result<Prepared> {
@@ -75,16 +72,11 @@ impl Shared {
             (None, false)
         } else {
             let id = crate::tls::load_or_generate(&config.data_dir)?;
-            (Some((TlsAcceptor::from(id.config), id.fingerprint)), id.generated)
+            (Some((id.config, id.fingerprint)), id.generated)
         };
-        let shared = Shared {
-            connections: Arc::new(Semaphore::new(config.limits.max_connections)),
-            refusals: Arc::new(Semaphore::new(64)),
-            unauth: Arc::new(UnauthCounts::default()),
-            session_ids: AtomicU64::new(0),
+        let core = Core {
             exec: ExecLimits::new(config.exec.max_total),
-            uploads: Arc::default(),
-            jails: Default::default(),
+            homes: Default::default(),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             quotas: QuotaRegistry::default(),
@@ -93,7 +85,44 @@ impl Shared {
             tls,
             config,
         };
-        Ok(Prepared { shared: Arc::new(shared), generated_certificate, user_count })
+        Ok(Prepared { core: Arc::new(core), generated_certificate, user_count })
+    }
+
+    /// The user's home, shared by every session open on it (one storage
+    /// handle per home, not per session). At its first opening after a
+    /// start, its usage is measured for the quota and expired partials go.
+    pub async fn open_home(&self, user: &UserRecord) -> Result<Arc<Home>, HomeError> {
+        let mut homes = self.homes.lock().await;
+        if let Some(home) = homes.get(&user.name).and_then(Weak::upgrade) {
+            // The quota is already tracked; this only applies a changed limit.
+            let used = home.usage().used;
+            self.quotas.get_or_scan::<HomeError>(&user.name, user.quota_bytes, async { Ok(used) }).await?;
+            return Ok(home);
+        }
+        let storage = self.open_storage(user).await?;
+        let quota = self
+            .quotas
+            .get_or_scan(&user.name, user.quota_bytes, async { storage.usage().await.map(|a| a.bytes) })
+            .await?;
+        let settings = HomeSettings {
+            fsync: self.config.transfer.fsync,
+            partial_expiry: Duration::from_secs(self.config.transfer.partial_expiry_secs),
+        };
+        let home = Arc::new(Home::new(storage, quota, settings));
+        // After the scan, so that the bytes of expired partials leave the
+        // usage whether it was just measured or already tracked.
+        home.expire_partials().await;
+        homes.retain(|_, weak| weak.strong_count() > 0);
+        homes.insert(user.name.clone(), Arc::downgrade(&home));
+        Ok(home)
+    }
+
+    async fn open_storage(&self, user: &UserRecord) -> Result<Arc<dyn Storage>, HomeError> {
+        let path = crate::users::home_of(&self.config, user);
+        let storage = tokio::task::spawn_blocking(move || FsStorage::open(&path))
+            .await
+            .map_err(|_| crate::vfs::VfsError::Io(std::io::Error::other("cannot open the home")))??;
+        Ok(Arc::new(storage))
     }
 }
 

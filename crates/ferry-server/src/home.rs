@@ -1,0 +1,768 @@
+//! `Home`: one per logged-in user, shared by all of that user's sessions on
+//! every front end. Every operation a front end needs, each settling the
+//! quota itself, over a [`Storage`] backend. No wire types: the framed
+//! protocol, SFTP and FTP translate to and from these calls.
+//!
+//! What makes transfers trustworthy lives here, once:
+//! - uploads reserve their room before a byte lands, and count bytes as they
+//!   land, so many sessions never together pass the quota and a cut upload is
+//!   counted exactly;
+//! - an upload is bound to an id claimed by one writer at a time; a resume
+//!   takes the claim over from a session that went silent (its writes stop
+//!   before the new writer starts);
+//! - a commit is verified against the hash the client sent, and the verified
+//!   hash is kept for downloads.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+use crate::quota::{QuotaExceeded, Reservation, Usage, UserQuota};
+use crate::storage::{
+    Amount, Entry, EntryKind, FileRead, PartialMeta, PartialWrite, SmallFile, SmallWrite, Storage, VfsError,
+    VirtualPath,
+};
+
+/// What went wrong, named by outcome. Messages name virtual paths only, and
+/// no front end's operation or flag.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HomeError {
+    #[error(transparent)]
+    Vfs(#[from] VfsError),
+    #[error(transparent)]
+    Quota(#[from] QuotaExceeded),
+    #[error("no partial upload {0} for this path and size")]
+    UploadNotFound(String),
+    #[error("partial upload holds {have} bytes, not {asked}")]
+    OffsetMismatch { have: u64, asked: u64 },
+    #[error("checksum mismatch: expected {expected}, received data hashes to {actual}; nothing was committed")]
+    ChecksumMismatch { expected: String, actual: String },
+    #[error("upload {0} is being written by another session")]
+    Busy(String),
+    #[error("upload {0} was taken over by a newer session")]
+    TakenOver(String),
+    #[error("invalid sha256 {0:?}: expected 64 hex digits")]
+    BadHash(String),
+    #[error("{0} changed while it was being read")]
+    FileChanged(String),
+    #[error("upload incomplete: {have} of {size} bytes")]
+    Incomplete { have: u64, size: u64 },
+    #[error("{0}")]
+    BadRange(String),
+}
+
+/// A SHA-256 as 64 hex digits, lowercased.
+pub fn validate_sha256(hex: &str) -> Result<String, HomeError> {
+    if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(hex.to_ascii_lowercase())
+    } else {
+        Err(HomeError::BadHash(hex.chars().take(80).collect()))
+    }
+}
+
+fn is_upload_id(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+fn new_upload_id() -> String {
+    let mut b = [0u8; 16];
+    // Without randomness, fall back to the clock: ids only need to be unique per home.
+    if getrandom::fill(&mut b).is_err() {
+        let t = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_nanos();
+        b.copy_from_slice(&t.to_le_bytes());
+    }
+    hex::encode(b)
+}
+
+/// Settings a home takes from the server's configuration.
+#[derive(Debug, Clone)]
+pub struct HomeSettings {
+    /// Sync uploads to stable storage before they are committed.
+    pub fsync: bool,
+    /// Partial uploads untouched for longer are removed.
+    pub partial_expiry: Duration,
+}
+
+/// What `remove` may remove.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Remove {
+    File,
+    EmptyDir,
+    Tree,
+}
+
+/// How an upload starts.
+#[derive(Debug, Clone, Default)]
+pub struct UploadSpec {
+    /// The final size, when known (SFTP and FTP do not say).
+    pub size: Option<u64>,
+    /// Bytes already held by the partial `upload_id` to resume from; 0 for
+    /// a fresh start.
+    pub offset: u64,
+    /// The partial to resume, or (with offset 0) the one to start over from.
+    pub upload_id: Option<String>,
+    /// The hash promised up front; a commit hash that differs is a mismatch.
+    pub sha256: Option<String>,
+    pub overwrite: bool,
+    /// Keep the partial when the upload is dropped unfinished, for a resume.
+    pub resumable: bool,
+}
+
+/// Where a partial upload stands: its id, length and the hash of its bytes.
+#[derive(Debug, Clone)]
+pub struct PartialStatus {
+    pub upload_id: String,
+    pub offset: u64,
+    pub prefix_sha256: String,
+}
+
+/// A committed upload.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    pub upload_id: String,
+    pub size: u64,
+    /// The verified hash, when the data was hashed (always with a client hash).
+    pub sha256: Option<String>,
+}
+
+/// A small file to upload whole in a batch.
+#[derive(Debug)]
+pub struct SmallPut {
+    pub target: VirtualPath,
+    pub data: Vec<u8>,
+    /// The hash the client sent with the data.
+    pub sha256: String,
+    /// The hash the client promised up front, if any.
+    pub promised: Option<String>,
+    pub overwrite: bool,
+}
+
+/// One writer's hold on an upload id. A newer writer may revoke it: the
+/// older one's next write fails, and the newer waits until the older's
+/// write in flight (under `busy`) has finished.
+#[derive(Debug, Default)]
+struct Claim {
+    revoked: AtomicBool,
+    busy: tokio::sync::Mutex<()>,
+}
+
+/// The upload ids being written in one home.
+#[derive(Debug, Default)]
+struct Claims(Mutex<HashMap<String, Arc<Claim>>>);
+
+struct ClaimGuard {
+    claims: Arc<Claims>,
+    id: String,
+    claim: Arc<Claim>,
+}
+
+impl Claims {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Claim>>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Claims `id`; a held claim is busy unless `take_over`.
+    async fn claim(self: &Arc<Self>, id: &str, take_over: bool) -> Result<ClaimGuard, HomeError> {
+        let claim = Arc::new(Claim::default());
+        let older = {
+            let mut map = self.map();
+            let older = map.get(id).cloned();
+            if older.is_some() && !take_over {
+                return Err(HomeError::Busy(id.to_string()));
+            }
+            map.insert(id.to_string(), Arc::clone(&claim));
+            older
+        };
+        if let Some(older) = older {
+            older.revoked.store(true, Ordering::SeqCst);
+            // The older writer's write in flight ends before ours begins.
+            drop(older.busy.lock().await);
+            tracing::info!(upload_id = %id, "upload taken over by a newer session");
+        }
+        Ok(ClaimGuard { claims: Arc::clone(self), id: id.to_string(), claim })
+    }
+}
+
+impl Drop for ClaimGuard {
+    fn drop(&mut self) {
+        let mut map = self.claims.map();
+        if map.get(&self.id).is_some_and(|c| Arc::ptr_eq(c, &self.claim)) {
+            map.remove(&self.id);
+        }
+    }
+}
+
+/// A user's home: storage, quota and upload claims.
+#[derive(Debug)]
+pub struct Home {
+    storage: Arc<dyn Storage>,
+    quota: Arc<UserQuota>,
+    claims: Arc<Claims>,
+    settings: HomeSettings,
+}
+
+impl Home {
+    pub fn new(storage: Arc<dyn Storage>, quota: Arc<UserQuota>, settings: HomeSettings) -> Home {
+        Home { storage, quota, claims: Arc::default(), settings }
+    }
+
+    pub fn usage(&self) -> Usage {
+        self.quota.usage()
+    }
+
+    pub async fn stat(&self, path: &VirtualPath) -> Result<Entry, HomeError> {
+        Ok(self.storage.stat(path).await?)
+    }
+
+    /// Succeeds when `path` is a directory one can enter.
+    pub async fn enter(&self, path: &VirtualPath) -> Result<(), HomeError> {
+        Ok(self.storage.enter(path).await?)
+    }
+
+    /// A directory's entries, sorted by name; a path that is not a directory
+    /// lists as itself (a link to a directory inside the home lists that
+    /// directory), as `ls` does.
+    pub async fn list(&self, path: &VirtualPath) -> Result<Vec<Entry>, HomeError> {
+        let meta = self.storage.stat(path).await?;
+        let is_dir = match meta.kind {
+            EntryKind::Dir => true,
+            EntryKind::Symlink => self.storage.enter(path).await.is_ok(),
+            _ => false,
+        };
+        if is_dir { Ok(self.storage.list(path).await?) } else { Ok(vec![meta]) }
+    }
+
+    /// Lists a directory known to be one (a session's working directory).
+    pub async fn list_dir(&self, path: &VirtualPath) -> Result<Vec<Entry>, HomeError> {
+        Ok(self.storage.list(path).await?)
+    }
+
+    pub async fn mkdir(&self, path: &VirtualPath, parents: bool) -> Result<(), HomeError> {
+        self.storage.mkdir(path, parents).await?;
+        Ok(())
+    }
+
+    /// Removes what `how` allows; returns what was freed (and released).
+    pub async fn remove(&self, path: &VirtualPath, how: Remove) -> Result<Amount, HomeError> {
+        if path.is_root() {
+            return Err(VfsError::PermissionDenied("the home directory itself cannot be removed".into()).into());
+        }
+        let freed = match how {
+            Remove::File => self.storage.remove_file(path).await?,
+            Remove::EmptyDir => self.storage.remove_dir(path).await?,
+            Remove::Tree => self.storage.remove_tree(path).await?,
+        };
+        self.quota.release(freed.bytes);
+        Ok(freed)
+    }
+
+    /// Renames within the home (see [`Storage::rename`]).
+    pub async fn rename(&self, from: &VirtualPath, to: &VirtualPath, overwrite: bool) -> Result<(), HomeError> {
+        let replaced = self.storage.rename(from, to, overwrite).await?;
+        self.quota.release(replaced.bytes);
+        Ok(())
+    }
+
+    /// Renames as mv(1) does: onto an existing directory moves into it.
+    pub async fn move_to(&self, from: &VirtualPath, to: &VirtualPath, overwrite: bool) -> Result<(), HomeError> {
+        let mut to = to.clone();
+        if from != &to
+            && let Some(name) = from.file_name()
+            && self.storage.stat(&to).await.is_ok_and(|m| m.kind == EntryKind::Dir)
+        {
+            to = to.join_name(name)?;
+        }
+        self.rename(from, &to, overwrite).await
+    }
+
+    /// The hex SHA-256 of the first `length` bytes (the whole file without),
+    /// the bytes hashed and the file's size.
+    pub async fn hash(&self, path: &VirtualPath, length: Option<u64>) -> Result<(String, u64, u64), HomeError> {
+        let file = self.open_regular(path).await?;
+        let size = file.entry().size;
+        let want = length.unwrap_or(size).min(size);
+        let (sha256, got) = file.hash_prefix(want).await.map_err(VfsError::from)?;
+        Ok((sha256, got, size))
+    }
+
+    async fn open_regular(&self, path: &VirtualPath) -> Result<Box<dyn FileRead>, HomeError> {
+        let file = self.storage.open_read(path).await?;
+        if file.entry().kind != EntryKind::File {
+            return Err(VfsError::IsADirectory(format!("{path}: not a regular file")).into());
+        }
+        Ok(file)
+    }
+
+    /// Opens a file to download from `offset`.
+    pub async fn open_download(&self, path: &VirtualPath, offset: u64) -> Result<Download, HomeError> {
+        let file = self.open_regular(path).await?;
+        let size = file.entry().size;
+        if offset > size {
+            return Err(HomeError::BadRange(format!("offset {offset} is past the end ({size} bytes)")));
+        }
+        Ok(Download { file, offset, path: path.clone() })
+    }
+
+    /// Reads whole small files in one step (see [`Storage::read_small`]).
+    pub async fn read_small(
+        &self,
+        paths: Vec<VirtualPath>,
+        max_each: u64,
+        budget: u64,
+    ) -> Vec<Result<Option<SmallFile>, HomeError>> {
+        self.storage.read_small(paths, max_each, budget).await.into_iter().map(|r| r.map_err(HomeError::from)).collect()
+    }
+
+    /// Uploads small files whole, each on its own (verified, within the
+    /// quota, atomic), in two steps for the whole batch: hash, then write.
+    /// One result per file, in order: the verified hash.
+    pub async fn put_small(&self, puts: Vec<SmallPut>) -> Vec<Result<String, HomeError>> {
+        let mut results: Vec<Option<Result<String, HomeError>>> = Vec::with_capacity(puts.len());
+        let mut accepted = Vec::new();
+        for put in puts {
+            let checked = (|| {
+                let expected = validate_sha256(&put.sha256)?;
+                if let Some(p) = &put.promised
+                    && !p.eq_ignore_ascii_case(&expected)
+                {
+                    return Err(HomeError::ChecksumMismatch { expected: p.clone(), actual: expected });
+                }
+                if put.target.is_root() {
+                    return Err(VfsError::IsADirectory("/".into()).into());
+                }
+                Ok((expected, self.quota.reserve(put.data.len() as u64)?))
+            })();
+            match checked {
+                Ok((expected, reservation)) => {
+                    accepted.push((results.len(), put, expected, reservation));
+                    results.push(None);
+                }
+                Err(e) => results.push(Some(Err(e))),
+            }
+        }
+        // One blocking step hashes the whole batch.
+        let (meta, data): (Vec<_>, Vec<_>) = accepted
+            .into_iter()
+            .map(|(i, put, expected, reservation)| ((i, put.target, expected, put.overwrite, reservation), put.data))
+            .unzip();
+        let hashed = tokio::task::spawn_blocking(move || {
+            let sums: Vec<String> = data.iter().map(|d| hex::encode(Sha256::digest(d))).collect();
+            (data, sums)
+        })
+        .await;
+        let Ok((data, sums)) = hashed else {
+            return results
+                .into_iter()
+                .map(|r| r.unwrap_or_else(|| Err(VfsError::Io(std::io::Error::other("hashing failed")).into())))
+                .collect();
+        };
+        let mut writes = Vec::new();
+        let mut pending = Vec::new();
+        for (((i, target, expected, overwrite, reservation), data), actual) in meta.into_iter().zip(data).zip(sums) {
+            if actual != expected {
+                results[i] = Some(Err(HomeError::ChecksumMismatch { expected, actual }));
+                continue;
+            }
+            pending.push((i, reservation, data.len() as u64, actual.clone()));
+            writes.push(SmallWrite { target, data, sha256: actual, overwrite });
+        }
+        let written = self.storage.write_small(writes, self.settings.fsync).await;
+        for ((i, reservation, size, sha256), outcome) in pending.into_iter().zip(written) {
+            results[i] = Some(match outcome {
+                Ok(replaced) => {
+                    reservation.settle(size);
+                    self.quota.release(replaced.bytes);
+                    Ok(sha256)
+                }
+                Err(e) => Err(e.into()),
+            });
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(VfsError::Io(std::io::Error::other("lost outcome")).into())))
+            .collect()
+    }
+
+    /// Refuses a target that is the home, a directory, or that exists
+    /// without `overwrite`.
+    async fn check_target(&self, target: &VirtualPath, overwrite: bool) -> Result<(), HomeError> {
+        if target.is_root() {
+            return Err(VfsError::IsADirectory("/".into()).into());
+        }
+        match self.storage.stat(target).await {
+            Ok(e) if e.kind == EntryKind::Dir => Err(VfsError::IsADirectory(target.to_string()).into()),
+            Ok(_) if !overwrite => Err(VfsError::AlreadyExists(format!("{target} already exists")).into()),
+            Ok(_) | Err(VfsError::NotFound(_)) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Starts (or resumes) an upload to `target`.
+    pub async fn begin_upload(self: &Arc<Self>, target: &VirtualPath, spec: UploadSpec) -> Result<Upload, HomeError> {
+        if let Some(size) = spec.size
+            && spec.offset > size
+        {
+            return Err(HomeError::BadRange(format!("offset {} is past the size {size}", spec.offset)));
+        }
+        let promised = spec.sha256.as_deref().map(validate_sha256).transpose()?;
+        self.check_target(target, spec.overwrite).await?;
+        let path = target.to_string();
+        if spec.offset == 0 {
+            // A fresh start over old partials of this path: free them before
+            // reserving, so that starting over near the quota fits when the
+            // end result would.
+            self.discard_for_fresh_start(&path, spec.upload_id.as_deref()).await;
+        }
+        let reservation = match spec.size {
+            Some(size) => Some(self.quota.reserve(size - spec.offset)?),
+            None => None,
+        };
+        let meta = PartialMeta { path, size: spec.size, sha256: promised.clone() };
+        let (id, claim, writer, hasher, meta) = if spec.offset == 0 {
+            let id = new_upload_id();
+            let claim = self.claims.claim(&id, false).await?;
+            let writer = self.storage.partial_create(&id, &meta).await?;
+            (id, claim, writer, Some(Sha256::new()), meta)
+        } else {
+            let id = spec.upload_id.clone().filter(|id| is_upload_id(id));
+            let id = id.ok_or_else(|| HomeError::UploadNotFound("(none)".into()))?;
+            // A resume by the same user takes the upload over from a session
+            // that may be gone without having said so.
+            let claim = self.claims.claim(&id, true).await?;
+            let info = self.storage.partial_info(&id).await?.ok_or_else(|| HomeError::UploadNotFound(id.clone()))?;
+            let hash_conflict = matches!((&info.meta.sha256, &promised), (Some(a), Some(b)) if a != b);
+            if info.meta.path != meta.path || info.meta.size != meta.size || hash_conflict {
+                return Err(HomeError::UploadNotFound(id));
+            }
+            if info.len != spec.offset {
+                return Err(HomeError::OffsetMismatch { have: info.len, asked: spec.offset });
+            }
+            let meta = PartialMeta { sha256: info.meta.sha256.or(promised), ..meta };
+            let (hasher, hashed) = self.storage.partial_hash(&id, spec.offset).await?;
+            if hashed != spec.offset {
+                return Err(HomeError::OffsetMismatch { have: hashed, asked: spec.offset });
+            }
+            let writer = self.storage.partial_open(&id, &meta).await?;
+            (id, claim, writer, Some(hasher), meta)
+        };
+        let offset = spec.offset;
+        Ok(Upload {
+            home: Arc::clone(self),
+            id,
+            target: target.clone(),
+            meta,
+            spec,
+            writer: Some(writer),
+            claim,
+            reservation,
+            len: offset,
+            hasher,
+            hashed: offset,
+            finished: false,
+        })
+    }
+
+    /// Removes the partial the client starts over from, and every other
+    /// partial of the same path no session is writing (left by a client that
+    /// was cut and did not resume), as a new `put` in sftp truncates what a
+    /// failed one left.
+    async fn discard_for_fresh_start(&self, path: &str, upload_id: Option<&str>) {
+        let mut ids: Vec<String> = upload_id.filter(|id| is_upload_id(id)).map(str::to_string).into_iter().collect();
+        if let Ok(all) = self.storage.partial_list().await {
+            ids.extend(all.into_iter().filter(|p| p.meta.path == path).map(|p| p.id));
+        }
+        for id in ids {
+            // Held while removing, so that a resume cannot start on it meanwhile.
+            if let Ok(_claim) = self.claims.claim(&id, false).await {
+                let freed = self.storage.partial_remove(&id).await.unwrap_or(0);
+                self.quota.release(freed);
+            }
+        }
+    }
+
+    /// Where a partial upload to `target` of `size` bytes stands, if one
+    /// exists (by id, or else the most recent one bound to the same path
+    /// and size).
+    pub async fn upload_status(
+        &self,
+        target: &VirtualPath,
+        size: Option<u64>,
+        upload_id: Option<&str>,
+    ) -> Result<Option<PartialStatus>, HomeError> {
+        let path = target.to_string();
+        let candidates = match upload_id.filter(|id| is_upload_id(id)) {
+            Some(id) => self.storage.partial_info(id).await?.into_iter().collect(),
+            None => self.storage.partial_list().await?,
+        };
+        let best =
+            candidates.into_iter().filter(|p| p.meta.path == path && p.meta.size == size).max_by_key(|p| p.modified);
+        let Some(best) = best else { return Ok(None) };
+        let (hasher, len) = self.storage.partial_hash(&best.id, best.len).await?;
+        Ok(Some(PartialStatus { upload_id: best.id, offset: len, prefix_sha256: hex::encode(hasher.finalize()) }))
+    }
+
+    /// Removes partial uploads untouched for longer than the expiry (ones no
+    /// session is writing).
+    pub async fn expire_partials(&self) {
+        let Ok(all) = self.storage.partial_list().await else { return };
+        let now = SystemTime::now();
+        for p in all {
+            if now.duration_since(p.modified).unwrap_or_default() <= self.settings.partial_expiry {
+                continue;
+            }
+            if let Ok(_claim) = self.claims.claim(&p.id, false).await {
+                let freed = self.storage.partial_remove(&p.id).await.unwrap_or(0);
+                self.quota.release(freed);
+            }
+        }
+    }
+}
+
+/// An upload in progress. Writes may come at any offset and in any order;
+/// bytes count against the quota as they extend the partial. Dropped
+/// unfinished, a resumable upload keeps its partial for a resume.
+pub struct Upload {
+    home: Arc<Home>,
+    id: String,
+    target: VirtualPath,
+    meta: PartialMeta,
+    spec: UploadSpec,
+    writer: Option<Box<dyn PartialWrite>>,
+    claim: ClaimGuard,
+    reservation: Option<Reservation>,
+    /// Bytes held by the partial (the high-water mark), all counted in usage.
+    len: u64,
+    /// SHA-256 of the first `hashed` bytes, while writes came in order.
+    hasher: Option<Sha256>,
+    hashed: u64,
+    finished: bool,
+}
+
+/// Writes smaller than this are hashed in place rather than beside the write.
+const HASH_INLINE: usize = 64 * 1024;
+
+impl Upload {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Bytes held when the upload (re)started.
+    pub fn offset(&self) -> u64 {
+        self.spec.offset
+    }
+
+    /// Bytes the partial holds now.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn target(&self) -> &VirtualPath {
+        &self.target
+    }
+
+    fn check_claim(&self) -> Result<(), HomeError> {
+        if self.claim.claim.revoked.load(Ordering::SeqCst) {
+            return Err(HomeError::TakenOver(self.id.clone()));
+        }
+        Ok(())
+    }
+
+    /// Writes `data` at `offset`.
+    pub async fn write_at(&mut self, offset: u64, data: Bytes) -> Result<(), HomeError> {
+        let claim = Arc::clone(&self.claim.claim);
+        let _busy = claim.busy.lock().await;
+        self.check_claim()?;
+        let end = offset
+            .checked_add(data.len() as u64)
+            .ok_or_else(|| HomeError::BadRange("write past the largest offset".into()))?;
+        if let Some(size) = self.spec.size
+            && end > size
+        {
+            return Err(HomeError::BadRange(format!("write to {end} is past the size {size}")));
+        }
+        if end > self.len {
+            let mut growth = end - self.len;
+            if let Some(r) = &mut self.reservation {
+                growth -= r.take(growth);
+            }
+            if growth > 0 {
+                self.home.quota.try_add(growth)?;
+            }
+            self.len = end;
+        }
+        // Hashing keeps up only while writes come in order.
+        let in_order = self.hasher.is_some() && offset == self.hashed;
+        if !in_order {
+            self.hasher = None;
+        }
+        let writer = self.writer.as_mut().ok_or_else(|| HomeError::TakenOver(self.id.clone()))?;
+        match self.hasher.take().filter(|_| in_order) {
+            Some(mut hasher) if data.len() < HASH_INLINE => {
+                hasher.update(&data);
+                writer.write_at(offset, data).await?;
+                self.hasher = Some(hasher);
+            }
+            Some(mut hasher) => {
+                // Hash on one thread while the write runs on another.
+                let d = data.clone();
+                let hashing = tokio::task::spawn_blocking(move || {
+                    hasher.update(&d);
+                    hasher
+                });
+                let written = writer.write_at(offset, data).await;
+                self.hasher = hashing.await.ok();
+                written?;
+            }
+            None => writer.write_at(offset, data).await?,
+        }
+        if in_order {
+            self.hashed = end;
+        }
+        Ok(())
+    }
+
+    /// Appends `data` at the end of what the partial holds.
+    pub async fn write(&mut self, data: Bytes) -> Result<(), HomeError> {
+        self.write_at(self.len, data).await
+    }
+
+    /// Verifies and commits. `sha256` is the hash the client sent at the
+    /// end, if any; a promised hash that differs from it, or data that does
+    /// not hash to it, is a mismatch and the partial is discarded.
+    pub async fn commit(mut self, sha256: Option<&str>) -> Result<Committed, HomeError> {
+        self.check_claim()?;
+        if let Some(size) = self.spec.size
+            && self.len != size
+        {
+            return Err(HomeError::Incomplete { have: self.len, size });
+        }
+        let expected = sha256.map(validate_sha256).transpose()?;
+        if let (Some(p), Some(e)) = (&self.meta.sha256, &expected)
+            && p != e
+        {
+            let err = HomeError::ChecksumMismatch { expected: p.clone(), actual: e.clone() };
+            return Err(self.fail(err).await);
+        }
+        let expected = expected.or_else(|| self.meta.sha256.clone());
+        let actual = match self.hasher.take() {
+            Some(h) if self.hashed == self.len => Some(hex::encode(h.finalize())),
+            // Written out of order: hash what landed when the client gave a hash to check.
+            _ if expected.is_some() => match self.home.storage.partial_hash(&self.id, self.len).await {
+                Ok((h, _)) => Some(hex::encode(h.finalize())),
+                Err(e) => return Err(self.fail(e.into()).await),
+            },
+            _ => None,
+        };
+        if let (Some(e), Some(a)) = (&expected, &actual)
+            && e != a
+        {
+            let err = HomeError::ChecksumMismatch { expected: e.clone(), actual: a.clone() };
+            return Err(self.fail(err).await);
+        }
+        let Some(writer) = self.writer.take() else { return Err(HomeError::TakenOver(self.id.clone())) };
+        match writer.commit(&self.target, self.spec.overwrite, self.home.settings.fsync, actual.as_deref()).await {
+            Ok(replaced) => {
+                self.finished = true;
+                self.home.quota.release(replaced.bytes);
+                Ok(Committed { upload_id: self.id.clone(), size: self.len, sha256: actual })
+            }
+            // A failed commit must not leave a half-trusted partial behind.
+            Err(e) => Err(self.fail(e.into()).await),
+        }
+    }
+
+    /// Discards the partial; returns `err`.
+    async fn fail(&mut self, err: HomeError) -> HomeError {
+        self.discard().await;
+        err
+    }
+
+    async fn discard(&mut self) {
+        self.writer = None;
+        self.finished = true;
+        let freed = self.home.storage.partial_remove(&self.id).await.unwrap_or(0);
+        self.home.quota.release(freed);
+    }
+
+    /// Gives the upload up and removes its partial.
+    pub async fn abort(mut self) {
+        self.discard().await;
+    }
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        // Whatever landed stays counted: the partial holds it. A partial no
+        // one can resume is removed in the background.
+        if self.finished || self.spec.resumable || self.claim.claim.revoked.load(Ordering::SeqCst) {
+            return;
+        }
+        let (home, id) = (Arc::clone(&self.home), self.id.clone());
+        self.writer = None;
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let freed = home.storage.partial_remove(&id).await.unwrap_or(0);
+                home.quota.release(freed);
+            });
+        }
+    }
+}
+
+/// A file being downloaded.
+pub struct Download {
+    file: Box<dyn FileRead>,
+    offset: u64,
+    path: VirtualPath,
+}
+
+impl Download {
+    pub fn entry(&self) -> &Entry {
+        self.file.entry()
+    }
+
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Bytes the download sends.
+    pub fn len(&self) -> u64 {
+        self.entry().size - self.offset
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The hash kept with the file, if it still describes it.
+    pub fn recorded_sha256(&self) -> Option<String> {
+        self.file.recorded_sha256()
+    }
+
+    /// The local file, where the backend has one.
+    pub fn local_file(&self) -> Option<&std::fs::File> {
+        self.file.local_file()
+    }
+
+    /// Sends the bytes into `tx` in blocks and returns the whole file's
+    /// hash (the recorded one when there is one). A file that shrank or
+    /// changed while being read is `FileChanged`.
+    pub async fn stream(self, tx: mpsc::Sender<Bytes>) -> Result<String, HomeError> {
+        let recorded = self.file.recorded_sha256();
+        let path = self.path.to_string();
+        match self.file.stream(self.offset, recorded.is_none(), tx).await {
+            Ok(hash) => hash.or(recorded).ok_or(HomeError::FileChanged(path)),
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(VfsError::Io(e).into()),
+            Err(_) => Err(HomeError::FileChanged(path)),
+        }
+    }
+}
