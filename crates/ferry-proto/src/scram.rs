@@ -305,6 +305,17 @@ impl Verifier {
         }
     }
 
+    /// Whether `password` derives this verifier's StoredKey (recomputed
+    /// from the stored salt and iterations, compared in constant time), for
+    /// front ends that receive the password inside an encrypted channel
+    /// (SSH, FTPS). Costs one PBKDF2 run: call it off the async threads.
+    #[must_use]
+    pub fn matches_password(&self, password: &str) -> bool {
+        let salted = salted_password(password, &self.salt, self.iterations);
+        let candidate = Self::from_salted_password(&salted, Vec::new(), self.iterations);
+        ct_eq(&candidate.stored_key, &self.stored_key)
+    }
+
     #[must_use]
     pub fn salt(&self) -> &[u8] {
         &self.salt

@@ -211,6 +211,57 @@ impl Authenticator {
     }
 }
 
+impl Authenticator {
+    /// Checks a password received inside an encrypted channel (SFTP, FTPS
+    /// front ends): StoredKey is recomputed from the stored salt and
+    /// iterations and compared in constant time. The same throttle as SCRAM
+    /// applies (failures counted together, bans shared), and an unknown user
+    /// costs the same PBKDF2 run against a fake verifier. The caller waits
+    /// the outcome's `delay` before answering, success or not.
+    ///
+    /// **Blocking** (PBKDF2, the user store): use `spawn_blocking`.
+    pub fn verify_password(&self, username: &str, password: &str, ip: IpAddr, now: Instant) -> PasswordOutcome {
+        let delay = match self.throttle.check(username, ip, now) {
+            Decision::Allow => Duration::ZERO,
+            Decision::Delay(d) => d,
+            Decision::Banned { remaining } => {
+                return PasswordOutcome { delay: Duration::ZERO, result: Err(AuthError::Banned { remaining }) };
+            }
+        };
+        let user = if validate_username(username).is_ok() {
+            match self.store.get(username) {
+                Ok(u) => u,
+                Err(e) => return PasswordOutcome { delay, result: Err(AuthError::Store(e)) },
+            }
+        } else {
+            None
+        };
+        let verifier = match &user {
+            Some(u) => u.verifier.clone(),
+            None => Verifier::fake_for(username, &self.server_secret, self.default_iterations),
+        };
+        let matched = verifier.matches_password(password);
+        let result = match user {
+            Some(user) if matched => {
+                self.throttle.record_success(username, ip, now);
+                Ok(user)
+            }
+            _ => {
+                self.throttle.record_failure(username, ip, now);
+                Err(AuthError::Failed)
+            }
+        };
+        PasswordOutcome { delay, result }
+    }
+}
+
+/// The outcome of [`Authenticator::verify_password`]: wait `delay`, then answer.
+#[derive(Debug)]
+pub struct PasswordOutcome {
+    pub delay: Duration,
+    pub result: Result<UserRecord, AuthError>,
+}
+
 /// One login between the server-first and the client-final message.
 pub struct LoginAttempt {
     server: ScramServer,
@@ -305,5 +356,28 @@ mod tests {
         for (name, want) in cases {
             assert_eq!(validate_username(name), Err(want), "{name:?}");
         }
+    }
+
+    #[test]
+    fn verify_password_accepts_the_password_refuses_others_and_shares_the_throttle() {
+        let store: Arc<dyn UserStore> = Arc::new(MemoryUserStore::default());
+        let verifier = Verifier::new("right", b"salt-of-16-bytes", scram::MIN_ITERATIONS).unwrap();
+        store.add(admin::new_user("alice", verifier)).unwrap();
+        let throttle = Throttle::new(ThrottleConfig { free_failures: 1, ban_after: 4, ..ThrottleConfig::default() });
+        let auth = Authenticator::new(store, throttle, [7; 32], scram::MIN_ITERATIONS);
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let now = Instant::now();
+        assert_eq!(auth.verify_password("alice", "right", ip, now).result.unwrap().name, "alice");
+        assert!(matches!(auth.verify_password("alice", "wrong", ip, now).result, Err(AuthError::Failed)));
+        // An unknown user fails the same way.
+        assert!(matches!(auth.verify_password("nobody", "right", ip, now).result, Err(AuthError::Failed)));
+        // Past the free failure, answers are delayed; failures made by SCRAM
+        // logins and password logins count together.
+        assert!(auth.verify_password("alice", "wrong", ip, now).delay > Duration::ZERO);
+        for _ in 0..4 {
+            let _ = auth.verify_password("alice", "wrong", ip, now);
+        }
+        assert!(matches!(auth.verify_password("alice", "right", ip, now).result, Err(AuthError::Banned { .. })));
+        assert!(matches!(auth.begin("n,,n=alice,r=abc", ip, now), Err(AuthError::Banned { .. })));
     }
 }
