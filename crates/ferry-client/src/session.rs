@@ -3,7 +3,6 @@
 
 use ferry_proto::msg::parse_response;
 use ferry_proto::{Connection, Entry, FrameCodec, Header, Request};
-use serde::Deserialize;
 use tokio::io::{ReadHalf, WriteHalf};
 
 use crate::connect::ClientStream;
@@ -18,36 +17,9 @@ pub struct Session {
 }
 
 /// Usage and quota as `ferry df` shows them.
-#[derive(Debug, Clone, Deserialize)]
-pub struct DfInfo {
-    pub used: u64,
-    #[serde(default)]
-    pub reserved: u64,
-    pub quota: Option<u64>,
-    pub free: Option<u64>,
-}
-
-#[derive(Deserialize)]
-struct PathAnswer {
-    path: String,
-}
-
-#[derive(Deserialize)]
-struct LsPage {
-    entries: Vec<Entry>,
-    #[serde(default)]
-    more: bool,
-}
-
-#[derive(Deserialize)]
-struct StatAnswer {
-    entry: Entry,
-}
-
-#[derive(Deserialize)]
-struct HashAnswer {
-    sha256: String,
-}
+/// What `df` answers.
+pub type DfInfo = ferry_proto::resp::DfAnswer;
+use ferry_proto::resp::{HashAnswer, LsPage, PathAnswer, StatAnswer};
 
 impl Session {
     pub(crate) fn new(conn: Connection<ClientStream>, remote: Remote, fingerprint: Option<String>) -> Self {

@@ -68,43 +68,9 @@ pub struct TransferSummary {
     pub restarted: bool,
 }
 
-#[derive(Deserialize)]
-struct StatusAnswer {
-    found: bool,
-    #[serde(default)]
-    upload_id: Option<String>,
-    #[serde(default)]
-    offset: u64,
-    #[serde(default)]
-    prefix_sha256: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct ReadyAnswer {
-    upload_id: String,
-}
-
-#[derive(Deserialize)]
-struct PutAnswer {
-    sha256: String,
-}
-
-#[derive(Deserialize)]
-struct GetAnswer {
-    size: u64,
-    offset: u64,
-}
-
-#[derive(Deserialize)]
-struct GetTrailer {
-    sha256: String,
-}
-
-#[derive(Deserialize)]
-struct HashAnswer {
-    sha256: String,
-    length: u64,
-}
+use ferry_proto::resp::{
+    GetAnswer, GetTrailer, HashAnswer, PutAnswer, Ready as ReadyAnswer, UploadStatus as StatusAnswer,
+};
 
 /// The client's own record of an upload in progress, so that `put -c` can
 /// find its partial after the client restarts.

@@ -9,6 +9,7 @@ pub mod conn;
 pub mod fingerprint;
 pub mod frame;
 pub mod msg;
+pub mod resp;
 pub mod scram;
 pub mod udp;
 

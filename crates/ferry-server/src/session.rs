@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use ferry_proto::msg::{MECHANISM, PROTOCOL_VERSION, error_header, ok_header};
+use ferry_proto::resp;
 use ferry_proto::{Connection, ErrorCode, FrameCodec, FrameError, Request, WireError};
-use serde_json::json;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::auth::{AuthError, UserRecord};
@@ -152,13 +152,13 @@ async fn login_exchange(shared: &Arc<Core>, conn: &mut Conn, ip: Option<IpAddr>)
                     return Err(End::LoginRefused);
                 }
                 said_hello = true;
-                let body = json!({
-                    "version": PROTOCOL_VERSION,
-                    "server": concat!("ferry/", env!("CARGO_PKG_VERSION")),
-                    "mechanisms": [MECHANISM],
-                    "hashes": ["sha256"],
-                    "max_header": shared.config.limits.max_header_bytes,
-                });
+                let body = resp::Hello {
+                    version: PROTOCOL_VERSION,
+                    server: concat!("ferry/", env!("CARGO_PKG_VERSION")).to_string(),
+                    mechanisms: vec![MECHANISM.to_string()],
+                    hashes: vec!["sha256".to_string()],
+                    max_header: shared.config.limits.max_header_bytes,
+                };
                 conn.send(&ok_header(id, &body, 0)).await?;
             }
             Request::AuthStart { mechanism, data } if said_hello => {
@@ -171,7 +171,12 @@ async fn login_exchange(shared: &Arc<Core>, conn: &mut Conn, ip: Option<IpAddr>)
                 let begun = tokio::task::spawn_blocking(move || auth.begin(&data, throttle_ip, Instant::now())).await;
                 match begun {
                     Ok(Ok(attempt)) => {
-                        conn.send(&ok_header(id, &json!({ "data": attempt.server_first() }), 0)).await?;
+                        conn.send(&ok_header(
+                            id,
+                            &resp::Auth { data: attempt.server_first().to_string(), user: None, cwd: None },
+                            0,
+                        ))
+                        .await?;
                         pending = Some(attempt);
                     }
                     Ok(Err(AuthError::Banned { .. })) => {
@@ -202,7 +207,8 @@ async fn login_exchange(shared: &Arc<Core>, conn: &mut Conn, ip: Option<IpAddr>)
                 match attempt.finish(&data, Instant::now()) {
                     Ok((server_final, user)) => {
                         info!(user = %user.name, "login succeeded");
-                        let body = json!({ "data": server_final, "user": user.name, "cwd": "/" });
+                        let body =
+                            resp::Auth { data: server_final, user: Some(user.name.clone()), cwd: Some("/".into()) };
                         conn.send(&ok_header(id, &body, 0)).await?;
                         return Ok(user);
                     }
@@ -221,7 +227,7 @@ async fn login_exchange(shared: &Arc<Core>, conn: &mut Conn, ip: Option<IpAddr>)
                 }
             }
             Request::Bye => {
-                conn.send(&ok_header(id, &json!({}), 0)).await?;
+                conn.send(&ok_header(id, &resp::Done {}, 0)).await?;
                 return Err(End::Bye);
             }
             _ => {
@@ -268,7 +274,7 @@ async fn serve(session: &mut Session, conn: &mut Conn) -> End {
         let result = match req {
             Err(e) => reply_error_skip(conn, id, &e).await,
             Ok(Request::Bye) => {
-                let _ = conn.send(&ok_header(id, &json!({}), 0)).await;
+                let _ = conn.send(&ok_header(id, &resp::Done {}, 0)).await;
                 return End::Bye;
             }
             Ok(req) => cmd::dispatch(session, conn, id, req, header.body_len).await,

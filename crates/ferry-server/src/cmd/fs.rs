@@ -1,8 +1,8 @@
 //! Navigation and file management: pwd, cd, ls, stat, mkdir, rm, rmdir, mv, df.
 
 use ferry_proto::msg::ok_header;
+use ferry_proto::resp;
 use ferry_proto::{Entry, WireError};
-use serde_json::json;
 
 use super::Reply;
 use crate::home::Remove;
@@ -25,7 +25,7 @@ pub fn resolve(session: &Session, path: &str) -> Result<VirtualPath, WireError> 
 }
 
 pub fn pwd(session: &mut Session, conn: &mut Conn, id: u64) -> Result<(), Reply> {
-    conn.queue_header(&ok_header(id, &json!({ "path": session.cwd.to_string() }), 0))?;
+    conn.queue_header(&ok_header(id, &resp::PathAnswer { path: session.cwd.to_string() }, 0))?;
     Ok(())
 }
 
@@ -33,7 +33,7 @@ pub async fn cd(session: &mut Session, conn: &mut Conn, id: u64, path: String) -
     let target = resolve(session, &path)?;
     session.home.enter(&target).await?;
     session.cwd = target;
-    conn.queue_header(&ok_header(id, &json!({ "path": session.cwd.to_string() }), 0))?;
+    conn.queue_header(&ok_header(id, &resp::PathAnswer { path: session.cwd.to_string() }, 0))?;
     Ok(())
 }
 
@@ -57,8 +57,7 @@ pub async fn ls(session: &mut Session, conn: &mut Conn, id: u64, path: Option<St
         page.push(wire);
         if page_bytes >= LS_PAGE_BYTES || i + 1 == last {
             let more = i + 1 < last;
-            conn.queue_header(&ok_header(id, &json!({ "entries": page, "more": more }), 0))?;
-            page.clear();
+            conn.queue_header(&ok_header(id, &resp::LsPage { entries: std::mem::take(&mut page), more }, 0))?;
             page_bytes = 0;
             if conn.queued() > 256 * 1024 {
                 conn.flush().await?;
@@ -66,7 +65,7 @@ pub async fn ls(session: &mut Session, conn: &mut Conn, id: u64, path: Option<St
         }
     }
     if last == 0 {
-        conn.queue_header(&ok_header(id, &json!({ "entries": [], "more": false }), 0))?;
+        conn.queue_header(&ok_header(id, &resp::LsPage { entries: vec![], more: false }, 0))?;
     }
     Ok(())
 }
@@ -74,14 +73,14 @@ pub async fn ls(session: &mut Session, conn: &mut Conn, id: u64, path: Option<St
 pub async fn stat(session: &mut Session, conn: &mut Conn, id: u64, path: String) -> Result<(), Reply> {
     let target = resolve(session, &path)?;
     let entry = session.home.stat(&target).await?;
-    conn.queue_header(&ok_header(id, &json!({ "entry": wire_entry(&entry) }), 0))?;
+    conn.queue_header(&ok_header(id, &resp::StatAnswer { entry: wire_entry(&entry) }, 0))?;
     Ok(())
 }
 
 pub async fn mkdir(session: &mut Session, conn: &mut Conn, id: u64, path: String, parents: bool) -> Result<(), Reply> {
     let target = resolve(session, &path)?;
     session.home.mkdir(&target, parents).await?;
-    conn.queue_header(&ok_header(id, &json!({}), 0))?;
+    conn.queue_header(&ok_header(id, &resp::Done {}, 0))?;
     Ok(())
 }
 
@@ -89,14 +88,14 @@ pub async fn rm(session: &mut Session, conn: &mut Conn, id: u64, path: String, r
     let target = resolve(session, &path)?;
     let freed = session.home.remove(&target, if recursive { Remove::Tree } else { Remove::File }).await?;
     let (bytes, files) = (freed.bytes, freed.files);
-    conn.queue_header(&ok_header(id, &json!({ "bytes": bytes, "files": files }), 0))?;
+    conn.queue_header(&ok_header(id, &resp::Removed { bytes, files }, 0))?;
     Ok(())
 }
 
 pub async fn rmdir(session: &mut Session, conn: &mut Conn, id: u64, path: String) -> Result<(), Reply> {
     let target = resolve(session, &path)?;
     session.home.remove(&target, Remove::EmptyDir).await?;
-    conn.queue_header(&ok_header(id, &json!({}), 0))?;
+    conn.queue_header(&ok_header(id, &resp::Done {}, 0))?;
     Ok(())
 }
 
@@ -111,13 +110,13 @@ pub async fn mv(
     let src = resolve(session, &from)?;
     let dst = resolve(session, &to)?;
     session.home.move_to(&src, &dst, overwrite).await?;
-    conn.queue_header(&ok_header(id, &json!({}), 0))?;
+    conn.queue_header(&ok_header(id, &resp::Done {}, 0))?;
     Ok(())
 }
 
 pub fn df(session: &mut Session, conn: &mut Conn, id: u64) -> Result<(), Reply> {
     let u = session.home.usage();
-    let body = json!({ "used": u.used, "reserved": u.reserved, "quota": u.limit, "free": u.free() });
+    let body = resp::DfAnswer { used: u.used, reserved: u.reserved, quota: u.limit, free: u.free() };
     conn.queue_header(&ok_header(id, &body, 0))?;
     Ok(())
 }

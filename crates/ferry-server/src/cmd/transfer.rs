@@ -9,8 +9,8 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use ferry_proto::msg::{error_header, ok_header};
+use ferry_proto::resp;
 use ferry_proto::{ErrorCode, FrameError, Request, WireError};
-use serde_json::json;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
@@ -111,7 +111,12 @@ pub async fn put(session: &mut Session, conn: &mut Conn, id: u64, a: PutArgs) ->
     let committed = upload.commit(Some(&end_hash?)).await?;
     let ms = started.elapsed().as_millis() as u64;
     info!(path = %target, bytes = committed.size, ms, "upload committed");
-    let body = json!({ "size": committed.size, "sha256": committed.sha256, "upload_id": committed.upload_id });
+    let body = resp::PutAnswer {
+        size: committed.size,
+        // Always there: a framed put sends its hash, so the data was verified.
+        sha256: committed.sha256.unwrap_or_default(),
+        upload_id: Some(committed.upload_id),
+    };
     conn.queue_header(&ok_header(id, &body, 0))?;
     Ok(())
 }
@@ -162,7 +167,9 @@ async fn put_small(session: &mut Session, conn: &mut Conn, id: u64, a: PutArgs) 
     }
     for (id, answer) in answers {
         match answer.unwrap_or_else(|| Err(WireError::new(ErrorCode::Internal, "lost outcome"))) {
-            Ok((size, sha256)) => conn.queue_header(&ok_header(id, &json!({ "size": size, "sha256": sha256 }), 0))?,
+            Ok((size, sha256)) => {
+                conn.queue_header(&ok_header(id, &resp::PutAnswer { size, sha256, upload_id: None }, 0))?
+            }
             Err(e) => conn.queue_header(&error_header(id, &e))?,
         }
     }
@@ -201,7 +208,7 @@ async fn read_small(
 /// Tells a `wait` client that its upload is ready, then reads the `put_data`
 /// header that must follow with the rest of the file as its body.
 async fn exchange_ready(conn: &mut Conn, id: u64, upload: &Upload, rest: u64) -> Result<(), Reply> {
-    let ready = json!({ "ready": true, "upload_id": upload.id(), "offset": upload.offset() });
+    let ready = resp::Ready { ready: true, upload_id: upload.id().to_string(), offset: upload.offset() };
     conn.send(&ok_header(id, &ready, 0)).await?;
     let header = conn.read_header().await?.ok_or(FrameError::Truncated)?;
     let (data_id, req) = Request::from_header(&header);
@@ -257,10 +264,13 @@ pub async fn upload_status(
 ) -> Result<(), Reply> {
     let target = resolve(session, &path)?;
     let body = match session.home.upload_status(&target, Some(size), upload_id.as_deref()).await? {
-        Some(s) => {
-            json!({ "found": true, "upload_id": s.upload_id, "offset": s.offset, "prefix_sha256": s.prefix_sha256 })
-        }
-        None => json!({ "found": false, "offset": 0 }),
+        Some(s) => resp::UploadStatus {
+            found: true,
+            upload_id: Some(s.upload_id),
+            offset: s.offset,
+            prefix_sha256: Some(s.prefix_sha256),
+        },
+        None => resp::UploadStatus { found: false, upload_id: None, offset: 0, prefix_sha256: None },
     };
     conn.queue_header(&ok_header(id, &body, 0))?;
     Ok(())
@@ -323,9 +333,9 @@ fn whole_get_args(h: &ferry_proto::Header) -> Option<(u64, String)> {
 async fn send_small(conn: &mut Conn, id: u64, small: SmallFile) -> Result<(), FrameError> {
     let len = small.data.len();
     let mtime = small.entry.mtime;
-    conn.queue_header(&ok_header(id, &json!({ "size": len, "offset": 0, "mtime": mtime }), len as u64))?;
+    conn.queue_header(&ok_header(id, &resp::GetAnswer { size: len as u64, offset: 0, mtime }, len as u64))?;
     conn.write_body(&small.data).await?;
-    conn.queue_header(&ok_header(id, &json!({ "done": true, "sha256": small.sha256 }), 0))
+    conn.queue_header(&ok_header(id, &resp::GetTrailer { done: true, sha256: small.sha256 }, 0))
 }
 
 /// One get: a small whole file in one step, anything else streamed.
@@ -342,7 +352,7 @@ async fn get_one(session: &mut Session, conn: &mut Conn, id: u64, path: String, 
     }
     let download = session.home.open_download(&target, offset).await?;
     let (size, mtime, body_len) = (download.entry().size, download.entry().mtime, download.len());
-    conn.queue_header(&ok_header(id, &json!({ "size": size, "offset": offset, "mtime": mtime }), body_len))?;
+    conn.queue_header(&ok_header(id, &resp::GetAnswer { size, offset, mtime }, body_len))?;
     let (mut sent, outcome) = send_download(session, conn, download).await?;
     // The header promised `body_len` bytes: if the file shrank, keep the
     // stream framed with zeros and say so in the trailer rather than lie.
@@ -356,7 +366,7 @@ async fn get_one(session: &mut Session, conn: &mut Conn, id: u64, path: String, 
     }
     match outcome {
         Ok(sha256) if sent == body_len => {
-            conn.queue_header(&ok_header(id, &json!({ "done": true, "sha256": sha256 }), 0))?;
+            conn.queue_header(&ok_header(id, &resp::GetTrailer { done: true, sha256 }, 0))?;
             info!(path = %target, bytes = body_len, ms = started.elapsed().as_millis() as u64, "download sent");
         }
         _ => {
@@ -438,6 +448,6 @@ pub async fn hash(
 ) -> Result<(), Reply> {
     let target = resolve(session, &path)?;
     let (sha256, length, size) = session.home.hash(&target, length).await?;
-    conn.queue_header(&ok_header(id, &json!({ "sha256": sha256, "length": length, "size": size }), 0))?;
+    conn.queue_header(&ok_header(id, &resp::HashAnswer { sha256, length, size }, 0))?;
     Ok(())
 }
