@@ -150,6 +150,17 @@ pub struct SmallPut {
 struct Claim {
     revoked: AtomicBool,
     busy: tokio::sync::Mutex<()>,
+    /// The room reserved for the rest of the upload. Kept here rather than
+    /// in the `Upload`, so that a newer writer taking over withdraws it: a
+    /// silent session's promise must not keep its own resume out of the
+    /// quota.
+    reservation: Mutex<Option<Reservation>>,
+}
+
+impl Claim {
+    fn reservation(&self) -> std::sync::MutexGuard<'_, Option<Reservation>> {
+        self.reservation.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// The upload ids being written in one home.
@@ -181,8 +192,10 @@ impl Claims {
         };
         if let Some(older) = older {
             older.revoked.store(true, Ordering::SeqCst);
-            // The older writer's write in flight ends before ours begins.
+            // The older writer's write in flight ends before ours begins;
+            // it writes no more, so the room it reserved is withdrawn.
             drop(older.busy.lock().await);
+            drop(older.reservation().take());
             tracing::info!(upload_id = %id, "upload taken over by a newer session");
         }
         Ok(ClaimGuard { claims: Arc::clone(self), id: id.to_string(), claim })
@@ -419,14 +432,16 @@ impl Home {
             // end result would.
             self.discard_for_fresh_start(&path, spec.upload_id.as_deref()).await;
         }
-        let reservation = match spec.size {
-            Some(size) => Some(self.quota.reserve(size - spec.offset)?),
-            None => None,
+        // Room for the rest of a known size, reserved before a byte lands.
+        let reserve = || -> Result<Option<Reservation>, HomeError> {
+            Ok(spec.size.map(|size| self.quota.reserve(size - spec.offset)).transpose()?)
         };
         let meta = PartialMeta { path, size: spec.size, sha256: promised.clone() };
         let (id, claim, writer, hasher, meta) = if spec.offset == 0 {
+            let reservation = reserve()?;
             let id = new_upload_id();
             let claim = self.claims.claim(&id, false).await?;
+            *claim.claim.reservation() = reservation;
             let writer = self.storage.partial_create(&id, &meta).await?;
             (id, claim, writer, Some(Sha256::new()), meta)
         } else {
@@ -443,6 +458,9 @@ impl Home {
             if info.len != spec.offset {
                 return Err(HomeError::OffsetMismatch { have: info.len, asked: spec.offset });
             }
+            // Reserved once the claim is ours: a writer taken over has
+            // withdrawn its reservation by now.
+            *claim.claim.reservation() = reserve()?;
             let meta = PartialMeta { sha256: info.meta.sha256.or(promised), ..meta };
             let (hasher, hashed) = self.storage.partial_hash(&id, spec.offset).await?;
             if hashed != spec.offset {
@@ -460,7 +478,6 @@ impl Home {
             spec,
             writer: Some(writer),
             claim,
-            reservation,
             len: offset,
             hasher,
             hashed: offset,
@@ -534,8 +551,8 @@ pub struct Upload {
     meta: PartialMeta,
     spec: UploadSpec,
     writer: Option<Box<dyn PartialWrite>>,
+    /// Holds the reservation too (see [`Claim`]).
     claim: ClaimGuard,
-    reservation: Option<Reservation>,
     /// Bytes held by the partial (the high-water mark), all counted in usage.
     len: u64,
     /// SHA-256 of the first `hashed` bytes, while writes came in order.
@@ -592,7 +609,7 @@ impl Upload {
         }
         if end > self.len {
             let mut growth = end - self.len;
-            if let Some(r) = &mut self.reservation {
+            if let Some(r) = self.claim.claim.reservation().as_mut() {
                 growth -= r.take(growth);
             }
             if growth > 0 {

@@ -294,16 +294,16 @@ impl Storage for FsStorage {
         let jail = Arc::clone(&self.jail);
         self.run(move |j| {
             let dir = partials(j)?;
-            write_meta(dir, &id, &meta)?;
-            let file = dir
-                .open_with(
-                    format!("{id}.part"),
-                    cap_std::fs::OpenOptions::new().read(true).write(true).create_new(true),
-                )
-                .map_err(|e| {
-                    let _ = dir.remove_file(format!("{id}.json"));
-                    VfsError::from(e)
-                })?;
+            // The data file first, created new: an id that is taken fails
+            // here, before its partial's sidecar could be overwritten.
+            let file = dir.open_with(
+                format!("{id}.part"),
+                cap_std::fs::OpenOptions::new().read(true).write(true).create_new(true),
+            )?;
+            if let Err(e) = write_meta(dir, &id, &meta) {
+                let _ = dir.remove_file(format!("{id}.part"));
+                return Err(e);
+            }
             Ok(Box::new(FsPartial { jail, id, file: Some(file.into_std()) }) as Box<dyn PartialWrite>)
         })
         .await

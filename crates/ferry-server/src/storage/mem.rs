@@ -76,11 +76,16 @@ impl Tree {
         if p.is_root() {
             return Ok(&ROOT);
         }
-        // A missing parent, or a parent that is a file, is reported as the kernel does.
-        if let Some(parent) = p.parent()
-            && !parent.is_root()
-        {
-            match self.nodes.get(&parent) {
+        // A missing directory above, or a file above, is reported as the
+        // kernel does: the first one from the top decides, at any depth.
+        let mut above = Vec::new();
+        let mut at = p.parent();
+        while let Some(a) = at.filter(|a| !a.is_root()) {
+            at = a.parent();
+            above.push(a);
+        }
+        for a in above.iter().rev() {
+            match self.nodes.get(a) {
                 None => return Err(VfsError::NotFound(p.to_string())),
                 Some(Node::File { .. }) => return Err(VfsError::NotADirectory(p.to_string())),
                 Some(Node::Dir { .. }) => {}
@@ -197,6 +202,10 @@ impl Storage for MemStorage {
         while let Some(p) = at.filter(|p| !p.is_root()) {
             match t.nodes.get(&p) {
                 Some(Node::Dir { .. }) => break,
+                // As mkdir -p: the path itself a file "exists", a file above it is no directory.
+                Some(Node::File { .. }) if &p == path => {
+                    return Err(VfsError::AlreadyExists(format!("{path} already exists")));
+                }
                 Some(Node::File { .. }) => return Err(VfsError::NotADirectory(p.to_string())),
                 None => chain.push(p.clone()),
             }
