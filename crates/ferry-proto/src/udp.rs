@@ -463,16 +463,13 @@ pub mod chat {
     /// A `join` for `nick`, echoing `cookie` if the relay sent one, padded to
     /// at least [`JOIN_MIN_LEN`] bytes so that the relay may answer it.
     pub fn encode_join(nick: &str, cookie: Option<&str>) -> Vec<u8> {
-        let mut d =
-            ClientDatagram::Join { nick: nick.to_owned(), cookie: cookie.map(str::to_owned), pad: String::new() };
-        let bare = encode_client(&d).len();
-        // `,"pad":"` + `"` add 9 bytes around the filler.
-        if bare < JOIN_MIN_LEN {
-            if let ClientDatagram::Join { pad, .. } = &mut d {
-                *pad = ".".repeat(JOIN_MIN_LEN.saturating_sub(bare + 9).max(1));
-            }
+        let join = |pad: String| ClientDatagram::Join { nick: nick.to_owned(), cookie: cookie.map(str::to_owned), pad };
+        let bare = encode_client(&join(String::new()));
+        if bare.len() >= JOIN_MIN_LEN {
+            return bare;
         }
-        encode_client(&d)
+        // `,"pad":""` adds 9 bytes around the filler.
+        encode_client(&join(".".repeat(JOIN_MIN_LEN.saturating_sub(bare.len() + 9).max(1))))
     }
 
     /// The relay's cookie for `addr` in time bucket `bucket`: the first 128
