@@ -335,6 +335,14 @@ async fn spoofed_posts_are_refused() {
     mallory.connect(relay.addr).await.unwrap();
     mallory.send(&msg(&key, 1, "forged 2")).await.unwrap();
     assert!(matches!(raw_next(&mallory).await, RelayDatagram::Refused { code: RefuseCode::BadKey, .. }));
+    // Even the shortest keyed datagram from a non-member is told (a client
+    // whose relay restarted learns it), in no more bytes than it sent.
+    let ping = encode_client(&ClientDatagram::Ping { key: "0".repeat(32) });
+    mallory.send(&ping).await.unwrap();
+    let mut buf = [0u8; 2048];
+    let n = timeout(T, mallory.recv(&mut buf)).await.unwrap().unwrap();
+    assert!(n <= ping.len(), "{n} > {}", ping.len());
+    assert!(matches!(decode_relay(&buf[..n]).unwrap(), RelayDatagram::Refused { code: RefuseCode::BadKey, .. }));
     // A Join from mallory's address cannot take the nickname either.
     let cookie = raw_cookie(&mallory, "alice").await;
     mallory.send(&encode_join("alice", Some(&cookie))).await.unwrap();

@@ -313,8 +313,9 @@ impl Relay {
             None => {
                 // Not a member: nothing proven about this address. Tell a
                 // client the relay forgot (a restart) only within the limits.
+                // "unknown": short enough to fit in a ping or a quit (53 bytes).
                 if self.joins_per_ip.allow(from.ip(), now) {
-                    let d = RelayDatagram::Refused { code: RefuseCode::BadKey, reason: "unknown key".into() };
+                    let d = RelayDatagram::Refused { code: RefuseCode::BadKey, reason: "unknown".into() };
                     reply_unproven(&mut out, from, bytes.len(), &d);
                 }
                 return out;
