@@ -3,8 +3,10 @@
 
     FERRY_PASSWORD=... python3 ferry_client.py [--plaintext] [--fingerprint FP] HOST PORT USER
         {ls PATH | mkdir PATH | put LOCAL REMOTE | get REMOTE LOCAL}
+
+`Chat` is a small blocking client of the UDP chat relay ("Chat relay").
 """
-import argparse, base64, hashlib, hmac, json, os, socket, ssl, struct, sys
+import argparse, base64, hashlib, hmac, json, os, socket, ssl, struct, sys, time
 
 CHUNK = 1024 * 1024
 
@@ -173,6 +175,137 @@ class Ferry:
             self.call("bye")
         except (OSError, FerryError):
             pass
+        self.sock.close()
+
+
+CHAT_JOIN_MIN_LEN = 256  # the relay answers an unproven address with no more bytes than it sent
+
+
+def _chat_bytes(d):
+    return json.dumps(d, separators=(",", ":")).encode()
+
+
+def chat_join_datagram(nick, cookie=None):
+    """A `join`, echoing the relay's `retry` cookie if given, padded to at least 256 bytes."""
+    d = {"t": "join", "nick": nick}
+    if cookie is not None:
+        d["cookie"] = cookie
+    bare = len(_chat_bytes(d))
+    if bare < CHAT_JOIN_MIN_LEN:
+        d["pad"] = "." * max(1, CHAT_JOIN_MIN_LEN - bare - 9)  # ,"pad":"" is 9 bytes
+    return _chat_bytes(d)
+
+
+class Chat:
+    """Joins the chat relay at (host, port) as `nick`: padded `join`, `retry` cookie, `join` again.
+
+    Blocking and single-threaded: `say`/`who` wait for the relay's ack (retrying with backoff);
+    incoming items are acknowledged, put in order and kept for `next_event`, which returns
+    ("message", from, text, private), ("who", nicks) or ("notice", text), or None on timeout.
+    """
+
+    def __init__(self, host, port, nick, timeout=0.5, attempts=6):
+        family, _, _, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
+        self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        self.sock.connect(addr)
+        self.timeout, self.attempts, self.nick = timeout, attempts, nick
+        self.seq, self.expected, self.ahead, self.events, self.acked = 0, 1, {}, [], set()
+        cookie = None
+        for _ in range(attempts):
+            self.sock.send(chat_join_datagram(nick, cookie))
+            d = self._recv_until(time.monotonic() + timeout, lambda d: d.get("t") in ("retry", "welcome", "refused"))
+            if d is None:
+                continue
+            if d["t"] == "refused":
+                self.sock.close()
+                raise FerryError(d.get("code", "refused"), d.get("reason", ""))
+            if d["t"] == "retry":  # prove we receive here: the same join, with the cookie
+                cookie = d["cookie"]
+                continue
+            self.key = d["key"]
+            return
+        self.sock.close()
+        raise FerryError("timeout", "no answer from the chat relay")
+
+    def _send(self, d):
+        self.sock.send(_chat_bytes(d))
+
+    def _recv_until(self, deadline, want):
+        """Reads datagrams until one satisfies `want` (returned) or the deadline (None)."""
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            self.sock.settimeout(left)
+            try:
+                d = json.loads(self.sock.recv(2048))
+            except (TimeoutError, socket.timeout):
+                return None
+            except (ConnectionRefusedError, ValueError):
+                continue
+            if not isinstance(d, dict):
+                continue
+            if d.get("t") in ("deliver", "who_list", "notice") and isinstance(d.get("seq"), int):
+                self._accept(d)
+            elif d.get("t") == "ack":
+                self.acked.add(d.get("seq"))
+            if want(d):
+                return d
+
+    def _accept(self, d):
+        """Acks a numbered item (again if a duplicate) and releases items in order."""
+        seq = d["seq"]
+        if seq >= self.expected + 32:
+            return  # beyond the window: no ack, the relay retries
+        self._send({"t": "ack", "key": self.key, "seq": seq})
+        if seq >= self.expected:
+            self.ahead[seq] = d
+        while self.expected in self.ahead:
+            item = self.ahead.pop(self.expected)
+            self.expected += 1
+            if item["t"] == "deliver":
+                self.events.append(("message", item["from"], item["text"], item["private"]))
+            elif item["t"] == "who_list":
+                self.events.append(("who", item["nicks"]))
+            else:
+                self.events.append(("notice", item["text"]))
+
+    def _request(self, d):
+        self.seq += 1
+        d.update(key=self.key, seq=self.seq)
+        wait = self.timeout / 2
+        for _ in range(self.attempts * 2):
+            self._send(d)
+            if self._recv_until(time.monotonic() + wait, lambda _: self.seq in self.acked) or self.seq in self.acked:
+                return
+            wait = min(wait * 2, 2.0)
+        raise FerryError("timeout", "the chat relay did not acknowledge")
+
+    def say(self, text, to=None):
+        d = {"t": "msg", "text": text}
+        if to is not None:
+            d["to"] = to
+        self._request(d)
+
+    def next_event(self, timeout=5.0):
+        if not self.events:
+            self._recv_until(time.monotonic() + timeout, lambda _: bool(self.events))
+        return self.events.pop(0) if self.events else None
+
+    def who(self, timeout=5.0):
+        self._request({"t": "who"})
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ev = self.next_event(deadline - time.monotonic())
+            if ev and ev[0] == "who":
+                return ev[1]
+        raise FerryError("timeout", "no who_list from the chat relay")
+
+    def quit(self):
+        for _ in range(3):
+            self._send({"t": "quit", "key": self.key})
+            if self._recv_until(time.monotonic() + self.timeout, lambda d: d.get("t") == "bye"):
+                break
         self.sock.close()
 
 

@@ -8,10 +8,10 @@ with a throwaway data folder, exercises the Python client, kills the servers.
 Exits 0 when every check passed. `--probe-bugs` also runs probes for known
 server problems (reported, never counted as failures of this client).
 """
-import argparse, base64, hashlib, os, queue, shutil, signal, subprocess, sys, tempfile, threading, time
+import argparse, base64, hashlib, json, os, queue, shutil, signal, socket, subprocess, sys, tempfile, threading, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ferry_client import Ferry, FerryError, fingerprint_of, scram_client_final  # noqa: E402
+from ferry_client import Chat, Ferry, FerryError, chat_join_datagram, fingerprint_of, scram_client_final  # noqa: E402
 
 PASSWORD = "correct horse battery staple"
 FAILURES = []
@@ -156,6 +156,56 @@ def exercise(srv, work, plaintext):
         c.sock.close()
 
 
+def exercise_chat(ferry, log):
+    """`ferry chat-server` on 127.0.0.1:0: the join handshake, no amplification, messages, who."""
+    proc = subprocess.Popen([ferry, "chat-server", "--listen", "127.0.0.1:0"], stdout=subprocess.PIPE,
+                            stderr=open(log, "wb"), stdin=subprocess.DEVNULL, text=True)
+    try:
+        line = proc.stdout.readline().strip()  # "chat relay listening on 127.0.0.1:PORT"
+        check(line.startswith("chat relay listening on 127.0.0.1:"), f"chat-server banner: {line!r}")
+        port = int(line.rsplit(":", 1)[1])
+        raw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        raw.connect(("127.0.0.1", port))
+        raw.settimeout(0.3)
+        # An unpadded join (what a flood with forged sources sends) gets no answer at all.
+        raw.send(json.dumps({"t": "join", "nick": "eve"}).encode())
+        try:
+            got = raw.recv(2048)
+            check(False, f"chat: unpadded join answered with {got!r}")
+        except (TimeoutError, socket.timeout):
+            pass
+        # A padded one gets a retry no larger than itself, and a forged cookie earns no slot.
+        join = chat_join_datagram("eve")
+        raw.send(join)
+        retry = raw.recv(2048)
+        check(len(retry) <= len(join) and json.loads(retry).get("t") == "retry", f"chat: retry {retry!r}")
+        raw.send(chat_join_datagram("eve", "0" * 32))
+        check(json.loads(raw.recv(2048)).get("t") == "retry", "chat: a forged cookie gets another retry")
+        raw.close()
+        ann, ben = Chat("127.0.0.1", port, "ann"), Chat("127.0.0.1", port, "ben")
+        check(ann.who() == ["ann", "ben"], "chat: who lists the two joined, not eve")
+        ann.say("hello ben")
+        ann.say("psst", to="ben")
+        got = []
+        while len(got) < 2:
+            ev = ben.next_event()
+            if ev is None:
+                break
+            if ev[0] == "message":
+                got.append(ev[1:])
+        check(got == [("ann", "hello ben", False), ("ann", "psst", True)], f"chat: ben got {got}")
+        expect_error("nick_taken", "chat: a taken nickname", lambda: Chat("127.0.0.1", port, "ann"))
+        ben.quit()
+        ann.quit()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
 def probe_bugs(srv, work):
     """Known server problems; prints findings, never fails the run."""
     print("probes (informational):")
@@ -199,6 +249,7 @@ def main():
     servers = []
     try:
         scram_vectors()
+        exercise_chat(a.ferry, os.path.join(tmp, "chat-server.log"))
         for plaintext in (False, True):
             data = os.path.join(tmp, "plain" if plaintext else "tls")
             add = subprocess.run([a.ferry, "user", "add", "alice", "--data", data, "--password-stdin"],

@@ -153,7 +153,11 @@ impl ChatClient {
         }
         let socket = super::connected_socket(relay).await?;
         let local_addr = socket.local_addr()?;
-        let join = wire::encode_client(&ClientDatagram::Join { nick: nick.to_owned() });
+        // Issue 12: the first join (no cookie) is answered with a `retry`
+        // cookie that the next one echoes, proving we receive at our address.
+        // Joins are padded (`encode_join`) because the relay never answers an
+        // unproven address with more bytes than it sent.
+        let mut join = wire::encode_join(nick, None);
         let mut buf = vec![0u8; MAX_DATAGRAM + 1];
         let mut welcome = None;
         'attempts: for _ in 0..opts.join_attempts.max(1) {
@@ -170,6 +174,13 @@ impl ChatClient {
                     Ok(r) => r?,
                 };
                 match wire::decode_relay(&buf[..n]) {
+                    // Send the join again with the cookie, at once. A new
+                    // cookie (the old one expired) counts as an attempt, so a
+                    // relay that only ever answers `retry` cannot keep us.
+                    Ok(RelayDatagram::Retry { cookie }) => {
+                        join = wire::encode_join(nick, Some(&cookie));
+                        continue 'attempts;
+                    }
                     Ok(RelayDatagram::Welcome { key, heartbeat_ms, timeout_ms, .. }) => {
                         welcome = Some((key, heartbeat_ms, timeout_ms));
                         break 'attempts;
@@ -341,7 +352,7 @@ impl Engine {
             RelayDatagram::Refused { reason, .. } => {
                 let _ = self.events.try_send(ChatEvent::Notice(reason));
             }
-            RelayDatagram::Welcome { .. } | RelayDatagram::Pong => {}
+            RelayDatagram::Welcome { .. } | RelayDatagram::Retry { .. } | RelayDatagram::Pong => {}
             d @ (RelayDatagram::Deliver { .. } | RelayDatagram::WhoList { .. } | RelayDatagram::Notice { .. }) => {
                 // stream_seq is Some for exactly these three variants.
                 let seq = d.stream_seq().unwrap_or(0);

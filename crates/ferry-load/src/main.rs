@@ -114,7 +114,13 @@ async fn run(cli: Cli) -> Result<bool> {
             section("sessions", sessions::run(&ferry, &work.join("sessions"), &a).await);
             let a = logins::LoginsArgs { secs: login_secs, workers: 4, attackers: 8, per_attacker: 8 };
             section("logins", logins::run(&ferry, &work.join("logins"), &a).await);
-            let a = hostile::HostileArgs { count: hostile, login_timeout_secs: 5, addresses: 8 };
+            let a = hostile::HostileArgs {
+                count: hostile,
+                login_timeout_secs: 5,
+                addresses: 8,
+                chat_flood_secs: 5,
+                chat_only: false,
+            };
             section("hostile", hostile::run(&ferry, &work.join("hostile"), &a).await);
             let a = soak::SoakArgs { clients, minutes, ..soak::SoakArgs::default() };
             section("soak", soak::run(&ferry, &work.join("soak"), &a).await);

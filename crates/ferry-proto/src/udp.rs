@@ -177,6 +177,8 @@ pub mod reliable {
         item: T,
         due: Instant,
         backoff: Duration,
+        /// Times put on the wire so far.
+        sends: u32,
     }
 
     /// The sending side: numbers items from 1, keeps them until acknowledged.
@@ -222,6 +224,7 @@ pub mod reliable {
             let mut out = Vec::new();
             for (&seq, p) in self.in_flight.iter_mut() {
                 if p.due <= now {
+                    p.sends = p.sends.saturating_add(1);
                     p.backoff = (p.backoff * 2).min(self.policy.max);
                     p.due = now + p.backoff;
                     out.push((seq, p.item.clone()));
@@ -232,10 +235,20 @@ pub mod reliable {
                     break;
                 };
                 out.push((seq, item.clone()));
-                self.in_flight
-                    .insert(seq, Pending { item, due: now + self.policy.initial, backoff: self.policy.initial });
+                self.in_flight.insert(
+                    seq,
+                    Pending { item, due: now + self.policy.initial, backoff: self.policy.initial, sends: 1 },
+                );
             }
             out
+        }
+
+        /// Whether an item has been sent `max_sends` times, unacknowledged,
+        /// and is due again: the peer is not listening. The caller gives up
+        /// instead of calling [`Outbox::poll_transmit`], so no item is ever
+        /// sent more than `max_sends` times (issue 12).
+        pub fn exhausted(&self, now: Instant, max_sends: u32) -> bool {
+            self.in_flight.values().any(|p| p.sends >= max_sends && p.due <= now)
         }
 
         /// When [`Outbox::poll_transmit`] next has something to send, if ever.
@@ -309,13 +322,33 @@ pub mod chat {
     /// Suggested port when `HOST` comes without `:PORT`.
     pub const DEFAULT_PORT: u16 = 7735;
 
+    /// Every `join` a client sends is padded to at least this many bytes
+    /// ([`encode_join`]). The relay answers a datagram from an address that
+    /// has not proven it receives there with at most one datagram no longer
+    /// than the request (issue 12), so an unpadded join gets no answer at all;
+    /// 256 bytes leave room for `retry` and any `refused`.
+    pub const JOIN_MIN_LEN: usize = 256;
+
+    /// A `retry` cookie is this many hex digits (128 bits).
+    pub const COOKIE_HEX_LEN: usize = 32;
+
     /// Client to relay.
     #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
     #[serde(tag = "t", rename_all = "snake_case")]
     pub enum ClientDatagram {
-        /// Ask to join. Repeated until `Welcome` or `Refused`; a repeat from
-        /// the same address gets the same `Welcome` again.
-        Join { nick: String },
+        /// Ask to join. The first one carries no cookie and is answered with
+        /// `Retry`; the client sends it again with that cookie, which proves
+        /// it receives at its address (issue 12). Repeated until `Welcome` or
+        /// `Refused`; a repeat from a joined address gets the same `Welcome`.
+        /// Build it with [`encode_join`], which pads it to [`JOIN_MIN_LEN`].
+        Join {
+            nick: String,
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            cookie: Option<String>,
+            /// Filler, ignored by the relay.
+            #[serde(default, skip_serializing_if = "String::is_empty")]
+            pad: String,
+        },
         /// A line for everyone, or for `to` only. `seq` counts from 1 per client.
         Msg {
             key: String,
@@ -352,6 +385,13 @@ pub mod chat {
     #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
     #[serde(tag = "t", rename_all = "snake_case")]
     pub enum RelayDatagram {
+        /// Answer to a `Join` without a valid cookie: send the `Join` again
+        /// with this `cookie`. Stateless on the relay's side (like DTLS
+        /// `HelloVerifyRequest` and QUIC `Retry`): the cookie is a MAC of
+        /// the client's address and a coarse time, valid for about a minute.
+        Retry {
+            cookie: String,
+        },
         /// Joined: `key` (32 hex digits) goes into every later datagram.
         Welcome {
             key: String,
@@ -418,6 +458,37 @@ pub mod chat {
     pub fn encode_relay(d: &RelayDatagram) -> Vec<u8> {
         // Serializing a plain enum of strings and integers cannot fail.
         serde_json::to_vec(d).expect("RelayDatagram serializes")
+    }
+
+    /// A `join` for `nick`, echoing `cookie` if the relay sent one, padded to
+    /// at least [`JOIN_MIN_LEN`] bytes so that the relay may answer it.
+    pub fn encode_join(nick: &str, cookie: Option<&str>) -> Vec<u8> {
+        let join = |pad: String| ClientDatagram::Join { nick: nick.to_owned(), cookie: cookie.map(str::to_owned), pad };
+        let bare = encode_client(&join(String::new()));
+        if bare.len() >= JOIN_MIN_LEN {
+            return bare;
+        }
+        // `,"pad":""` adds 9 bytes around the filler.
+        encode_client(&join(".".repeat(JOIN_MIN_LEN.saturating_sub(bare.len() + 9).max(1))))
+    }
+
+    /// The relay's cookie for `addr` in time bucket `bucket`: the first 128
+    /// bits of HMAC-SHA256 under the relay's `secret`, in hex. Pure, so the
+    /// relay keeps no state per unproven address.
+    pub fn join_cookie(secret: &[u8], bucket: u64, addr: std::net::SocketAddr) -> String {
+        use hmac::{Hmac, KeyInit, Mac};
+        // HMAC takes keys of any length; the error case cannot happen.
+        let mut mac = <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(secret)
+            .expect("invariant: HMAC accepts keys of any length");
+        mac.update(b"ferry chat join cookie v1\0");
+        mac.update(&bucket.to_be_bytes());
+        match addr.ip() {
+            std::net::IpAddr::V4(ip) => mac.update(&ip.octets()),
+            std::net::IpAddr::V6(ip) => mac.update(&ip.octets()),
+        }
+        mac.update(&addr.port().to_be_bytes());
+        let tag = mac.finalize().into_bytes();
+        tag.iter().take(COOKIE_HEX_LEN / 2).map(|b| format!("{b:02x}")).collect()
     }
 
     pub fn decode_client(bytes: &[u8]) -> Result<ClientDatagram, DecodeError> {
@@ -522,6 +593,47 @@ mod tests {
     }
 
     #[test]
+    fn joins_are_padded_so_every_answer_to_them_fits() {
+        for nick in ["a", &"n".repeat(MAX_NICK)] {
+            for cookie in [None, Some("0".repeat(COOKIE_HEX_LEN))] {
+                let bytes = encode_join(nick, cookie.as_deref());
+                assert!(bytes.len() >= JOIN_MIN_LEN && bytes.len() <= JOIN_MIN_LEN + 1, "{}", bytes.len());
+                match decode_client(&bytes).unwrap() {
+                    ClientDatagram::Join { nick: n, cookie: c, .. } => {
+                        assert_eq!((n.as_str(), c), (nick, cookie.clone()))
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+        // The largest answers to a join still fit in the smallest padded one.
+        let retry = encode_relay(&RelayDatagram::Retry { cookie: "0".repeat(COOKIE_HEX_LEN) });
+        let welcome = encode_relay(&RelayDatagram::Welcome {
+            key: "0".repeat(32),
+            nick: "n".repeat(MAX_NICK),
+            heartbeat_ms: u64::MAX,
+            timeout_ms: u64::MAX,
+        });
+        assert!(retry.len().max(welcome.len()) <= JOIN_MIN_LEN);
+        // A bare join (an old client, or a flood) is far smaller than a retry.
+        let bare = encode_client(&ClientDatagram::Join { nick: "a".into(), cookie: None, pad: String::new() });
+        assert!(bare.len() < retry.len());
+    }
+
+    #[test]
+    fn cookies_bind_secret_time_and_address() {
+        let a: std::net::SocketAddr = "127.0.0.1:1000".parse().unwrap();
+        let b: std::net::SocketAddr = "127.0.0.1:1001".parse().unwrap();
+        let c = join_cookie(b"secret", 7, a);
+        assert_eq!(c.len(), COOKIE_HEX_LEN);
+        assert!(c.bytes().all(|x| x.is_ascii_hexdigit()));
+        assert_eq!(c, join_cookie(b"secret", 7, a));
+        assert_ne!(c, join_cookie(b"secret", 8, a));
+        assert_ne!(c, join_cookie(b"secret", 7, b));
+        assert_ne!(c, join_cookie(b"other", 7, a));
+    }
+
+    #[test]
     fn fits_check() {
         assert!(check_fits("alice", None, "hello").is_ok());
         assert!(check_fits("alice", None, &"x".repeat(2000)).is_err());
@@ -547,6 +659,10 @@ mod tests {
         // 2 now backs off 200ms.
         assert!(out.poll_transmit(t0 + Duration::from_millis(250)).iter().all(|x| x.0 != 2));
         assert_eq!(out.len(), 2);
+        // 2 went out twice; due again at 300ms it has used up a budget of 2.
+        assert!(!out.exhausted(t0 + Duration::from_millis(299), 2));
+        assert!(out.exhausted(t0 + Duration::from_millis(300), 2));
+        assert!(!out.exhausted(t0 + Duration::from_millis(300), 3));
     }
 
     #[test]

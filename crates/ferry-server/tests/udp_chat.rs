@@ -1,5 +1,7 @@
 //! Issue 6, chat relay: real UDP sockets on 127.0.0.1, port 0, with a lossy
 //! proxy that drops, duplicates and reorders datagrams in both directions.
+//! Issue 12 (item 2), the relay as an amplifier and a room strangers fill:
+//! the tests named after those attacks, at the end.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -7,7 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_client::udp::chat::{ChatClient, ChatError, ChatEvent, ChatOptions, run_line_chat};
-use ferry_proto::udp::chat::{ClientDatagram, RefuseCode, RelayDatagram, decode_relay, encode_client};
+use ferry_proto::udp::chat::{
+    COOKIE_HEX_LEN, ClientDatagram, RefuseCode, RelayDatagram, decode_relay, encode_client, encode_join,
+};
 use ferry_proto::udp::reliable::RetryPolicy;
 use ferry_server::udp::chat::{ChatConfig, serve};
 use tokio::net::UdpSocket;
@@ -37,6 +41,13 @@ fn fast_cfg() -> ChatConfig {
         timeout: Duration::from_secs(5),
         retry_initial: Duration::from_millis(40),
         retry_max: Duration::from_millis(400),
+        // Every test client comes from 127.0.0.1; the attack tests below
+        // set their own limits.
+        join_burst: 1000,
+        join_rate_per_sec: 1000.0,
+        join_total_burst: 10_000,
+        join_total_rate_per_sec: 10_000.0,
+        max_clients_per_ip: 256,
         ..ChatConfig::default()
     }
 }
@@ -246,13 +257,25 @@ async fn lossy_network_exactly_once_in_order() {
     relay.token.cancel();
 }
 
+/// Sends a padded join without a cookie on the connected `s`; returns the
+/// cookie of the relay's `retry`.
+async fn raw_cookie(s: &UdpSocket, nick: &str) -> String {
+    s.send(&encode_join(nick, None)).await.unwrap();
+    match raw_next(s).await {
+        RelayDatagram::Retry { cookie } => {
+            assert_eq!(cookie.len(), COOKIE_HEX_LEN);
+            cookie
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
 async fn raw_join(relay: SocketAddr, nick: &str) -> (UdpSocket, String) {
     let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     s.connect(relay).await.unwrap();
-    s.send(&encode_client(&ClientDatagram::Join { nick: nick.into() })).await.unwrap();
-    let mut buf = [0u8; 2048];
-    let n = timeout(T, s.recv(&mut buf)).await.unwrap().unwrap();
-    match decode_relay(&buf[..n]).unwrap() {
+    let cookie = raw_cookie(&s, nick).await;
+    s.send(&encode_join(nick, Some(&cookie))).await.unwrap();
+    match raw_next(&s).await {
         RelayDatagram::Welcome { key, .. } => {
             assert_eq!(key.len(), 32, "128-bit key in hex");
             (s, key)
@@ -312,8 +335,17 @@ async fn spoofed_posts_are_refused() {
     mallory.connect(relay.addr).await.unwrap();
     mallory.send(&msg(&key, 1, "forged 2")).await.unwrap();
     assert!(matches!(raw_next(&mallory).await, RelayDatagram::Refused { code: RefuseCode::BadKey, .. }));
+    // Even the shortest keyed datagram from a non-member is told (a client
+    // whose relay restarted learns it), in no more bytes than it sent.
+    let ping = encode_client(&ClientDatagram::Ping { key: "0".repeat(32) });
+    mallory.send(&ping).await.unwrap();
+    let mut buf = [0u8; 2048];
+    let n = timeout(T, mallory.recv(&mut buf)).await.unwrap().unwrap();
+    assert!(n <= ping.len(), "{n} > {}", ping.len());
+    assert!(matches!(decode_relay(&buf[..n]).unwrap(), RelayDatagram::Refused { code: RefuseCode::BadKey, .. }));
     // A Join from mallory's address cannot take the nickname either.
-    mallory.send(&encode_client(&ClientDatagram::Join { nick: "alice".into() })).await.unwrap();
+    let cookie = raw_cookie(&mallory, "alice").await;
+    mallory.send(&encode_join("alice", Some(&cookie))).await.unwrap();
     assert!(matches!(raw_next(&mallory).await, RelayDatagram::Refused { code: RefuseCode::NickTaken, .. }));
     // The real alice, seq 1: bob's first message from her is this one.
     alice.send(&msg(&key, 1, "genuine")).await.unwrap();
@@ -430,4 +462,268 @@ async fn shutdown_says_bye() {
             None => panic!("no Disconnected event"),
         }
     }
+}
+
+// ---- issue 12: attacks on the relay ------------------------------------------
+
+/// A socket standing for an address the attacker forges: it never answers,
+/// it only counts what the relay sends it.
+struct Victim {
+    socket: UdpSocket,
+    sent: (usize, usize),
+}
+
+impl Victim {
+    async fn new(ip: &str) -> Victim {
+        Victim { socket: UdpSocket::bind((ip, 0)).await.unwrap(), sent: (0, 0) }
+    }
+
+    async fn send(&mut self, relay: SocketAddr, bytes: &[u8]) {
+        self.socket.send_to(bytes, relay).await.unwrap();
+        self.sent.0 += 1;
+        self.sent.1 += bytes.len();
+    }
+
+    /// (datagrams, bytes) received until `quiet` passes without one, and the
+    /// datagrams themselves. Bounded: at most 10 s.
+    async fn drain(&self, quiet: Duration) -> (usize, usize, Vec<RelayDatagram>) {
+        let (mut n, mut bytes, mut got) = (0, 0, Vec::new());
+        let mut buf = [0u8; 2048];
+        let stop = tokio::time::Instant::now() + Duration::from_secs(10);
+        while let Ok(Ok((len, _))) = timeout(quiet, self.socket.recv_from(&mut buf)).await {
+            n += 1;
+            bytes += len;
+            got.extend(decode_relay(&buf[..len]).ok());
+            if tokio::time::Instant::now() > stop {
+                break;
+            }
+        }
+        (n, bytes, got)
+    }
+}
+
+fn random_hex(rng: &mut XorShift) -> String {
+    format!("{:016x}{:016x}", rng.next(), rng.next())
+}
+
+/// Every kind of datagram a forger can aim at the relay without seeing the
+/// answers: bare and padded joins, forged and stolen cookies, posts with
+/// guessed keys, junk.
+fn forged_datagrams(i: usize, stolen_cookie: &str, rng: &mut XorShift) -> Vec<Vec<u8>> {
+    let nick = format!("v{i}");
+    let join = |cookie: Option<String>| {
+        encode_client(&ClientDatagram::Join { nick: nick.clone(), cookie, pad: String::new() })
+    };
+    vec![
+        join(None),
+        encode_join(&nick, None),
+        join(Some(random_hex(rng))),
+        encode_join(&nick, Some(&random_hex(rng))),
+        encode_join(&nick, Some(stolen_cookie)),
+        join(Some(stolen_cookie.to_owned())),
+        encode_client(&ClientDatagram::Ping { key: random_hex(rng) }),
+        encode_client(&ClientDatagram::Msg { key: random_hex(rng), seq: 1, text: "spam".into(), to: None }),
+        encode_client(&ClientDatagram::Quit { key: "k".into() }),
+        b"{\"t\":\"join\"}".to_vec(),
+        (0..64).map(|_| rng.next() as u8).collect(),
+    ]
+}
+
+/// Issue 12: "200 join datagrams (5.7 KB) produced about 59,000 datagrams
+/// (2.6 MB) towards the joined addresses". Now an address that has not echoed
+/// a cookie gets at most one datagram per datagram, never a longer one, and
+/// nothing later (no welcome, notices or retransmissions). The rate limits
+/// are opened wide here so that they do not hide an amplification.
+#[tokio::test]
+async fn chat_join_flood_from_unproven_addresses_is_not_amplified() {
+    let relay = start_relay(fast_cfg()).await;
+    let mut ann = ChatClient::join_with(relay.addr, "ann", fast_opts()).await.unwrap();
+    // The attacker's own address gets a genuine cookie, replayed from others.
+    let mallory = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    mallory.connect(relay.addr).await.unwrap();
+    let stolen = raw_cookie(&mallory, "mallory").await;
+    let mut rng = XorShift(0xF100D);
+    let mut victims = Vec::new();
+    for i in 0..200 {
+        let mut v = Victim::new("127.0.0.1").await;
+        for d in forged_datagrams(i, &stolen, &mut rng) {
+            v.send(relay.addr, &d).await;
+        }
+        victims.push(v);
+    }
+    // The 200 bare joins of the issue, again, from one more address each.
+    for i in 0..200 {
+        let mut v = Victim::new("127.0.0.1").await;
+        v.send(
+            relay.addr,
+            &encode_client(&ClientDatagram::Join { nick: format!("b{i}"), cookie: None, pad: String::new() }),
+        )
+        .await;
+        victims.push(v);
+    }
+    let (mut sent, mut got) = ((0, 0), (0, 0));
+    // Quiet for long enough that a welcome's notices would be retransmitted.
+    let drained = futures::future::join_all(victims.iter().map(|v| v.drain(Duration::from_millis(300)))).await;
+    for (v, (n, bytes, replies)) in victims.iter().zip(drained) {
+        assert!(n <= v.sent.0, "{n} datagrams for {} sent", v.sent.0);
+        assert!(bytes <= v.sent.1, "{bytes} bytes for {} sent", v.sent.1);
+        for r in &replies {
+            assert!(
+                matches!(r, RelayDatagram::Retry { .. } | RelayDatagram::Refused { code: RefuseCode::BadKey, .. }),
+                "an unproven address got {r:?}"
+            );
+        }
+        sent = (sent.0 + v.sent.0, sent.1 + v.sent.1);
+        got = (got.0 + n, got.1 + bytes);
+    }
+    eprintln!(
+        "towards unproven addresses: {} datagrams / {} bytes in, {} datagrams / {} bytes out: {:.3} bytes out per byte in",
+        sent.0,
+        sent.1,
+        got.0,
+        got.1,
+        got.1 as f64 / sent.1 as f64
+    );
+    assert!(got.1 <= sent.1);
+    assert_eq!(who(&mut ann).await, ["ann"], "nobody forged joined");
+    relay.token.cancel();
+}
+
+/// Issue 12: "256 joins fill the room so a real user is refused". Joins that
+/// never echo a cookie from their own address (none, forged, stale or one
+/// stolen from another address) never take a slot, even in a room of 3.
+#[tokio::test]
+async fn forged_joins_never_take_a_room_slot() {
+    let relay = start_relay(ChatConfig { max_clients: 3, ..fast_cfg() }).await;
+    let mallory = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    mallory.connect(relay.addr).await.unwrap();
+    let stolen = raw_cookie(&mallory, "mallory").await;
+    let mut rng = XorShift(0x5107);
+    for i in 0..300 {
+        // Spread over addresses, so the per-address limit is not what stops them.
+        let mut v = Victim::new(&format!("127.1.0.{}", 1 + i % 100)).await;
+        for d in forged_datagrams(i, &stolen, &mut rng) {
+            v.send(relay.addr, &d).await;
+        }
+    }
+    // A cookie only works from the address it was given to: from another,
+    // it earns a retry, and that address's own cookie a slot.
+    let other = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    other.connect(relay.addr).await.unwrap();
+    other.send(&encode_join("other", Some(&stolen))).await.unwrap();
+    let RelayDatagram::Retry { cookie } = raw_next(&other).await else { panic!("no retry") };
+    assert_ne!(cookie, stolen);
+    other.send(&encode_join("other", Some(&cookie))).await.unwrap();
+    assert!(matches!(raw_next(&other).await, RelayDatagram::Welcome { nick, .. } if nick == "other"));
+    // Two real users still fit, and the room holds exactly them.
+    let mut ann = ChatClient::join_with(relay.addr, "ann", fast_opts()).await.unwrap();
+    let _ben = ChatClient::join_with(relay.addr, "ben", fast_opts()).await.unwrap();
+    assert_eq!(who(&mut ann).await, ["ann", "ben", "other"]);
+    // Now it is full: for real.
+    match ChatClient::join_with(relay.addr, "cat", fast_opts()).await {
+        Err(ChatError::Refused { code: RefuseCode::Full, .. }) => {}
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("a fourth client in a room of 3"),
+    }
+    relay.token.cancel();
+}
+
+/// Joins are limited per source address and in total: past the burst, a
+/// flood from one address or from many gets no answers at all.
+#[tokio::test]
+async fn join_flood_is_rate_limited_per_address_and_in_total() {
+    let cfg = ChatConfig {
+        join_burst: 5,
+        join_rate_per_sec: 0.001,
+        join_total_burst: 20,
+        join_total_rate_per_sec: 0.001,
+        ..fast_cfg()
+    };
+    // From one address: many ports, one budget.
+    let relay = start_relay(cfg.clone()).await;
+    let mut answered = 0;
+    let mut victims = Vec::new();
+    for i in 0..50 {
+        let mut v = Victim::new("127.0.0.1").await;
+        v.send(relay.addr, &encode_join(&format!("a{i}"), None)).await;
+        victims.push(v);
+    }
+    for (n, _, _) in futures::future::join_all(victims.iter().map(|v| v.drain(Duration::from_millis(500)))).await {
+        answered += n;
+    }
+    assert_eq!(answered, 5, "one address, 50 joins");
+    relay.token.cancel();
+    // From 8 addresses, 10 each: 5 per address would be 40, the total caps 20.
+    let relay = start_relay(cfg).await;
+    let mut victims = Vec::new();
+    for i in 0..80 {
+        let mut v = Victim::new(&format!("127.0.0.{}", 2 + i % 8)).await;
+        v.send(relay.addr, &encode_join(&format!("b{i}"), None)).await;
+        victims.push(v);
+    }
+    let mut answered = 0;
+    for (n, _, _) in futures::future::join_all(victims.iter().map(|v| v.drain(Duration::from_millis(500)))).await {
+        answered += n;
+    }
+    assert_eq!(answered, 20, "8 addresses, 80 joins");
+    // A newcomer from a fresh address: the total is spent.
+    let s = UdpSocket::bind("127.0.0.20:0").await.unwrap();
+    s.connect(relay.addr).await.unwrap();
+    s.send(&encode_join("late", None)).await.unwrap();
+    assert!(timeout(Duration::from_millis(200), raw_next(&s)).await.is_err(), "the total is spent");
+    relay.token.cancel();
+}
+
+/// A member that stops acknowledging (it joined from a real address, then
+/// went deaf, or joined to be a target) is sent each item at most
+/// `max_transmissions` times and at most `max_notices` notices, however many
+/// others join and leave; then it is dropped.
+#[tokio::test]
+async fn deaf_member_gets_bounded_retransmissions_and_notices() {
+    let cfg = ChatConfig {
+        max_notices: 4,
+        max_transmissions: 3,
+        retry_initial: Duration::from_millis(20),
+        retry_max: Duration::from_millis(40),
+        ..fast_cfg()
+    };
+    let relay = start_relay(cfg).await;
+    let (deaf, _key) = raw_join(relay.addr, "deaf").await;
+    let mut ann = ChatClient::join_with(relay.addr, "ann", fast_opts()).await.unwrap();
+    // 30 joins and 30 leaves: 60 notices owed to the deaf member.
+    for i in 0..30 {
+        let (s, key) = raw_join(relay.addr, &format!("j{i}")).await;
+        s.send(&encode_client(&ClientDatagram::Quit { key })).await.unwrap();
+    }
+    // ... and messages for it: each retransmitted at most 3 times.
+    ann.tell("deaf", "are you there?").unwrap();
+    ann.say("anyone?").unwrap();
+    let mut buf = [0u8; 2048];
+    let mut notices = std::collections::HashSet::new();
+    let (mut datagrams, mut delivers) = (0, 0);
+    while let Ok(Ok(n)) = timeout(Duration::from_millis(500), deaf.recv(&mut buf)).await {
+        datagrams += 1;
+        match decode_relay(&buf[..n]).unwrap() {
+            RelayDatagram::Notice { seq, .. } => {
+                notices.insert(seq);
+            }
+            RelayDatagram::Deliver { .. } => delivers += 1,
+            _ => {}
+        }
+        assert!(datagrams < 100, "unbounded traffic to a deaf member");
+    }
+    assert!(notices.len() <= 4, "{} distinct notices", notices.len());
+    assert!(delivers <= 2 * 3, "{delivers} deliveries");
+    assert!(datagrams <= 4 * 3 + 2 * 3, "{datagrams} datagrams in all");
+    // It was dropped for it.
+    let left = loop {
+        match timeout(T, ann.next_event()).await.unwrap() {
+            Some(ChatEvent::Notice(n)) if n.starts_with("deaf left") => break n,
+            Some(_) => {}
+            None => panic!("closed"),
+        }
+    };
+    assert!(left.contains("not acknowledging"), "{left}");
+    assert_eq!(who(&mut ann).await, ["ann"]);
+    relay.token.cancel();
 }

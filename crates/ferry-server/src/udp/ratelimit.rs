@@ -10,6 +10,31 @@ struct Bucket {
     last: Instant,
 }
 
+/// One token bucket: `burst` at once, `rate_per_sec` after. Bounds a total
+/// across all sources, beside the per-source [`RateLimiter`].
+#[derive(Debug)]
+pub struct TokenBucket {
+    rate_per_sec: f64,
+    burst: f64,
+    bucket: Option<Bucket>,
+}
+
+impl TokenBucket {
+    pub fn new(rate_per_sec: f64, burst: u32) -> Self {
+        TokenBucket { rate_per_sec: rate_per_sec.max(0.0), burst: f64::from(burst.max(1)), bucket: None }
+    }
+
+    /// Takes one token; false means the request must be dropped.
+    pub fn allow(&mut self, now: Instant) -> bool {
+        let b = self.bucket.unwrap_or(Bucket { tokens: self.burst, last: now });
+        let elapsed = now.saturating_duration_since(b.last).as_secs_f64();
+        let tokens = (b.tokens + elapsed * self.rate_per_sec).min(self.burst);
+        let allowed = tokens >= 1.0;
+        self.bucket = Some(Bucket { tokens: if allowed { tokens - 1.0 } else { tokens }, last: now });
+        allowed
+    }
+}
+
 /// Allows each IP address `burst` requests at once and `rate_per_sec` after.
 ///
 /// The map holds at most `max_sources` addresses. When it is full, buckets
@@ -80,6 +105,16 @@ mod tests {
         assert!(!rl.allow(ip, t0));
         assert!(rl.allow(ip, t0 + Duration::from_millis(500)));
         assert!(!rl.allow(ip, t0 + Duration::from_millis(500)));
+    }
+
+    #[test]
+    fn total_bucket() {
+        let mut tb = TokenBucket::new(10.0, 2);
+        let t0 = Instant::now();
+        assert!(tb.allow(t0) && tb.allow(t0));
+        assert!(!tb.allow(t0));
+        assert!(tb.allow(t0 + Duration::from_millis(100)));
+        assert!(!tb.allow(t0 + Duration::from_millis(100)));
     }
 
     #[test]
