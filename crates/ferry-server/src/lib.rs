@@ -26,6 +26,7 @@ pub use state::{Prepared, Shared};
 
 /// Prepares the data folder and starts serving in the background.
 pub async fn start(config: ServerConfig) -> anyhow::Result<(Running, Prepared)> {
+    exec::log_startup(&config.exec);
     let prepared = Shared::prepare(config)?;
     let running = listener::start(std::sync::Arc::clone(&prepared.shared)).await?;
     Ok((running, prepared))
