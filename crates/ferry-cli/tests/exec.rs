@@ -603,3 +603,38 @@ fn binary_one_gib_of_output_streams_with_bounded_server_memory() {
     assert!(hwm1.saturating_sub(hwm0) < 64 * 1024, "server peak memory grew by {} KiB", hwm1 - hwm0);
     let _ = std::io::stderr().flush();
 }
+
+/// Issue 12 (quota): what a command writes counts. Written through exec past
+/// the quota, it gets uploads refused until the user is back under; a sparse
+/// file counts by its length when added and when removed, so removing it
+/// never frees more than was counted (usage cannot go negative).
+#[tokio::test]
+async fn what_a_command_writes_counts_against_the_quota() {
+    let server = TestServer::start_with(|_| {}).await.unwrap();
+    server.add_user("quota", PW, Some(1 << 20), true).unwrap();
+    let mut s = server.login("quota", PW).await.unwrap();
+    // A root server runs commands as `exec.run_as` (nobody): let it write the home.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(server.home("quota"), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let (o, _, err) = run(&mut s, &sh("head -c 1500000 /dev/zero > big"), None).await;
+    assert_eq!(o.exit_code, Some(0), "{}", String::from_utf8_lossy(&err));
+    let df = s.df().await.unwrap();
+    assert_eq!(df.used, 1_500_000, "{df:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("small.bin");
+    write_random_file(&local, 10, 1).unwrap();
+    let opts = ferry_client::PutOptions::default();
+    let refused = s.put_file(&local, "small.bin", &opts, &ferry_client::NoProgress).await.unwrap_err();
+    assert_eq!(wire_code(&refused), Some(ErrorCode::QuotaExceeded), "{refused}");
+    s.rm("big", false).await.unwrap();
+    assert_eq!(s.df().await.unwrap().used, 0);
+    s.put_file(&local, "small.bin", &opts, &ferry_client::NoProgress).await.unwrap();
+    // A sparse file: counted by its length, freed by the same length.
+    let (o, _, _) = run(&mut s, &sh("truncate -s 100M sparse"), None).await;
+    assert_eq!(o.exit_code, Some(0));
+    assert_eq!(s.df().await.unwrap().used, 10 + (100 << 20));
+    s.rm("sparse", false).await.unwrap();
+    assert_eq!(s.df().await.unwrap().used, 10, "rm freed exactly what was counted");
+    s.rm("sparse", false).await.unwrap_err();
+    assert_eq!(s.df().await.unwrap().used, 10);
+}

@@ -80,8 +80,31 @@ pub struct ExecConfig {
     pub timeout_secs: u64,
     pub max_per_user: usize,
     pub max_total: usize,
-    /// When non-empty, only these program names may be run.
+    /// When non-empty, only these program names may be run. A convenience,
+    /// not a boundary: the kernel confinement is the boundary (README).
     pub allowlist: Vec<String>,
+    /// When the server runs as root: the unprivileged OS user (name, or
+    /// `uid` / `uid:gid`) commands run as. Unset means `nobody`. A server
+    /// that does not run as root runs commands as itself and refuses a
+    /// different `run_as` at start.
+    pub run_as: Option<String>,
+    /// Let commands open network connections. Off: each command gets an
+    /// empty network namespace and Landlock denies TCP bind and connect.
+    pub network: bool,
+    /// Run commands without the kernel confinement (no Landlock, no
+    /// namespaces, no resource caps): only for kernels that lack them.
+    /// Logged as a warning at start.
+    pub unconfined: bool,
+    /// Processes one command may have at once (RLIMIT_NPROC in its own user namespace).
+    pub max_processes: u64,
+    /// Address space of each process of a command, bytes (RLIMIT_AS).
+    pub max_memory_bytes: u64,
+    /// CPU time of each process of a command, seconds (RLIMIT_CPU).
+    pub max_cpu_secs: u64,
+    /// Largest file a command may write, bytes (RLIMIT_FSIZE).
+    pub max_file_bytes: u64,
+    /// Open files of each process of a command (RLIMIT_NOFILE).
+    pub max_open_files: u64,
 }
 
 impl Default for ServerConfig {
@@ -128,7 +151,20 @@ impl Default for TransferConfig {
 
 impl Default for ExecConfig {
     fn default() -> Self {
-        ExecConfig { timeout_secs: 300, max_per_user: 4, max_total: 64, allowlist: Vec::new() }
+        ExecConfig {
+            timeout_secs: 300,
+            max_per_user: 4,
+            max_total: 64,
+            allowlist: Vec::new(),
+            run_as: None,
+            network: false,
+            unconfined: false,
+            max_processes: 64,
+            max_memory_bytes: 4 << 30,
+            max_cpu_secs: 300,
+            max_file_bytes: 8 << 30,
+            max_open_files: 1024,
+        }
     }
 }
 
@@ -182,6 +218,19 @@ impl ServerConfig {
         positive("exec.timeout_secs", self.exec.timeout_secs)?;
         positive("exec.max_per_user", self.exec.max_per_user as u64)?;
         positive("exec.max_total", self.exec.max_total as u64)?;
+        positive("exec.max_processes", self.exec.max_processes)?;
+        positive("exec.max_cpu_secs", self.exec.max_cpu_secs)?;
+        positive("exec.max_open_files", self.exec.max_open_files)?;
+        // Below this even `sh` cannot map its libraries.
+        if self.exec.max_memory_bytes < 16 << 20 {
+            return Err(ConfigError::Invalid {
+                key: "exec.max_memory_bytes",
+                problem: "must be at least 16777216".into(),
+            });
+        }
+        if self.exec.run_as.as_deref().is_some_and(str::is_empty) {
+            return Err(ConfigError::Invalid { key: "exec.run_as", problem: "must name a user".into() });
+        }
         Ok(())
     }
 

@@ -1,9 +1,14 @@
-//! Remote command execution policy: who may run what, how many at once, and
-//! the environment a command gets. The streaming itself is in `cmd/exec.rs`.
+//! Remote command execution policy: who may run what, how many at once, the
+//! environment a command gets and the kernel boundary around it. The
+//! streaming itself is in `cmd/exec.rs`.
 //!
-//! The home jail does not apply here: a command runs as the server's own
-//! operating-system user. Run the server as a dedicated user and consider
-//! `exec.allowlist` (README, "Remote commands").
+//! The allowlist is a convenience, not a boundary: an allowed program can
+//! run others (`tar --checkpoint-action=exec=...`). The boundary is
+//! [`confine`]: namespaces, Landlock, no capabilities, rlimits (issue 12).
+//! Where the kernel lacks them, commands are refused unless the operator set
+//! `exec.unconfined = true`.
+
+mod confine;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -11,6 +16,9 @@ use std::sync::{Arc, Mutex};
 
 use tokio::process::Command;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::config::ExecConfig;
+pub use confine::Identity;
 
 /// Caps on concurrent commands, in total and per user.
 pub struct ExecLimits {
@@ -65,9 +73,53 @@ pub fn allowed(allowlist: &[String], program: &str) -> bool {
     allowlist.iter().any(|a| a == program || a == base)
 }
 
-/// The command, in its own process group, with a cleared environment but
-/// for a safe set.
-pub fn command(argv: &[String], cwd: &Path, home: &Path, user: &str) -> Command {
+/// How commands run under a configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Boundary {
+    /// Inside the kernel confinement, as this identity.
+    Confined(Identity),
+    /// `exec.unconfined = true`: as the server's user, with only a process group.
+    Unconfined,
+}
+
+/// The boundary commands get, or why none can be had (then commands are
+/// refused: fail closed).
+pub fn boundary(cfg: &ExecConfig) -> Result<Boundary, String> {
+    if cfg.unconfined {
+        return Ok(Boundary::Unconfined);
+    }
+    let id = confine::identity(cfg)?;
+    confine::available(id)?;
+    Ok(Boundary::Confined(id))
+}
+
+/// Says at start how commands will run; loudly when they are not confined.
+pub fn log_startup(cfg: &ExecConfig) {
+    match boundary(cfg) {
+        Ok(Boundary::Unconfined) => tracing::warn!(
+            "WARNING: exec.unconfined = true: remote commands run WITHOUT the kernel confinement, as the \
+             server's own OS user: they can read its secret, its user database and every home, and signal it"
+        ),
+        Ok(Boundary::Confined(id)) => tracing::info!(
+            uid = id.uid,
+            gid = id.gid,
+            network = cfg.network,
+            "remote commands are confined (Landlock, user/PID/network namespaces, no capabilities, rlimits)"
+        ),
+        Err(why) => tracing::warn!("remote commands will be refused: {why}"),
+    }
+}
+
+/// The command, confined (see [`boundary`]), in its own process group, with
+/// a cleared environment but for a safe set. `Err` says why commands are
+/// refused.
+pub fn command(cfg: &ExecConfig, argv: &[String], cwd: &Path, home: &Path, user: &str) -> Result<Command, String> {
+    let boundary = boundary(cfg).map_err(|why| {
+        format!(
+            "remote commands are refused because they cannot be confined: {why} \
+             (the operator may set exec.unconfined = true)"
+        )
+    })?;
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..])
         .current_dir(cwd)
@@ -82,7 +134,10 @@ pub fn command(argv: &[String], cwd: &Path, home: &Path, user: &str) -> Command 
         .stderr(std::process::Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    cmd
+    if let Boundary::Confined(id) = boundary {
+        confine::apply(cmd.as_std_mut(), cfg, id, home)?;
+    }
+    Ok(cmd)
 }
 
 /// Kills the whole process group led by `pid`.

@@ -229,6 +229,16 @@ impl Home {
         self.quota.usage()
     }
 
+    /// Brings usage back in line with what the storage holds, after
+    /// something wrote to it outside `Home` (a remote command). A user over
+    /// quota then has uploads refused until back under.
+    pub async fn reconcile(&self) {
+        match self.storage.usage().await {
+            Ok(held) => self.quota.set_used(held.bytes),
+            Err(e) => tracing::warn!(error = %e, "cannot measure the home after a command"),
+        }
+    }
+
     pub async fn stat(&self, path: &VirtualPath) -> Result<Entry, HomeError> {
         Ok(self.storage.stat(path).await?)
     }

@@ -29,6 +29,7 @@ pub use listener::Running;
 
 /// Prepares the data folder and starts serving in the background.
 pub async fn start(config: ServerConfig) -> anyhow::Result<(Running, Prepared)> {
+    exec::log_startup(&config.exec);
     let prepared = Core::prepare(config)?;
     let running = listener::start(std::sync::Arc::clone(&prepared.core)).await?;
     Ok((running, prepared))

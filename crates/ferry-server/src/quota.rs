@@ -90,6 +90,12 @@ impl UserQuota {
         Ok(Reservation { quota: Arc::clone(self), bytes, settled: false })
     }
 
+    /// Sets usage to what was measured (after a remote command wrote into
+    /// the home behind the quota's back). Reservations stay.
+    pub fn set_used(&self, bytes: u64) {
+        self.lock().used = bytes.into();
+    }
+
     /// Bytes left the home (a file removed, a partial expired, a file overwritten).
     pub fn release(&self, bytes: u64) {
         self.lock().used -= i128::from(bytes);

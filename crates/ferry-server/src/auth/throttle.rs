@@ -198,15 +198,17 @@ impl Throttle {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// `base_delay * 2^(n - free - 1)` once `n` passes the free failures, capped.
+    /// `base_delay * 2^(n - free)` once `n` failures reach the free ones,
+    /// capped: with 3 free failures, the try after the third is delayed
+    /// (issue 13: the delay had come one failure late).
     fn delay_for(&self, failures: u32, cap: Duration) -> Duration {
+        if failures == 0 {
+            return Duration::ZERO;
+        }
         let Some(over) = failures.checked_sub(self.config.free_failures) else {
             return Duration::ZERO;
         };
-        if over == 0 {
-            return Duration::ZERO;
-        }
-        let factor = 1u32 << (over - 1).min(20);
+        let factor = 1u32 << over.min(20);
         self.config.base_delay.saturating_mul(factor).min(cap)
     }
 
@@ -306,12 +308,12 @@ mod tests {
         let t = Throttle::default();
         let now = Instant::now();
         let a = ip("192.0.2.1");
-        for _ in 0..3 {
+        for _ in 0..2 {
             t.record_failure("alice", a, now);
         }
-        assert_eq!(t.check("alice", a, now), Decision::Allow);
+        assert_eq!(t.check("alice", a, now), Decision::Allow, "two of the three free failures");
         t.record_failure("alice", a, now);
-        assert_eq!(t.check("alice", a, now), Decision::Delay(Duration::from_millis(250)));
+        assert_eq!(t.check("alice", a, now), Decision::Delay(Duration::from_millis(250)), "right after the third");
         t.record_failure("alice", a, now);
         assert_eq!(t.check("alice", a, now), Decision::Delay(Duration::from_millis(500)));
     }
@@ -370,8 +372,8 @@ mod tests {
             t.record_failure("eve", a, now);
         }
         t.record_success("eve", a, now);
-        // 6 failures left on the address: 3 beyond the free ones.
-        assert_eq!(t.check("eve", a, now), Decision::Delay(Duration::from_millis(1000)));
+        // 6 failures left on the address: 3 beyond the free ones, so 250 ms doubled three times.
+        assert_eq!(t.check("eve", a, now), Decision::Delay(Duration::from_millis(2000)));
         // Cycling failures and successes on an own account does not reset the
         // count against another.
         for _ in 0..4 {

@@ -50,7 +50,11 @@ pub async fn exec(session: &mut Session, conn: &mut Conn, id: u64, argv: Vec<Str
     let timeout = Duration::from_secs(cfg.timeout_secs);
     let home = crate::users::home_of(&session.core.config, &session.user);
     let cwd = home.join(session.cwd.to_relative_path());
-    let mut child = match exec::command(&argv, &cwd, &home, &user).spawn() {
+    let mut cmd = exec::command(cfg, &argv, &cwd, &home, &user).map_err(|why| {
+        warn!(user = %user, program = %program, "exec refused: {why}");
+        WireError::new(ErrorCode::NotPermitted, why)
+    })?;
+    let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
             let code = if e.kind() == std::io::ErrorKind::NotFound { ErrorCode::NotFound } else { ErrorCode::Internal };
@@ -179,6 +183,8 @@ pub async fn exec(session: &mut Session, conn: &mut Conn, id: u64, argv: Vec<Str
     }
     // Background processes that closed their output go with the command.
     drop(group);
+    // Every process of the command is gone: what it wrote counts (issue 12).
+    session.home.reconcile().await;
     let exit_code = status.and_then(|s| s.code());
     let signal = status.and_then(|s| s.signal());
     info!(user = %user, pid, exit_code, signal, timed_out, cancelled, ms = started.elapsed().as_millis() as u64, "exec ended");
