@@ -199,3 +199,35 @@ async fn idle_session_is_closed_after_the_idle_timeout() {
     let err = session.pwd().await.expect_err("the idle session was closed");
     assert!(err.to_string().contains("idle") || err.to_string().contains("closed"), "{err}");
 }
+
+/// Issue 13: login messages out of order are `bad_request` (not
+/// `auth_required`), before and after hello; and a request with id 0, which
+/// PROTOCOL.md reserves for the session, is an error, not answered `ok`.
+#[tokio::test]
+async fn auth_out_of_order_and_id_zero_are_bad_requests() {
+    let server = TestServer::start_plaintext().await.unwrap();
+    server.add_user("alice", "pw", None, false).unwrap();
+    let mut s = connect(&server).await;
+    let cases = [
+        json!({"id": 2, "op": "auth_finish", "data": "c=biws,r=x,p=eA=="}),
+        json!({"id": 3, "op": "auth_finish", "data": ""}),
+        json!({"id": 0, "op": "pwd"}),
+        json!({"id": 0, "op": "hello", "version": 1}),
+    ];
+    for req in cases {
+        s.write_all(&frame(&req, b"")).await.unwrap();
+        let answer = read_header(&mut s).await.expect("answer");
+        assert_eq!(code(&answer), "bad_request", "{req} -> {answer}");
+        assert_eq!(answer["id"], req["id"]);
+    }
+    // Before hello, too.
+    let mut raw = TcpStream::connect(server.addr).await.unwrap();
+    raw.write_all(&frame(&json!({"id": 1, "op": "auth_finish", "data": "x"}), b"")).await.unwrap();
+    assert_eq!(code(&read_header(&mut raw).await.unwrap()), "bad_request");
+    // After login, id 0 is refused just the same.
+    let mut session = server.login_raw("alice", "pw").await.unwrap();
+    session.send(&ferry_proto::Request::Pwd.to_header(0, 0)).await.unwrap();
+    let answer = session.read_header().await.unwrap().unwrap();
+    assert_eq!(answer.fields["ok"], false, "{answer:?}");
+    assert_eq!(answer.fields["error"]["code"], "bad_request", "{answer:?}");
+}

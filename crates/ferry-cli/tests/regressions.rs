@@ -358,3 +358,58 @@ async fn connect_gives_up_on_a_server_that_accepts_and_never_speaks() {
     }
     held.abort();
 }
+
+/// Issue 13: `df` tells the truth. With `free` bytes left, an upload of
+/// exactly `free` bytes succeeds (the partial's bookkeeping is not charged),
+/// one byte more is refused; by the streaming path and the small-file path.
+#[tokio::test]
+async fn an_upload_of_exactly_free_bytes_fits() {
+    let server = TestServer::start_with(|c| c.insecure_plaintext = true).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let opts = ferry_client::PutOptions::default();
+    for (user, quota) in [("big", 1u64 << 20), ("small", 64 << 10)] {
+        server.add_user(user, "pw", Some(quota), false).unwrap();
+        let mut session = server.login(user, "pw").await.unwrap();
+        assert_eq!(session.df().await.unwrap().free, Some(quota));
+        let over = dir.path().join(format!("{user}-over.bin"));
+        ferry_testkit::write_random_file(&over, quota + 1, 1).unwrap();
+        let refused = session.put_file(&over, "over.bin", &opts, &ferry_client::NoProgress).await.unwrap_err();
+        assert!(refused.to_string().contains("quota"), "{refused}");
+        let exact = dir.path().join(format!("{user}-exact.bin"));
+        ferry_testkit::write_random_file(&exact, quota, 2).unwrap();
+        session.put_file(&exact, "exact.bin", &opts, &ferry_client::NoProgress).await.unwrap();
+        let df = session.df().await.unwrap();
+        assert_eq!((df.used, df.free, df.reserved), (quota, Some(0), 0), "{user}: {df:?}");
+    }
+}
+
+/// Issue 13: a `put` whose header `sha256` differs from the data is
+/// `checksum_mismatch` (it was `bad_request`), for small and large files,
+/// and nothing is committed.
+#[tokio::test]
+async fn put_header_hash_that_differs_from_the_data_is_checksum_mismatch() {
+    use ferry_proto::Request;
+    use sha2::Digest;
+    let server = TestServer::start_with(|c| c.insecure_plaintext = true).await.unwrap();
+    server.add_user("alice", "pw", None, false).unwrap();
+    let mut conn = server.login_raw("alice", "pw").await.unwrap();
+    for (n, size) in [(1u64, 1000usize), (2, 600_000)] {
+        let data = vec![n as u8; size];
+        let right = hex::encode(sha2::Sha256::digest(&data));
+        let put = Request::Put {
+            path: format!("f{n}"),
+            size: size as u64,
+            offset: 0,
+            upload_id: None,
+            sha256: Some("0".repeat(64)),
+            overwrite: false,
+            wait: false,
+        };
+        conn.queue_header(&put.to_header(n, size as u64)).unwrap();
+        conn.write_body(&data).await.unwrap();
+        conn.send(&Request::PutEnd { sha256: right }.to_header(n, 0)).await.unwrap();
+        let answer = conn.read_header().await.unwrap().unwrap();
+        assert_eq!(answer.fields["error"]["code"], "checksum_mismatch", "{answer:?}");
+        assert!(!server.home("alice").join(format!("f{n}")).exists());
+    }
+}

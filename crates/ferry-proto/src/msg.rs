@@ -151,6 +151,11 @@ impl Request {
         if !header.fields.get("id").is_some_and(Value::is_u64) {
             return (id, Err(WireError::new(ErrorCode::BadRequest, "missing or invalid field `id`")));
         }
+        if id == 0 {
+            // Id 0 is the server speaking about the whole session (PROTOCOL.md).
+            let e = WireError::new(ErrorCode::BadRequest, "id 0 is reserved for the session: use ids from 1 up");
+            return (0, Err(e));
+        }
         let op = match header.get_str("op") {
             Some(op) => op,
             None => return (id, Err(WireError::new(ErrorCode::BadRequest, "missing or invalid field `op`"))),

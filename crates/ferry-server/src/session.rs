@@ -230,6 +230,15 @@ async fn login_exchange(shared: &Arc<Core>, conn: &mut Conn, ip: Option<IpAddr>)
                 conn.send(&ok_header(id, &resp::Done {}, 0)).await?;
                 return Err(End::Bye);
             }
+            // Out of order: a login message without the one it follows.
+            Request::AuthStart { .. } | Request::AuthFinish { .. } => {
+                let e = if said_hello {
+                    WireError::new(ErrorCode::BadRequest, "auth_finish without a pending auth_start")
+                } else {
+                    WireError::new(ErrorCode::BadRequest, "send hello first")
+                };
+                conn.send(&error_header(id, &e)).await?;
+            }
             _ => {
                 let e = if said_hello {
                     WireError::new(ErrorCode::AuthRequired, "log in first")
