@@ -413,3 +413,56 @@ async fn put_header_hash_that_differs_from_the_data_is_checksum_mismatch() {
         assert!(!server.home("alice").join(format!("f{n}")).exists());
     }
 }
+
+/// Issue 13: the server's own answers respect the header cap. At the
+/// documented minimum (1 KiB): `ls` of long names comes in pages that fit,
+/// an error quoting a long path is shortened to fit, and every operation
+/// works on long names; a path too long for any answer is refused up front.
+#[tokio::test]
+async fn every_operation_works_at_the_minimum_header_cap() {
+    let server = TestServer::start_with(|c| {
+        c.insecure_plaintext = true;
+        c.limits.max_header_bytes = 1024;
+    })
+    .await
+    .unwrap();
+    server.add_user("alice", "pw", None, false).unwrap();
+    let mut s = server.login("alice", "pw").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("f");
+    ferry_testkit::write_random_file(&local, 300_000, 4).unwrap();
+    let opts = ferry_client::PutOptions::default();
+    let long = |c: char| c.to_string().repeat(240);
+    s.mkdir(&long('d'), false).await.unwrap();
+    s.cd(&long('d')).await.unwrap();
+    assert_eq!(s.pwd().await.unwrap(), format!("/{}", long('d')));
+    for c in ['a', 'b', 'c', '"'] {
+        s.put_file(&local, &long(c), &opts, &ferry_client::NoProgress).await.unwrap();
+    }
+    let names: Vec<String> = s.ls(None).await.unwrap().into_iter().map(|e| e.name).collect();
+    assert_eq!(names.len(), 4, "{names:?}");
+    s.stat(&long('"')).await.unwrap();
+    s.mv(&long('a'), &long('e'), false).await.unwrap();
+    let got = dir.path().join("g");
+    s.get_file(&long('e'), &got, &ferry_client::GetOptions::default(), &ferry_client::NoProgress).await.unwrap();
+    assert_eq!(std::fs::read(&got).unwrap(), std::fs::read(&local).unwrap());
+    s.rm(&long('e'), false).await.unwrap();
+    // A missing long path: the error quotes it shortened, and the session lives on.
+    let missing = format!("{}/{}", long('x'), long('y'));
+    let e = s.stat(&missing).await.unwrap_err();
+    assert!(e.to_string().contains("no such file") || e.to_string().contains("longer"), "{e}");
+    // An error naming two long paths would not fit: it comes shortened.
+    // (relative paths: the request itself must fit the cap too)
+    let inside = format!("{}/{}/{}", long('x'), long('y'), "z".repeat(150));
+    match s.mv(".", &inside, false).await.unwrap_err() {
+        ferry_client::ClientError::Server(w) => {
+            assert_eq!(w.code, ferry_client::ErrorCode::InvalidMove);
+            assert!(w.message.ends_with('…'), "{}", w.message);
+        }
+        e => panic!("{e}"),
+    }
+    let too_long = format!("{}/{}/{}", long('x'), long('y'), long('z'));
+    let e = s.mkdir(&too_long, true).await.unwrap_err();
+    assert!(e.to_string().contains("longer than"), "{e}");
+    assert_eq!(s.pwd().await.unwrap(), format!("/{}", long('d')));
+}

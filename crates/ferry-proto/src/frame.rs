@@ -224,15 +224,28 @@ impl Encoder<&Header> for FrameCodec {
         if self.encode_remaining != 0 {
             return Err(FrameError::UnexpectedBody);
         }
-        let mut json = serde_json::to_vec(&header.fields).map_err(|_| FrameError::NotJson)?;
-        if header.body_len > 0 {
-            // Splice `"body_len":N` into the object without cloning the map.
-            json.pop(); // the closing brace
-            if header.fields.is_empty() {
-                json.extend_from_slice(format!("\"{BODY_LEN}\":{}}}", header.body_len).as_bytes());
-            } else {
-                json.extend_from_slice(format!(",\"{BODY_LEN}\":{}}}", header.body_len).as_bytes());
+        let mut json = header_json(header)?;
+        // An error answer that would not fit (a message quoting a long path)
+        // is shortened rather than refused: the peer gets its answer, and
+        // the writer is not blamed for its own frame (issue 13).
+        let mut shortened;
+        let mut tries = 0;
+        while json.len() > self.max_header && tries < 16 {
+            let Some(message) = header.fields.get("error").and_then(|e| e.get("message")).and_then(Value::as_str)
+            else {
+                break;
+            };
+            let keep = message.len().saturating_sub(json.len() - self.max_header + 8) >> tries;
+            let cut = (0..=keep.min(message.len())).rev().find(|&i| message.is_char_boundary(i)).unwrap_or(0);
+            shortened = header.clone();
+            if let Some(Value::Object(err)) = shortened.fields.get_mut("error") {
+                err.insert("message".into(), Value::String(format!("{}…", &message[..cut])));
             }
+            json = header_json(&shortened)?;
+            if json.len() <= self.max_header {
+                break;
+            }
+            tries += 1;
         }
         if json.len() > self.max_header {
             return Err(FrameError::HeaderTooLarge { len: json.len(), max: self.max_header });
@@ -243,6 +256,21 @@ impl Encoder<&Header> for FrameCodec {
         self.encode_remaining = header.body_len;
         Ok(())
     }
+}
+
+/// The JSON bytes of a header, `body_len` spliced in when non-zero.
+fn header_json(header: &Header) -> Result<Vec<u8>, FrameError> {
+    let mut json = serde_json::to_vec(&header.fields).map_err(|_| FrameError::NotJson)?;
+    if header.body_len > 0 {
+        // Splice `"body_len":N` into the object without cloning the map.
+        json.pop(); // the closing brace
+        if header.fields.is_empty() {
+            json.extend_from_slice(format!("\"{BODY_LEN}\":{}}}", header.body_len).as_bytes());
+        } else {
+            json.extend_from_slice(format!(",\"{BODY_LEN}\":{}}}", header.body_len).as_bytes());
+        }
+    }
+    Ok(json)
 }
 
 impl Encoder<Header> for FrameCodec {

@@ -20,8 +20,21 @@ pub fn wire_entry(e: &vfs::Entry) -> Entry {
     Entry { name: e.name.clone(), kind: e.kind.as_str().to_string(), size: e.size, mtime: e.mtime, mode: e.mode }
 }
 
+/// Resolves a path a client sent. Paths are also held to what an answer
+/// naming them can carry under the configured header cap (`pwd` of a path
+/// must fit in one frame: issue 13, every operation at the minimum cap).
 pub fn resolve(session: &Session, path: &str) -> Result<VirtualPath, WireError> {
-    Ok(session.cwd.join_user_input(path)?)
+    let vp = session.cwd.join_user_input(path)?;
+    // The path as JSON (quotes escaped) beside the few fields of an answer.
+    let limit = session.core.config.limits.max_header_bytes.saturating_sub(96);
+    let len = serde_json::to_string(&vp.to_string()).map_or(usize::MAX, |j| j.len());
+    if len > limit {
+        return Err(vfs::VfsError::InvalidName(format!(
+            "path of {len} encoded bytes is longer than this server's {limit} (limits.max_header_bytes)"
+        ))
+        .into());
+    }
+    Ok(vp)
 }
 
 pub fn pwd(session: &mut Session, conn: &mut Conn, id: u64) -> Result<(), Reply> {
@@ -47,21 +60,27 @@ pub async fn ls(session: &mut Session, conn: &mut Conn, id: u64, path: Option<St
     // anything else meanwhile, that is the answer.
     let entries = if is_cwd { session.home.list_dir(&target).await? } else { session.home.list(&target).await? };
     // Pages are cut by encoded size, not by count: names may be up to 255
-    // bytes, and every page must fit the peer's header cap (64 KiB).
+    // bytes, and every page must fit the header cap (configurable down to
+    // 1 KiB: half of it, so that one long name still fits alone).
+    let page_limit = LS_PAGE_BYTES.min(session.core.config.limits.max_header_bytes / 2);
     let mut page: Vec<Entry> = Vec::new();
     let mut page_bytes = 0;
     let last = entries.len();
     for (i, e) in entries.iter().enumerate() {
         let wire = wire_entry(e);
-        page_bytes += wire.name.len() * 2 + ENTRY_OVERHEAD;
-        page.push(wire);
-        if page_bytes >= LS_PAGE_BYTES || i + 1 == last {
-            let more = i + 1 < last;
-            conn.queue_header(&ok_header(id, &resp::LsPage { entries: std::mem::take(&mut page), more }, 0))?;
+        let cost = wire.name.len() * 2 + ENTRY_OVERHEAD;
+        // The page is full before this entry: it goes out, more follow.
+        if !page.is_empty() && page_bytes + cost > page_limit {
+            conn.queue_header(&ok_header(id, &resp::LsPage { entries: std::mem::take(&mut page), more: true }, 0))?;
             page_bytes = 0;
             if conn.queued() > 256 * 1024 {
                 conn.flush().await?;
             }
+        }
+        page_bytes += cost;
+        page.push(wire);
+        if i + 1 == last {
+            conn.queue_header(&ok_header(id, &resp::LsPage { entries: std::mem::take(&mut page), more: false }, 0))?;
         }
     }
     if last == 0 {
