@@ -466,3 +466,50 @@ async fn every_operation_works_at_the_minimum_header_cap() {
     assert!(e.to_string().contains("longer than"), "{e}");
     assert_eq!(s.pwd().await.unwrap(), format!("/{}", long('d')));
 }
+
+/// Issue 13: listings show every name that exists. Names holding a tab, a
+/// newline, a backslash or bytes that are not UTF-8 (made behind the
+/// server's back) are listed in the escaped form, and that form stats,
+/// downloads, renames and removes them.
+#[tokio::test]
+async fn names_with_control_characters_or_raw_bytes_are_listed_escaped_and_usable() {
+    use std::os::unix::ffi::OsStrExt;
+    let server = TestServer::start_with(|c| c.insecure_plaintext = true).await.unwrap();
+    server.add_user("alice", "pw", None, false).unwrap();
+    let mut s = server.login("alice", "pw").await.unwrap();
+    let home = server.home("alice");
+    let odd: [(&[u8], &str); 4] = [
+        (b"tab\there", "tab\\x09here"),
+        (b"new\nline", "new\\x0aline"),
+        (b"raw\xffbyte", "raw\\xffbyte"),
+        (b"back\\slash", "back\\\\slash"),
+    ];
+    for (i, (bytes, _)) in odd.iter().enumerate() {
+        std::fs::write(home.join(std::ffi::OsStr::from_bytes(bytes)), vec![i as u8; 10 + i]).unwrap();
+    }
+    let mut names: Vec<String> = s.ls(None).await.unwrap().into_iter().map(|e| e.name).collect();
+    names.sort();
+    let mut want: Vec<String> = odd.iter().map(|(_, e)| e.to_string()).collect();
+    want.sort();
+    assert_eq!(names, want);
+    let dir = tempfile::tempdir().unwrap();
+    for (i, (bytes, escaped)) in odd.iter().enumerate() {
+        assert_eq!(s.stat(escaped).await.unwrap().size, 10 + i as u64, "{escaped}");
+        let local = dir.path().join(format!("got{i}"));
+        s.get_file(escaped, &local, &ferry_client::GetOptions::default(), &ferry_client::NoProgress).await.unwrap();
+        assert_eq!(std::fs::read(&local).unwrap(), vec![i as u8; 10 + i]);
+        let renamed = format!("{escaped}.moved");
+        s.mv(escaped, &renamed, false).await.unwrap();
+        let mut on_disk = bytes.to_vec();
+        on_disk.extend_from_slice(b".moved");
+        assert!(home.join(std::ffi::OsStr::from_bytes(&on_disk)).exists(), "{renamed}");
+        s.rm(&renamed, false).await.unwrap();
+        assert!(!home.join(std::ffi::OsStr::from_bytes(&on_disk)).exists());
+    }
+    assert!(s.ls(None).await.unwrap().is_empty());
+    // A raw control character is still refused; a lone backslash starts no escape.
+    for bad in ["a\nb", "a\\b"] {
+        let e = s.mkdir(bad, false).await.unwrap_err();
+        assert!(e.to_string().contains("invalid name"), "{bad:?}: {e}");
+    }
+}

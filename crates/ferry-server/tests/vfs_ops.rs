@@ -70,6 +70,8 @@ fn list_sorted_and_hides_reserved() {
         [
             ("B".to_owned(), EntryKind::File),
             ("a".to_owned(), EntryKind::File),
+            // Issue 13: listed in its escaped form, no longer left out.
+            ("bad\\x0aname".to_owned(), EntryKind::File),
             ("d".to_owned(), EntryKind::Dir),
             ("f.txt".to_owned(), EntryKind::File),
             ("zz".to_owned(), EntryKind::Symlink),

@@ -13,7 +13,7 @@ use cap_std::ambient_authority;
 use cap_std::fs::{Dir, Metadata, OpenOptions};
 use rustix::fs::RenameFlags;
 
-use super::path::{RESERVED_PREFIX, VirtualPath, check_name};
+use super::path::{RESERVED_PREFIX, VirtualPath, check_name, escape_name};
 use super::{Entry, EntryKind, VfsError};
 
 #[derive(Debug)]
@@ -66,8 +66,9 @@ impl Jail {
     }
 
     /// The parent directory's handle and the final name.
-    fn parent_and_name<'a>(&self, vp: &'a VirtualPath) -> Result<(Dir, &'a str), VfsError> {
-        let name = vp.file_name().ok_or_else(|| VfsError::PermissionDenied("/: the home directory itself".into()))?;
+    fn parent_and_name(&self, vp: &VirtualPath) -> Result<(Dir, std::path::PathBuf), VfsError> {
+        let name =
+            vp.file_name_bytes().ok_or_else(|| VfsError::PermissionDenied("/: the home directory itself".into()))?;
         let parent = vp.parent().unwrap_or_default();
         Ok((self.dir(&parent)?, name))
     }
@@ -87,9 +88,10 @@ impl Jail {
         let mut out = Vec::new();
         for entry in dir.entries().map_err(err_at(vp))? {
             let entry = entry.map_err(err_at(vp))?;
-            // Only names a user could address are listed: not the server's
-            // reserved ones, not non-UTF-8 or control-character names.
-            let Ok(name) = entry.file_name().into_string() else { continue };
+            // Every name is listed, in the escaped form that addresses it
+            // (a tab, a newline, bytes that are not UTF-8); only the
+            // server's reserved names are not.
+            let name = escape_name(std::os::unix::ffi::OsStrExt::as_bytes(entry.file_name().as_os_str()));
             if check_name(&name).is_err() {
                 continue;
             }
@@ -116,12 +118,14 @@ impl Jail {
             return self.ensure_dir(vp);
         }
         let (parent, name) = self.parent_and_name(vp)?;
+        let name = name.as_path();
         parent.create_dir(name).map_err(err_at(vp))
     }
 
     /// Removes a file (or a symlink, never its target). Returns the bytes freed.
     pub fn remove_file(&self, vp: &VirtualPath) -> Result<u64, VfsError> {
         let (parent, name) = self.parent_and_name(vp)?;
+        let name = name.as_path();
         let _counting = self.lock_accounting();
         let m = parent.symlink_metadata(name).map_err(err_at(vp))?;
         if m.is_dir() {
@@ -133,6 +137,7 @@ impl Jail {
 
     pub fn remove_dir(&self, vp: &VirtualPath) -> Result<(), VfsError> {
         let (parent, name) = self.parent_and_name(vp)?;
+        let name = name.as_path();
         let m = parent.symlink_metadata(name).map_err(err_at(vp))?;
         if !m.is_dir() {
             return Err(VfsError::NotADirectory(vp.to_string()));
@@ -144,6 +149,7 @@ impl Jail {
     /// removed, its target is not). Returns (bytes, files) freed.
     pub fn remove_tree(&self, vp: &VirtualPath) -> Result<(u64, u64), VfsError> {
         let (parent, name) = self.parent_and_name(vp)?;
+        let name = name.as_path();
         let _counting = self.lock_accounting();
         let m = parent.symlink_metadata(name).map_err(err_at(vp))?;
         if !m.is_dir() {
@@ -164,6 +170,7 @@ impl Jail {
             return Err(VfsError::PermissionDenied("the home directory itself cannot be moved or replaced".into()));
         }
         let (from_parent, from_name) = self.parent_and_name(from)?;
+        let from_name = from_name.as_path();
         let src = from_parent.symlink_metadata(from_name).map_err(err_at(from))?;
         if from == to {
             // As mv(1): "are the same file". Never a no-op reported as a replacement.
@@ -173,6 +180,7 @@ impl Jail {
             return Err(VfsError::InvalidMove(format!("cannot move {from} into itself ({to})")));
         }
         let (to_parent, to_name) = self.parent_and_name(to)?;
+        let to_name = to_name.as_path();
         let _counting = self.lock_accounting();
         rename_at(&from_parent, from_name, &to_parent, to_name, overwrite, src.is_dir(), to)
     }
@@ -271,9 +279,10 @@ impl Jail {
             return Err(VfsError::InvalidName(format!("{name:?} is not a plain name")));
         }
         let (to_parent, to_name) = self.parent_and_name(target)?;
-        check_name(to_name)?;
+        let to_name = to_name.as_path();
+        check_name(target.file_name().unwrap_or_default())?;
         let _counting = self.lock_accounting();
-        rename_at(internal, name, &to_parent, to_name, overwrite, false, target)
+        rename_at(internal, Path::new(name), &to_parent, to_name, overwrite, false, target)
     }
 
     fn lock_accounting(&self) -> std::sync::MutexGuard<'_, ()> {
@@ -291,9 +300,9 @@ impl Jail {
 /// race-free.
 fn rename_at(
     from_dir: &Dir,
-    from_name: &str,
+    from_name: &Path,
     to_dir: &Dir,
-    to_name: &str,
+    to_name: &Path,
     overwrite: bool,
     src_is_dir: bool,
     to: &VirtualPath,
