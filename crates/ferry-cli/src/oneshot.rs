@@ -8,6 +8,7 @@ use ferry_client::{Entry, ExecStreams, Remote, Session};
 
 use crate::args::{ExecArgs, LsArgs, MkdirArgs, MvArgs, PathsArgs, RemoteOnly, RmArgs};
 use crate::connect::open;
+use crate::report::{clean, eprintln_clean, println_clean};
 
 /// The remote's path and the extra paths, in order.
 fn all_paths(remote: &Remote, more: &[String]) -> Vec<String> {
@@ -18,7 +19,7 @@ fn all_paths(remote: &Remote, more: &[String]) -> Vec<String> {
 
 pub async fn login(a: RemoteOnly) -> Result<u8> {
     let (remote, session) = open(&a.remote, &a.conn).await?;
-    println!("logged in as {} on {}", remote.user, remote.host_port());
+    println_clean!("logged in as {} on {}", remote.user, remote.host_port());
     session.close().await?;
     Ok(0)
 }
@@ -62,7 +63,7 @@ pub async fn ls(a: LsArgs) -> Result<u8> {
         .ls_pages(remote.path.as_deref(), |page| {
             for e in page.iter().filter(|e| a.all || !e.name.starts_with('.')) {
                 let line = if a.long { long_line(e) } else { e.name.clone() };
-                if let Err(err) = writeln!(out, "{line}") {
+                if let Err(err) = writeln!(out, "{}", clean(&line)) {
                     write_error = Some(err);
                     return Err(ferry_client::ClientError::Local("cannot write the listing".into()));
                 }
@@ -87,7 +88,7 @@ where
     let mut failed = 0;
     for p in &paths {
         if let Err(e) = op(session, p).await {
-            eprintln!("ferry: {p}: {e}");
+            eprintln_clean!("ferry: {p}: {e}");
             failed += 1;
         }
     }
@@ -98,7 +99,7 @@ pub async fn stat(a: PathsArgs) -> Result<u8> {
     let (remote, mut session) = open(&a.remote, &a.conn).await?;
     let code = each_path(&mut session, all_paths(&remote, &a.more), async |s, p| {
         let e = s.stat(p).await?;
-        println!("{}", long_line(&e));
+        println_clean!("{}", long_line(&e));
         Ok(())
     })
     .await?;
@@ -142,7 +143,7 @@ pub async fn hash(a: PathsArgs) -> Result<u8> {
     let code = each_path(&mut session, all_paths(&remote, &a.more), async |s, p| {
         let h = s.hash(p, None).await?;
         // The sha256sum format, so `sha256sum -c` can check a download.
-        println!("{h}  {}", p.trim_start_matches('/'));
+        println_clean!("{h}  {}", p.trim_start_matches('/'));
         Ok(())
     })
     .await?;

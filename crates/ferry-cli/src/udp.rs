@@ -15,7 +15,8 @@ pub async fn time(a: TimeArgs) -> Result<u8> {
         resolve_addr(&a.server, TIME_DEFAULT_PORT).await.with_context(|| format!("cannot resolve {}", a.server))?;
     let answer =
         query_time(addr, a.format.as_deref().unwrap_or(""), Duration::from_millis(a.timeout_ms), a.retries).await?;
-    println!("{answer}");
+    // The answer is whatever the service sent: no raw escapes to the terminal.
+    crate::report::println_clean!("{answer}");
     Ok(0)
 }
 
