@@ -227,7 +227,7 @@ pub struct MvArgs {
     pub force: bool,
     /// USER@HOST[:PORT]/FROM
     pub remote: String,
-    /// TO (a path on the same server)
+    /// TO: a path, or USER@HOST[:PORT]/PATH on the same server and user
     pub to: String,
     #[command(flatten)]
     pub conn: ConnArgs,

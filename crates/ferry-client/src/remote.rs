@@ -50,6 +50,11 @@ impl Remote {
         Ok(Remote { user: user.to_string(), host, port, path })
     }
 
+    /// Whether `other` names the same user on the same server, as typed.
+    pub fn same_account(&self, other: &Remote) -> bool {
+        self.user == other.user && self.host == other.host && self.port == other.port
+    }
+
     /// `host:port` as used to connect and in known_hosts (`[v6]:port`).
     pub fn host_port(&self) -> String {
         if self.host.contains(':') {

@@ -1,0 +1,78 @@
+//! Regression tests for issue 13 (client and CLI items), through the real
+//! binary against a real server.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use ferry_testkit::{ServerProcess, add_user_cli};
+
+fn ferry() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_ferry"))
+}
+
+/// `ferry SUBCOMMAND --known-hosts TMP/known_hosts ARGS...`
+fn run(args: &[&str], tmp: &Path) -> Output {
+    Command::new(ferry())
+        .arg(args[0])
+        .arg("--known-hosts")
+        .arg(tmp.join("known_hosts"))
+        .args(&args[1..])
+        .env("FERRY_PASSWORD", "pw")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ferry")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A plaintext server (plus `extra` flags) with users alice and bob.
+fn server(tmp: &Path, extra: &[&str]) -> (ServerProcess, PathBuf) {
+    let data = tmp.join("data");
+    add_user_cli(&ferry(), &data, "alice", "pw", &["--allow-exec"]).unwrap();
+    add_user_cli(&ferry(), &data, "bob", "pw", &[]).unwrap();
+    let mut args = vec!["--insecure-plaintext"];
+    args.extend_from_slice(extra);
+    let server = ServerProcess::spawn(&ferry(), &data, &args).unwrap();
+    (server, data.join("homes/alice"))
+}
+
+/// Item 2: `ferry mv u@h/docs/a u@h/docs/b` failed with
+/// "/u@h/docs: no such file or directory".
+#[test]
+fn issue13_item2_mv_takes_a_remote_target_on_the_same_server_and_user() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (server, home) = server(tmp.path(), &[]);
+    std::fs::create_dir_all(home.join("docs")).unwrap();
+    std::fs::write(home.join("docs/a"), b"A").unwrap();
+    let at = |user: &str, path: &str| format!("{user}@127.0.0.1:{}{path}", server.port());
+    let plain = "--insecure-plaintext";
+
+    let o = run(&["mv", &at("alice", "/docs/a"), &at("alice", "/docs/b"), plain], tmp.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!home.join("docs/a").exists());
+    assert_eq!(std::fs::read(home.join("docs/b")).unwrap(), b"A");
+
+    // The ferry:// form, and a plain path, work too.
+    let o = run(&["mv", &at("alice", "/docs/b"), &format!("ferry://{}", at("alice", "/docs/c")), plain], tmp.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(&["mv", &at("alice", "/docs/c"), "docs/d", plain], tmp.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(std::fs::read(home.join("docs/d")).unwrap(), b"A");
+
+    // Another user, host or port is a clear error, and nothing moves.
+    let elsewhere = [
+        at("bob", "/docs/e"),
+        format!("alice@localhost:{}/docs/e", server.port()),
+        "alice@127.0.0.1:1/docs/e".to_string(),
+    ];
+    for target in &elsewhere {
+        let o = run(&["mv", &at("alice", "/docs/d"), target, plain], tmp.path());
+        assert!(!o.status.success(), "{target}");
+        let err = stderr(&o);
+        assert!(err.contains("a move stays on one server and account"), "{target}: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(home.join("docs/d").exists());
+    }
+}
