@@ -27,6 +27,10 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
 /// A plaintext server (plus `extra` flags) with users alice and bob.
 fn server(tmp: &Path, extra: &[&str]) -> (ServerProcess, PathBuf) {
     let data = tmp.join("data");
@@ -75,4 +79,44 @@ fn issue13_item2_mv_takes_a_remote_target_on_the_same_server_and_user() {
         assert_eq!(err.lines().count(), 1, "{err}");
         assert!(home.join("docs/d").exists());
     }
+}
+
+/// Item 7: the client reaches the server's Unix-domain socket.
+#[test]
+fn issue13_item7_client_works_over_the_servers_unix_socket() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sock = tmp.path().join("ferry.sock");
+    let sock_arg = sock.to_str().unwrap();
+    let (_server, home) = server(tmp.path(), &["--unix-socket", sock_arg]);
+    let remote = |path: &str| format!("alice@unix:{sock_arg}{path}");
+
+    let o = run(&["login", &remote("")], tmp.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains(&format!("logged in as alice on unix:{sock_arg}")), "{}", stdout(&o));
+
+    let local = tmp.path().join("up.txt");
+    std::fs::write(&local, b"through the socket").unwrap();
+    let o = run(&["mkdir", &remote(":/docs")], tmp.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(&["put", local.to_str().unwrap(), &remote(":/docs/")], tmp.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(std::fs::read(home.join("docs/up.txt")).unwrap(), b"through the socket");
+
+    let o = run(&["ls", &remote(":/docs")], tmp.path());
+    assert_eq!(stdout(&o), "up.txt\n", "{}", stderr(&o));
+    let down = tmp.path().join("down.txt");
+    let o = run(&["get", &remote(":/docs/up.txt"), down.to_str().unwrap()], tmp.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&down).unwrap(), b"through the socket");
+    let o = run(&["mv", &remote(":/docs/up.txt"), &remote(":/docs/moved.txt")], tmp.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(home.join("docs/moved.txt").exists());
+
+    // No TLS on the socket: nothing was pinned.
+    assert!(!tmp.path().join("known_hosts").exists());
+    // A socket that is not there: one clear line.
+    let missing = tmp.path().join("missing.sock");
+    let o = run(&["ls", &format!("alice@unix:{}", missing.display())], tmp.path());
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains(&format!("cannot connect to unix:{}", missing.display())), "{}", stderr(&o));
 }
