@@ -1,6 +1,7 @@
 //! Regression tests for issue 13 (client and CLI items), through the real
 //! binary against a real server.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -119,4 +120,59 @@ fn issue13_item7_client_works_over_the_servers_unix_socket() {
     let o = run(&["ls", &format!("alice@unix:{}", missing.display())], tmp.path());
     assert!(!o.status.success());
     assert!(stderr(&o).contains(&format!("cannot connect to unix:{}", missing.display())), "{}", stderr(&o));
+}
+
+/// Item 8: "Connection refused (os error 111): Connection refused (os error 111)".
+#[test]
+fn issue13_item8_connection_refused_names_its_cause_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let o = run(&["ls", &format!("alice@127.0.0.1:{port}")], tmp.path());
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    let cause = std::io::Error::from_raw_os_error(111).to_string();
+    assert_eq!(err.matches(&cause).count(), 1, "{err}");
+    assert_eq!(err.trim_end(), format!("ferry: cannot connect to 127.0.0.1:{port}: {cause}"));
+}
+
+/// Item 8: `ferry chat-server --help` listed the time service's `--utc`.
+#[test]
+fn issue13_item8_each_udp_service_lists_only_its_own_flags() {
+    let help = |cmd: &str| {
+        let o = Command::new(ferry()).args([cmd, "--help"]).output().unwrap();
+        assert!(o.status.success());
+        stdout(&o)
+    };
+    let chat = help("chat-server");
+    assert!(!chat.contains("--utc"), "{chat}");
+    assert!(chat.contains("--listen"), "{chat}");
+    let time = help("time-server");
+    assert!(time.contains("--utc") && time.contains("--listen"), "{time}");
+    let o = Command::new(ferry()).args(["chat-server", "--utc"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "a usage error: {}", stderr(&o));
+}
+
+/// Item 8: the README named PATH, HOME, USER and LANG as a command's whole
+/// environment, but LOGNAME is set too. The README's list is checked
+/// against what a command really sees.
+#[test]
+fn issue13_item8_readme_lists_the_exact_environment_of_a_remote_command() {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md")).unwrap();
+    let flat = readme.split_whitespace().collect::<Vec<_>>().join(" ");
+    let start = flat.find("cleared environment (").expect("the README describes the environment");
+    let listed = &flat[start..];
+    let listed = &listed[..listed.find(')').unwrap()];
+    let documented: BTreeSet<String> = listed.split('`').skip(1).step_by(2).map(str::to_string).collect();
+
+    let tmp = tempfile::tempdir().unwrap();
+    let (server, _) = server(tmp.path(), &[]);
+    let remote = format!("alice@127.0.0.1:{}", server.port());
+    let o = run(&["exec", &remote, "--insecure-plaintext", "--", "env"], tmp.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let actual: BTreeSet<String> =
+        stdout(&o).lines().filter_map(|l| l.split_once('=')).map(|(k, _)| k.to_string()).collect();
+    assert_eq!(documented, actual);
 }
