@@ -48,11 +48,11 @@ pub enum Command {
     /// Ask a ferry time service for the time: ferry time HOST[:PORT] [FORMAT]
     Time(TimeArgs),
     /// Run the UDP time service on its own.
-    TimeServer(UdpServerArgs),
+    TimeServer(TimeServerArgs),
     /// Join a chat relay: ferry chat HOST[:PORT] --name NICK
     Chat(ChatArgs),
     /// Run the UDP chat relay on its own.
-    ChatServer(UdpServerArgs),
+    ChatServer(ChatServerArgs),
 }
 
 #[derive(Debug, Args)]
@@ -227,7 +227,7 @@ pub struct MvArgs {
     pub force: bool,
     /// USER@HOST[:PORT]/FROM
     pub remote: String,
-    /// TO (a path on the same server)
+    /// TO: a path, or USER@HOST[:PORT]/PATH on the same server and user
     pub to: String,
     #[command(flatten)]
     pub conn: ConnArgs,
@@ -299,11 +299,21 @@ pub struct ChatArgs {
     pub name: String,
 }
 
+/// Each service has its own arguments, so `--help` lists only its own
+/// flags (issue 13, item 8: `chat-server --help` listed the time service's `--utc`).
 #[derive(Debug, Args)]
-pub struct UdpServerArgs {
+pub struct TimeServerArgs {
+    /// Address to listen on (default 127.0.0.1:7734).
     #[arg(long)]
     pub listen: Option<SocketAddr>,
-    /// Time service: answer in UTC.
+    /// Answer in UTC instead of the server's local time.
     #[arg(long)]
     pub utc: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ChatServerArgs {
+    /// Address to listen on (default 127.0.0.1:7735).
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
 }

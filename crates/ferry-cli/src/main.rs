@@ -5,6 +5,7 @@ mod args;
 mod connect;
 mod oneshot;
 mod progress;
+mod report;
 mod serve;
 mod shell;
 mod transfer;
@@ -73,6 +74,6 @@ fn fail(e: anyhow::Error) -> ExitCode {
     {
         return ExitCode::SUCCESS;
     }
-    let _ = writeln!(std::io::stderr(), "ferry: {e:#}");
+    let _ = writeln!(std::io::stderr(), "ferry: {}", report::error_chain(&e));
     ExitCode::from(EXIT_FAILURE)
 }

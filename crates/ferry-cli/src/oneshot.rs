@@ -8,6 +8,7 @@ use ferry_client::{Entry, ExecStreams, Remote, Session};
 
 use crate::args::{ExecArgs, LsArgs, MkdirArgs, MvArgs, PathsArgs, RemoteOnly, RmArgs};
 use crate::connect::open;
+use crate::report::{clean, eprintln_clean, println_clean};
 
 /// The remote's path and the extra paths, in order.
 fn all_paths(remote: &Remote, more: &[String]) -> Vec<String> {
@@ -18,7 +19,7 @@ fn all_paths(remote: &Remote, more: &[String]) -> Vec<String> {
 
 pub async fn login(a: RemoteOnly) -> Result<u8> {
     let (remote, session) = open(&a.remote, &a.conn).await?;
-    println!("logged in as {} on {}", remote.user, remote.host_port());
+    println_clean!("logged in as {} on {}", remote.user, remote.host_port());
     session.close().await?;
     Ok(0)
 }
@@ -62,7 +63,7 @@ pub async fn ls(a: LsArgs) -> Result<u8> {
         .ls_pages(remote.path.as_deref(), |page| {
             for e in page.iter().filter(|e| a.all || !e.name.starts_with('.')) {
                 let line = if a.long { long_line(e) } else { e.name.clone() };
-                if let Err(err) = writeln!(out, "{line}") {
+                if let Err(err) = writeln!(out, "{}", clean(&line)) {
                     write_error = Some(err);
                     return Err(ferry_client::ClientError::Local("cannot write the listing".into()));
                 }
@@ -87,7 +88,7 @@ where
     let mut failed = 0;
     for p in &paths {
         if let Err(e) = op(session, p).await {
-            eprintln!("ferry: {p}: {e}");
+            eprintln_clean!("ferry: {p}: {e}");
             failed += 1;
         }
     }
@@ -98,7 +99,7 @@ pub async fn stat(a: PathsArgs) -> Result<u8> {
     let (remote, mut session) = open(&a.remote, &a.conn).await?;
     let code = each_path(&mut session, all_paths(&remote, &a.more), async |s, p| {
         let e = s.stat(p).await?;
-        println!("{}", long_line(&e));
+        println_clean!("{}", long_line(&e));
         Ok(())
     })
     .await?;
@@ -129,10 +130,35 @@ pub async fn rmdir(a: PathsArgs) -> Result<u8> {
     Ok(code)
 }
 
+/// The target of `ferry mv`: a path, or a remote on the same server and
+/// user, as users type it after `put` and `get` (issue 13, item 2). A word
+/// with `@` before its first `/` is a remote (`./me@home.txt` names such a
+/// file); one for another server or user is refused, since a move never
+/// crosses servers.
+fn mv_target(from: &Remote, to: &str) -> Result<String> {
+    let first_part = to.strip_prefix("ferry://").unwrap_or(to).split('/').next().unwrap_or("");
+    if !first_part.contains('@') {
+        return Ok(to.to_string());
+    }
+    let target = Remote::parse(to)?;
+    if !target.same_account(from) {
+        anyhow::bail!(
+            "mv: the target {target} is not on {}@{}: a move stays on one server and account \
+             (give a path, or ./{to} for a name with @)",
+            from.user,
+            from.host_port()
+        );
+    }
+    Ok(target.path.unwrap_or_else(|| ".".into()))
+}
+
 pub async fn mv(a: MvArgs) -> Result<u8> {
-    let (remote, mut session) = open(&a.remote, &a.conn).await?;
+    let remote = Remote::parse(&a.remote)?;
     let from = remote.path.clone().ok_or_else(|| anyhow::anyhow!("mv: give the source as USER@HOST/PATH"))?;
-    session.mv(&from, &a.to, a.force).await?;
+    // Checked before connecting: a wrong target costs no login.
+    let to = mv_target(&remote, &a.to)?;
+    let mut session = crate::connect::login(&remote, &a.conn).await?;
+    session.mv(&from, &to, a.force).await?;
     session.close().await?;
     Ok(0)
 }
@@ -142,7 +168,7 @@ pub async fn hash(a: PathsArgs) -> Result<u8> {
     let code = each_path(&mut session, all_paths(&remote, &a.more), async |s, p| {
         let h = s.hash(p, None).await?;
         // The sha256sum format, so `sha256sum -c` can check a download.
-        println!("{h}  {}", p.trim_start_matches('/'));
+        println_clean!("{h}  {}", p.trim_start_matches('/'));
         Ok(())
     })
     .await?;
@@ -191,4 +217,22 @@ pub async fn exec(a: ExecArgs) -> Result<u8> {
     }
     let _ = session.close().await;
     Ok((outcome.shell_code() & 0xff) as u8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mv_targets() {
+        let from = Remote::parse("u@h:99/docs/a").unwrap();
+        assert_eq!(mv_target(&from, "docs/b").unwrap(), "docs/b");
+        assert_eq!(mv_target(&from, "docs/me@home").unwrap(), "docs/me@home");
+        assert_eq!(mv_target(&from, "u@h:99/docs/b").unwrap(), "/docs/b");
+        assert_eq!(mv_target(&from, "ferry://u@h:99/b").unwrap(), "/b");
+        assert_eq!(mv_target(&from, "u@h:99").unwrap(), ".");
+        assert!(mv_target(&from, "v@h:99/docs/b").is_err());
+        assert!(mv_target(&from, "u@other:99/docs/b").is_err());
+        assert!(mv_target(&from, "u@h/docs/b").is_err(), "another port is another server");
+    }
 }

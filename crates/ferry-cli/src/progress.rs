@@ -51,7 +51,8 @@ impl Progress for Bar {
                 .unwrap_or_else(|_| ProgressStyle::default_bar())
                 .progress_chars("=> "),
         );
-        self.bar.set_message(format!("{what} {name}"));
+        // The name is the server's or the user's: never raw on the terminal.
+        self.bar.set_message(format!("{what} {}", crate::report::clean(name)));
     }
 
     fn advance(&self, bytes: u64) {
@@ -60,6 +61,7 @@ impl Progress for Bar {
 
     fn note(&self, message: &str) {
         // Notes matter even without a terminal (a restarted resume, say).
+        let message = crate::report::clean(message);
         if self.visible {
             self.bar.println(format!("ferry: {message}"));
         } else {

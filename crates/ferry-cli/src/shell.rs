@@ -24,6 +24,7 @@ use rustyline::history::DefaultHistory;
 
 use crate::args::{ConnArgs, RemoteOnly};
 use crate::oneshot::{human, long_line};
+use crate::report::{clean, eprintln_clean, error_chain, println_clean};
 use crate::transfer::{download, remote_join, upload};
 use complete::{Name, ShellHelper, expand_tilde};
 
@@ -85,7 +86,7 @@ pub async fn run(a: RemoteOnly) -> Result<u8> {
     if let Some(p) = remote.path.as_deref().filter(|p| !p.is_empty()) {
         match session.cd(p).await {
             Ok(dir) => cwd = dir,
-            Err(e) => eprintln!("error: cd {p}: {e}"),
+            Err(e) => eprintln_clean!("error: cd {p}: {e}"),
         }
     }
     let mut sh = Shell { remote, conn: a.conn, session: Some(session), cwd };
@@ -112,7 +113,7 @@ pub async fn run(a: RemoteOnly) -> Result<u8> {
                 }
                 Event::Eof => break,
                 Event::Error(e) => {
-                    eprintln!("error: {e}");
+                    eprintln_clean!("error: {e}");
                     code = crate::EXIT_FAILURE;
                     break;
                 }
@@ -309,13 +310,13 @@ fn lls(args: &[String]) -> Result<()> {
             if i > 0 {
                 println!();
             }
-            println!("{p}:");
+            println_clean!("{p}:");
         }
         for e in &entries {
             if flags.contains(&'l') {
-                println!("{}", long_line(e));
+                println_clean!("{}", long_line(e));
             } else {
-                println!("{}{}", e.name, if e.kind == "dir" { "/" } else { "" });
+                println_clean!("{}{}", e.name, if e.kind == "dir" { "/" } else { "" });
             }
         }
     }
@@ -332,19 +333,20 @@ fn lcd(args: &[String]) -> Result<()> {
 }
 
 impl Shell {
+    /// The prompt; the directory is the server's word, so it is escaped.
     fn prompt(&self) -> String {
-        format!("{}@{}:{}> ", self.remote.user, self.remote.host, self.cwd)
+        clean(&format!("{}@{}:{}> ", self.remote.user, self.remote.host, self.cwd)).into_owned()
     }
 
     /// The session, logging in again if it was dropped.
     async fn session(&mut self) -> Result<&mut Session> {
         if self.session.is_none() {
-            eprintln!("reconnecting to {}...", self.remote.host_port());
+            eprintln_clean!("reconnecting to {}...", self.remote.host_port());
             let mut s = crate::connect::login(&self.remote, &self.conn).await?;
             match s.cd(&self.cwd).await {
                 Ok(dir) => self.cwd = dir,
                 Err(e) => {
-                    eprintln!("error: cd {}: {e}", self.cwd);
+                    eprintln_clean!("error: cd {}: {e}", self.cwd);
                     self.cwd = s.pwd().await?;
                 }
             }
@@ -353,11 +355,20 @@ impl Shell {
         self.session.as_mut().ok_or_else(|| anyhow!("not connected"))
     }
 
-    /// Names in a remote directory, for Tab; never reconnects.
+    /// Names in a remote directory, for Tab; never reconnects. A name that
+    /// could not be used as a path, or that holds control characters, is not
+    /// offered: the line editor would echo it raw to the terminal.
     async fn names(&mut self, dir: Option<String>) -> Vec<Name> {
         let Some(s) = self.session.as_mut() else { return Vec::new() };
         match s.ls(dir.as_deref()).await {
-            Ok(entries) => entries.into_iter().map(|e| Name { is_dir: e.kind == "dir", name: e.name }).collect(),
+            Ok(entries) => entries
+                .into_iter()
+                .filter(|e| {
+                    ferry_client::names::unsafe_name_reason(&e.name).is_none()
+                        && matches!(clean(&e.name), std::borrow::Cow::Borrowed(_))
+                })
+                .map(|e| Name { is_dir: e.kind == "dir", name: e.name })
+                .collect(),
             Err(e) => {
                 if connection_broken(&anyhow::Error::from(e)) {
                     self.session = None;
@@ -371,7 +382,7 @@ impl Shell {
         let words = match lex::split(line) {
             Ok(w) => w,
             Err(e) => {
-                eprintln!("error: {e}");
+                eprintln_clean!("error: {e}");
                 return Flow::Continue;
             }
         };
@@ -387,7 +398,7 @@ impl Shell {
             c => Err(anyhow!("unknown command {c} (type help for the list)")),
         };
         if let Err(e) = result {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_chain(&e));
             if connection_broken(&e) {
                 self.session = None;
             }
@@ -447,7 +458,8 @@ impl Shell {
 
 /// One failure about `path`, naming it unless the message already does.
 fn path_error(path: &str, e: &anyhow::Error) -> String {
-    let msg = format!("{e:#}");
+    let msg = error_chain(e);
+    let path = clean(path);
     if msg.contains(path.trim_matches('/')) { format!("error: {msg}") } else { format!("error: {path}: {msg}") }
 }
 
@@ -478,7 +490,7 @@ fn local_globs(patterns: &[String], recursive: bool) -> Vec<PathBuf> {
             match glob::glob(pat_str) {
                 Ok(paths) => paths.filter_map(Result::ok).collect(),
                 Err(e) => {
-                    eprintln!("error: {pat}: {e}");
+                    eprintln_clean!("error: {pat}: {e}");
                     continue;
                 }
             }
@@ -486,11 +498,11 @@ fn local_globs(patterns: &[String], recursive: bool) -> Vec<PathBuf> {
             vec![expanded.clone()]
         };
         if matches.is_empty() {
-            eprintln!("error: {pat}: no match");
+            eprintln_clean!("error: {pat}: no match");
         }
         for m in matches {
             if m.is_dir() && !recursive {
-                eprintln!("skipping folder {} (use -r)", m.display());
+                eprintln_clean!("skipping folder {} (use -r)", m.display());
             } else {
                 out.push(m);
             }
@@ -512,13 +524,13 @@ async fn remote_globs(session: &mut Session, patterns: &[String], recursive: boo
             None => ("", pat.as_str()),
         };
         if has_glob(dir) {
-            eprintln!("error: {pat}: globs work only in the last part of a path");
+            eprintln_clean!("error: {pat}: globs work only in the last part of a path");
             continue;
         }
         let pattern = match glob::Pattern::new(last) {
             Ok(p) => p,
             Err(e) => {
-                eprintln!("error: {pat}: {e}");
+                eprintln_clean!("error: {pat}: {e}");
                 continue;
             }
         };
@@ -529,15 +541,21 @@ async fn remote_globs(session: &mut Session, patterns: &[String], recursive: boo
         names.sort_by(|a, b| a.name.cmp(&b.name));
         for e in names {
             found += 1;
+            // The name becomes a local file name in `download`: refuse here
+            // what could not be one (issue 12, item 5).
+            if let Some(why) = ferry_client::names::unsafe_name_reason(&e.name) {
+                eprintln_clean!("error: {pat}: refusing the server's name \"{}\": {why}", e.name);
+                continue;
+            }
             let path = remote_join(dir, &e.name);
             if e.kind == "dir" && !recursive {
-                eprintln!("skipping folder {path} (use -r)");
+                eprintln_clean!("skipping folder {path} (use -r)");
             } else if e.kind == "file" || e.kind == "dir" {
                 out.push(path);
             }
         }
         if found == 0 {
-            eprintln!("error: {pat}: no match");
+            eprintln_clean!("error: {pat}: no match");
         }
     }
     Ok(out)
@@ -551,7 +569,7 @@ async fn remote(session: &mut Session, cwd: &mut String, cmd: &str, args: &[Stri
                 return Err(usage(cmd));
             }
             *cwd = session.pwd().await?;
-            println!("{cwd}");
+            println_clean!("{cwd}");
         }
         "cd" => {
             let dir = match args {
@@ -584,13 +602,13 @@ async fn remote(session: &mut Session, cwd: &mut String, cmd: &str, args: &[Stri
                     if i > 0 {
                         println!();
                     }
-                    println!("{}:", t.unwrap_or("."));
+                    println_clean!("{}:", t.unwrap_or("."));
                 }
                 for e in &entries {
                     if flags.contains(&'l') {
-                        println!("{}", long_line(e));
+                        println_clean!("{}", long_line(e));
                     } else {
-                        println!("{}{}", e.name, if e.kind == "dir" { "/" } else { "" });
+                        println_clean!("{}{}", e.name, if e.kind == "dir" { "/" } else { "" });
                     }
                 }
             }
@@ -600,7 +618,7 @@ async fn remote(session: &mut Session, cwd: &mut String, cmd: &str, args: &[Stri
                 return Err(usage(cmd));
             }
             each(session, args, async |s, p| {
-                println!("{}", long_line(&s.stat(p).await?));
+                println_clean!("{}", long_line(&s.stat(p).await?));
                 Ok(())
             })
             .await?;
@@ -637,7 +655,7 @@ async fn remote(session: &mut Session, cwd: &mut String, cmd: &str, args: &[Stri
                 return Err(usage(cmd));
             }
             each(session, args, async |s, p| {
-                println!("{}  {p}", s.hash(p, None).await?);
+                println_clean!("{}  {p}", s.hash(p, None).await?);
                 Ok(())
             })
             .await?;

@@ -11,6 +11,7 @@ use ferry_client::{ClientError, ErrorCode, GetOptions, PutOptions, Session};
 use crate::args::{GetArgs, PutArgs};
 use crate::connect::open;
 use crate::progress::Bar;
+use crate::report::eprintln_clean;
 
 /// Files per pipelined batch. Answers are read while requests go out, and
 /// one file is in memory at a time, so a batch costs only its results; each
@@ -120,7 +121,7 @@ pub async fn upload(
             let results = session.put_many(&pairs, opts.overwrite, &bar).await?;
             for ((local, _), r) in pairs.iter().zip(results) {
                 if let Err(e) = r {
-                    eprintln!("ferry: {}: {e}", local.display());
+                    eprintln_clean!("ferry: {}: {e}", local.display());
                     failures += 1;
                 }
             }
@@ -135,13 +136,13 @@ pub async fn upload(
                 // Already complete from an earlier run? Then there is nothing to resume.
                 let (_, local_hash, _) = ferry_client::hash_local(&local, 0, &ferry_client::NoProgress)?;
                 if session.hash(&remote, None).await? != local_hash {
-                    eprintln!("ferry: {}: {e}", local.display());
+                    eprintln_clean!("ferry: {}: {e}", local.display());
                     failures += 1;
                 }
             }
             Err(e) => {
                 let hint = if ferry_client::is_resumable(&e) { " (run again with -c to resume)" } else { "" };
-                eprintln!("ferry: {}: {e}{hint}", local.display());
+                eprintln_clean!("ferry: {}: {e}{hint}", local.display());
                 failures += 1;
                 if !matches!(e, ClientError::Server(_) | ClientError::Local(_) | ClientError::Checksum { .. }) {
                     return Ok(failures);
@@ -171,15 +172,45 @@ struct GetPlan {
     files: Vec<(String, PathBuf, u64)>,
 }
 
-async fn plan_get(session: &mut Session, sources: &[String], target: &Path, recursive: bool) -> Result<GetPlan> {
+/// Longest local path a download plans (Linux's PATH_MAX): a server that
+/// lists an endless tree is stopped here instead of growing the plan forever.
+const MAX_LOCAL_PATH: usize = 4096;
+
+/// Where `src` (as the user typed it) lands in `target`.
+fn local_dest(src: &str, target: &Path, target_is_dir: bool) -> Result<PathBuf> {
+    if !target_is_dir {
+        return Ok(target.to_path_buf());
+    }
+    match remote_basename(src) {
+        // `get -r USER@HOST/ dir`: the home's contents go into `dir`.
+        "" | "." => Ok(target.to_path_buf()),
+        name => match ferry_client::names::unsafe_name_reason(name) {
+            None => Ok(target.join(name)),
+            Some(why) => bail!("cannot name the local copy of {src} after {name:?} ({why}): give the target's name"),
+        },
+    }
+}
+
+/// Lists the remote sources into a plan. Every name the server lists goes
+/// through [`ferry_client::names::local_child`] before it becomes a local
+/// path: a name with `/`, `..` or NUL is reported and skipped, so nothing
+/// lands outside `target` (issue 12, item 5). Returns the plan and the
+/// number of names refused.
+async fn plan_get(
+    session: &mut Session,
+    sources: &[String],
+    target: &Path,
+    recursive: bool,
+) -> Result<(GetPlan, usize)> {
     let target_is_dir = target.is_dir();
     if sources.len() > 1 && !target_is_dir {
         bail!("{} is not a directory (needed for several sources)", target.display());
     }
     let mut plan = GetPlan::default();
+    let mut refused = 0;
     for src in sources {
         let entry = session.stat(src).await?;
-        let dest = if target_is_dir { target.join(remote_basename(src)) } else { target.to_path_buf() };
+        let dest = local_dest(src, target, target_is_dir)?;
         if entry.kind == "file" {
             plan.files.push((src.clone(), dest, entry.size));
             continue;
@@ -194,8 +225,18 @@ async fn plan_get(session: &mut Session, sources: &[String], target: &Path, recu
         let mut stack = vec![(src.clone(), dest)];
         while let Some((rdir, ldir)) = stack.pop() {
             for e in session.ls(Some(&rdir)).await? {
+                let lpath = match ferry_client::names::local_child(&ldir, &e.name) {
+                    Ok(p) => p,
+                    Err(err) => {
+                        eprintln_clean!("ferry: {rdir}: {err}");
+                        refused += 1;
+                        continue;
+                    }
+                };
+                if lpath.as_os_str().len() > MAX_LOCAL_PATH {
+                    bail!("{}: path too long (is the server listing an endless tree?)", lpath.display());
+                }
                 let rpath = remote_join(&rdir, &e.name);
-                let lpath = ldir.join(&e.name);
                 match e.kind.as_str() {
                     "dir" => {
                         plan.dirs.push(lpath.clone());
@@ -207,7 +248,7 @@ async fn plan_get(session: &mut Session, sources: &[String], target: &Path, recu
             }
         }
     }
-    Ok(plan)
+    Ok((plan, refused))
 }
 
 /// Downloads `sources` to `target`; returns the number of failures.
@@ -219,11 +260,11 @@ pub async fn download(
     opts: &GetOptions,
     quiet: bool,
 ) -> Result<usize> {
-    let plan = plan_get(session, sources, target, recursive).await?;
+    let (plan, refused) = plan_get(session, sources, target, recursive).await?;
     for d in &plan.dirs {
         std::fs::create_dir_all(d).map_err(|e| anyhow::anyhow!("{}: {e}", d.display()))?;
     }
-    let mut failures = 0;
+    let mut failures = refused;
     let (small, large): (Vec<_>, Vec<_>) =
         plan.files.into_iter().partition(|(_, _, size)| *size <= SMALL_FILE && !opts.resume);
     if !small.is_empty() {
@@ -233,7 +274,7 @@ pub async fn download(
             let results = session.get_many(&pairs, opts.overwrite, &bar).await?;
             for ((remote, _), r) in pairs.iter().zip(results) {
                 if let Err(e) = r {
-                    eprintln!("ferry: {remote}: {e}");
+                    eprintln_clean!("ferry: {remote}: {e}");
                     failures += 1;
                 }
             }
@@ -247,13 +288,13 @@ pub async fn download(
             Err(e) if opts.resume && local.exists() && !ferry_client::part_path(&local).exists() => {
                 let (_, local_hash, _) = ferry_client::hash_local(&local, 0, &ferry_client::NoProgress)?;
                 if session.hash(&remote, None).await? != local_hash {
-                    eprintln!("ferry: {remote}: {e}");
+                    eprintln_clean!("ferry: {remote}: {e}");
                     failures += 1;
                 }
             }
             Err(e) => {
                 let hint = if ferry_client::is_resumable(&e) { " (run again with -c to resume)" } else { "" };
-                eprintln!("ferry: {remote}: {e}{hint}");
+                eprintln_clean!("ferry: {remote}: {e}{hint}");
                 failures += 1;
                 if !matches!(e, ClientError::Server(_) | ClientError::Local(_) | ClientError::Checksum { .. }) {
                     return Ok(failures);

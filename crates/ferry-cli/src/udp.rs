@@ -8,14 +8,15 @@ use ferry_server::udp::{ChatConfig, TimeConfig};
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
-use crate::args::{ChatArgs, TimeArgs, UdpServerArgs};
+use crate::args::{ChatArgs, ChatServerArgs, TimeArgs, TimeServerArgs};
 
 pub async fn time(a: TimeArgs) -> Result<u8> {
     let addr =
         resolve_addr(&a.server, TIME_DEFAULT_PORT).await.with_context(|| format!("cannot resolve {}", a.server))?;
     let answer =
         query_time(addr, a.format.as_deref().unwrap_or(""), Duration::from_millis(a.timeout_ms), a.retries).await?;
-    println!("{answer}");
+    // The answer is whatever the service sent: no raw escapes to the terminal.
+    crate::report::println_clean!("{answer}");
     Ok(0)
 }
 
@@ -44,7 +45,7 @@ async fn bind(listen: Option<std::net::SocketAddr>, default: std::net::SocketAdd
     Ok(socket)
 }
 
-pub async fn time_server(a: UdpServerArgs) -> Result<u8> {
+pub async fn time_server(a: TimeServerArgs) -> Result<u8> {
     let stop = stop_on_signal()?;
     let socket = bind(a.listen, ferry_server::services::TIME_DEFAULT, "time service").await?;
     let cfg = TimeConfig { utc: a.utc, ..TimeConfig::default() };
@@ -60,7 +61,7 @@ pub async fn chat(a: ChatArgs) -> Result<u8> {
     Ok(0)
 }
 
-pub async fn chat_server(a: UdpServerArgs) -> Result<u8> {
+pub async fn chat_server(a: ChatServerArgs) -> Result<u8> {
     let stop = stop_on_signal()?;
     let socket = bind(a.listen, ferry_server::services::CHAT_DEFAULT, "chat relay").await?;
     ferry_server::udp::chat::serve(socket, ChatConfig::default(), stop).await?;

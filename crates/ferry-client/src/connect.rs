@@ -1,5 +1,7 @@
 //! Connecting: TCP, TLS 1.3 with a pinned fingerprint, the version
-//! handshake, then SCRAM-SHA-256 login.
+//! handshake, then SCRAM-SHA-256 login. A server's Unix-domain socket is
+//! always plaintext (docs/PROTOCOL.md, "Transport"): the socket file's
+//! permissions decide who may connect, and SCRAM still proves both sides.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,13 +14,15 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 use tokio_util::either::Either;
 
 use crate::known_hosts::{HostKeyPolicy, KnownHosts, Lookup};
 use crate::{ClientError, Remote, Session};
 
-pub type ClientStream = Either<TcpStream, tokio_rustls::client::TlsStream<TlsSocket>>;
+pub type ClientStream = Either<PlainStream, tokio_rustls::client::TlsStream<TlsSocket>>;
+/// A plaintext transport: TCP (with `--insecure-plaintext`) or a Unix socket.
+pub type PlainStream = Either<TcpStream, UnixStream>;
 
 /// The socket beneath TLS with a large read buffer: rustls reads 4 KiB at a
 /// time, which would otherwise be one system call each.
@@ -72,12 +76,23 @@ impl Client {
 
     async fn connect_untimed(remote: &Remote, opts: &ConnectOptions) -> Result<Client, ClientError> {
         let addr = remote.host_port();
+        if let Some(path) = remote.unix_socket() {
+            let unix = UnixStream::connect(path).await.map_err(|source| ClientError::Connect { addr, source })?;
+            let stream = Either::Left(Either::Right(unix));
+            let mut client = Client {
+                conn: Connection::new(stream, FrameCodec::default()),
+                remote: remote.clone(),
+                fingerprint: None,
+            };
+            client.hello().await?;
+            return Ok(client);
+        }
         let tcp = tcp_connect(remote, opts.bind)
             .await
             .map_err(|source| ClientError::Connect { addr: addr.clone(), source })?;
         let _ = tcp.set_nodelay(true);
         let (stream, fingerprint) = if opts.insecure_plaintext {
-            (Either::Left(tcp), None)
+            (Either::Left(Either::Left(tcp)), None)
         } else {
             let tls = tls_connect(tcp, remote).await?;
             let fp = tls

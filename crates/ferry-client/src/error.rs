@@ -35,6 +35,10 @@ pub enum ClientError {
     Local(String),
     #[error("{0}")]
     Usage(String),
+    /// The server listed a name that cannot be a local file name (issue 12,
+    /// item 5); `name` is already escaped for printing.
+    #[error("refusing the server's name \"{name}\": {why}")]
+    UnsafeName { name: String, why: &'static str },
     #[error("checksum mismatch for {what}: expected {expected}, got {actual}; nothing was committed")]
     Checksum { what: String, expected: String, actual: String },
 }

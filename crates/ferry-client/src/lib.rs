@@ -10,6 +10,7 @@ mod connect;
 mod error;
 mod exec;
 pub mod known_hosts;
+pub mod names;
 pub mod remote;
 mod session;
 mod transfer;

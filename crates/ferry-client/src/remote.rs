@@ -1,15 +1,21 @@
-//! Remote addresses: `[ferry://]USER@HOST[:PORT][/PATH]`.
+//! Remote addresses: `[ferry://]USER@HOST[:PORT][/PATH]`, or
+//! `[ferry://]USER@unix:SOCKET[:PATH]` for a server's Unix-domain socket
+//! (issue 13, item 7).
 
 use std::fmt;
+use std::path::Path;
 
 use crate::ClientError;
 
 pub const DEFAULT_PORT: u16 = 7733;
+const UNIX_PREFIX: &str = "unix:";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Remote {
     pub user: String,
-    /// Host name or address; IPv6 without brackets.
+    /// Host name or address; IPv6 without brackets. For a Unix-domain
+    /// socket, `unix:` and the socket's path (and `port` is 0): see
+    /// [`Remote::unix_socket`].
     pub host: String,
     pub port: u16,
     /// The path after the host, if any (`/` included), else `None`.
@@ -19,12 +25,31 @@ pub struct Remote {
 impl Remote {
     pub fn parse(s: &str) -> Result<Remote, ClientError> {
         let bad = |why: &str| {
-            ClientError::Usage(format!("invalid remote {s:?}: {why} (expected [ferry://]USER@HOST[:PORT][/PATH])"))
+            ClientError::Usage(format!(
+                "invalid remote {s:?}: {why} (expected [ferry://]USER@HOST[:PORT][/PATH] or USER@unix:SOCKET[:PATH])"
+            ))
         };
         let rest = s.strip_prefix("ferry://").unwrap_or(s);
         let (user, rest) = rest.split_once('@').ok_or_else(|| bad("missing USER@"))?;
         if user.is_empty() {
             return Err(bad("empty user"));
+        }
+        if let Some(unix) = rest.strip_prefix(UNIX_PREFIX) {
+            // The socket's path ends at the first `:`; what follows is the
+            // remote path. (A socket path with a `:` cannot be named here.)
+            let (socket, path) = match unix.split_once(':') {
+                Some((socket, path)) => (socket, Some(path).filter(|p| !p.is_empty())),
+                None => (unix, None),
+            };
+            if socket.is_empty() {
+                return Err(bad("empty socket path after unix:"));
+            }
+            return Ok(Remote {
+                user: user.to_string(),
+                host: format!("{UNIX_PREFIX}{socket}"),
+                port: 0,
+                path: path.map(str::to_string),
+            });
         }
         let (hostport, path) = match rest.find('/') {
             Some(i) if !rest.starts_with('[') || rest[..i].contains(']') => (&rest[..i], Some(rest[i..].to_string())),
@@ -50,9 +75,22 @@ impl Remote {
         Ok(Remote { user: user.to_string(), host, port, path })
     }
 
-    /// `host:port` as used to connect and in known_hosts (`[v6]:port`).
+    /// The server's Unix-domain socket, for a `USER@unix:SOCKET` remote.
+    pub fn unix_socket(&self) -> Option<&Path> {
+        self.host.strip_prefix(UNIX_PREFIX).map(Path::new)
+    }
+
+    /// Whether `other` names the same user on the same server, as typed.
+    pub fn same_account(&self, other: &Remote) -> bool {
+        self.user == other.user && self.host == other.host && self.port == other.port
+    }
+
+    /// `host:port` as used to connect and in known_hosts (`[v6]:port`);
+    /// `unix:SOCKET` for a Unix-domain socket.
     pub fn host_port(&self) -> String {
-        if self.host.contains(':') {
+        if self.unix_socket().is_some() {
+            self.host.clone()
+        } else if self.host.contains(':') {
             format!("[{}]:{}", self.host, self.port)
         } else {
             format!("{}:{}", self.host, self.port)
@@ -62,7 +100,12 @@ impl Remote {
 
 impl fmt::Display for Remote {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}@{}{}", self.user, self.host_port(), self.path.as_deref().unwrap_or(""))
+        write!(f, "{}@{}", self.user, self.host_port())?;
+        match &self.path {
+            Some(p) if self.unix_socket().is_some() => write!(f, ":{p}"),
+            Some(p) => f.write_str(p),
+            None => Ok(()),
+        }
     }
 }
 
@@ -85,5 +128,22 @@ mod tests {
         assert!(Remote::parse("nohost").is_err());
         assert!(Remote::parse("@h").is_err());
         assert!(Remote::parse("a@h:notaport").is_err());
+    }
+
+    #[test]
+    fn unix_socket_forms() {
+        let r = Remote::parse("alice@unix:/run/ferry.sock:/docs/a b").unwrap();
+        assert_eq!(r.unix_socket(), Some(Path::new("/run/ferry.sock")));
+        assert_eq!((r.user.as_str(), r.path.as_deref()), ("alice", Some("/docs/a b")));
+        assert_eq!(r.to_string(), "alice@unix:/run/ferry.sock:/docs/a b");
+        assert_eq!(Remote::parse(&r.to_string()).unwrap(), r);
+        let r = Remote::parse("ferry://bob@unix:rel.sock").unwrap();
+        assert_eq!((r.unix_socket(), r.path.as_deref()), (Some(Path::new("rel.sock")), None));
+        assert_eq!(r.host_port(), "unix:rel.sock");
+        assert!(Remote::parse("bob@unix:").is_err());
+        assert!(Remote::parse("bob@unix::/x").is_err());
+        assert_eq!(Remote::parse("bob@127.0.0.1").unwrap().unix_socket(), None);
+        assert!(r.same_account(&Remote::parse("bob@unix:rel.sock:/x").unwrap()));
+        assert!(!r.same_account(&Remote::parse("eve@unix:rel.sock").unwrap()));
     }
 }

@@ -5,7 +5,7 @@
 //! state ([`Framed`]); everything shared with other front ends is in `Core`.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -247,6 +247,19 @@ impl Drop for Admission {
     }
 }
 
+/// The key a peer is counted under for the unauthenticated-connection cap,
+/// as the login throttle keys it (auth/throttle.rs): IPv4 as is (IPv4-mapped
+/// IPv6 included, so a dual-stack listener does not lump every IPv4 peer
+/// together), IPv6 cut to its /64, the usual size of one site's network, so
+/// one host cannot multiply the cap by walking its own prefix (issue 12, item 7).
+fn unauth_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from_bits(v6.to_bits() & !((1u128 << 64) - 1))),
+    }
+}
+
+/// Unauthenticated connections per [`unauth_key`].
 #[derive(Default)]
 pub struct UnauthCounts(Mutex<HashMap<IpAddr, usize>>);
 
@@ -277,13 +290,14 @@ impl Framed {
         let permit = Arc::clone(&self.connections)
             .try_acquire_owned()
             .map_err(|_| WireError::new(ErrorCode::TooManyConnections, "server is at its connection limit"))?;
-        if !self.unauth.enter(ip, self.core.config.limits.max_unauthenticated_per_ip) {
+        let key = unauth_key(ip);
+        if !self.unauth.enter(key, self.core.config.limits.max_unauthenticated_per_ip) {
             return Err(WireError::new(
                 ErrorCode::TooManyConnections,
                 "too many connections from your address that have not logged in",
             ));
         }
-        Ok(Admission { _permit: permit, unauth: Some((Arc::clone(&self.unauth), ip)) })
+        Ok(Admission { _permit: permit, unauth: Some((Arc::clone(&self.unauth), key)) })
     }
 
     fn admit_local(&self) -> Result<Admission, WireError> {
@@ -295,5 +309,92 @@ impl Framed {
 
     pub fn next_session_id(&self) -> u64 {
         self.session_ids.fetch_add(1, Ordering::Relaxed) + 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unauth_key_groups_ipv6_by_64_and_keeps_ipv4_apart() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff:1:2:3".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(unauth_key(a), unauth_key(b));
+        assert_eq!(unauth_key(a), "2001:db8:1:2::".parse::<IpAddr>().unwrap());
+        assert_ne!(unauth_key(a), unauth_key(other));
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        let v4_other: IpAddr = "192.0.2.8".parse().unwrap();
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        let mapped_other: IpAddr = "::ffff:192.0.2.8".parse().unwrap();
+        assert_eq!(unauth_key(v4), v4);
+        assert_eq!(unauth_key(mapped), v4, "IPv4-mapped counts as IPv4");
+        assert_ne!(unauth_key(mapped), unauth_key(mapped_other), "not one /64 for all of IPv4");
+        assert_ne!(unauth_key(v4), unauth_key(v4_other));
+        let loopback: IpAddr = "::1".parse().unwrap();
+        assert_eq!(unauth_key(loopback), IpAddr::V6(Ipv6Addr::UNSPECIFIED));
+    }
+
+    #[test]
+    fn one_64_shares_one_count() {
+        let counts = UnauthCounts::default();
+        let first = unauth_key("2001:db8::1".parse().unwrap());
+        let second = unauth_key("2001:db8::2:3:4".parse().unwrap());
+        assert!(counts.enter(first, 2));
+        assert!(counts.enter(second, 2));
+        assert!(!counts.enter(first, 2), "the third from the same /64 is over the cap");
+        counts.leave(second);
+        assert!(counts.enter(first, 2), "a seat freed in the /64 is usable by any of it");
+    }
+
+    /// Over real sockets on ::1 (the only IPv6 address loopback has, so the
+    /// /64 grouping itself is covered by the tests above): the cap holds for
+    /// IPv6 peers, and the refused one is told why.
+    #[tokio::test]
+    async fn unauthenticated_cap_applies_to_ipv6_peers_over_real_sockets() {
+        use ferry_proto::Request;
+        if std::net::TcpListener::bind("[::1]:0").is_err() {
+            eprintln!("no IPv6 loopback here; skipped");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = crate::ServerConfig {
+            data_dir: dir.path().join("data"),
+            listen: vec!["[::1]:0".parse().unwrap()],
+            insecure_plaintext: true,
+            ..crate::ServerConfig::default()
+        };
+        config.limits.max_unauthenticated_per_ip = 2;
+        config.auth.scram_iterations = 4096;
+        let (running, _) = crate::start(config).await.unwrap();
+        let addr = running.tcp_addrs[0];
+        let within = Duration::from_secs(10);
+        let mut admitted = Vec::new();
+        for id in 1..=2 {
+            let mut conn = Connection::new(TcpStream::connect(addr).await.unwrap(), FrameCodec::default());
+            conn.send(&Request::Hello { version: 1, client: "test".into() }.to_header(id, 0)).await.unwrap();
+            let hello = tokio::time::timeout(within, conn.read_header()).await.unwrap().unwrap().unwrap();
+            assert_eq!(hello.fields["ok"], true, "{hello:?}");
+            admitted.push(conn);
+        }
+        let mut third = Connection::new(TcpStream::connect(addr).await.unwrap(), FrameCodec::default());
+        let refusal = tokio::time::timeout(within, third.read_header()).await.unwrap().unwrap().unwrap();
+        let (_, answer) = ferry_proto::msg::parse_response(&refusal);
+        assert_eq!(answer.unwrap_err().code, ErrorCode::TooManyConnections);
+        // A seat freed is usable again.
+        drop(admitted.pop());
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let mut conn = Connection::new(TcpStream::connect(addr).await.unwrap(), FrameCodec::default());
+            conn.send(&Request::Hello { version: 1, client: "test".into() }.to_header(3, 0)).await.unwrap();
+            let answer = tokio::time::timeout(within, conn.read_header()).await.unwrap().unwrap().unwrap();
+            if answer.fields["ok"] == true {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the freed seat never came back");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        running.shutdown();
     }
 }

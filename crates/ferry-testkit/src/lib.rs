@@ -3,6 +3,9 @@
 //! ([`TestServer`]) or as the real binary ([`ServerProcess`]). Readiness is
 //! signalled (the bound address), never guessed with sleeps.
 
+pub mod hostile;
+pub use hostile::{HostileFs, HostileServer};
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
