@@ -265,6 +265,15 @@ pub struct Verifier {
     server_key: [u8; 32],
 }
 
+/// A stable index below `len` for `item`, keyed by `secret` (HMAC-SHA-256):
+/// unpredictable without the secret, the same for the same item.
+#[must_use]
+pub fn keyed_index(secret: &[u8], label: &[u8], item: &[u8], len: usize) -> usize {
+    let mac = hmac(secret, &[label, item]);
+    let n = u64::from_be_bytes(mac[..8].try_into().unwrap_or_default());
+    (n % len.max(1) as u64) as usize
+}
+
 impl Verifier {
     /// Derives the verifier of `password` (UTF-8 bytes as is, no SASLprep).
     ///

@@ -124,7 +124,14 @@ pub struct Authenticator {
     throttle: Arc<Throttle>,
     server_secret: [u8; 32],
     default_iterations: u32,
+    /// The iteration counts real users have, one per user, sorted, with
+    /// when they were read: unknown names are given one of them.
+    iteration_mix: std::sync::Mutex<Option<(Instant, Vec<u32>)>>,
 }
+
+/// How long the real users' iteration counts are reused before the store is
+/// read again.
+const ITERATION_MIX_TTL: Duration = Duration::from_secs(60);
 
 impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -151,7 +158,28 @@ impl Authenticator {
             throttle: Arc::new(throttle),
             server_secret,
             default_iterations: default_iterations.clamp(scram::MIN_ITERATIONS, scram::MAX_ITERATIONS),
+            iteration_mix: std::sync::Mutex::new(None),
         }
+    }
+
+    /// The iteration count an unknown name is given: drawn from what real
+    /// users have (stable per name, weighted by how many users have each
+    /// count), so that neither a configuration change nor users added with
+    /// another count tell unknown names apart (issue 12). The configured
+    /// default only while there are no users. **Blocking** (reads the store
+    /// once a minute).
+    fn fake_iterations(&self, username: &str, now: Instant) -> u32 {
+        let mut mix = self.iteration_mix.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let stale = mix.as_ref().is_none_or(|(at, _)| now.saturating_duration_since(*at) >= ITERATION_MIX_TTL);
+        if stale && let Ok(users) = self.store.list() {
+            let mut counts: Vec<u32> = users.iter().map(|u| u.verifier.iterations()).collect();
+            counts.sort_unstable();
+            *mix = Some((now, counts));
+        }
+        let Some((_, counts)) = mix.as_ref().filter(|(_, c)| !c.is_empty()) else { return self.default_iterations };
+        let pick =
+            scram::keyed_index(&self.server_secret, b"ferry fake iterations\0", username.as_bytes(), counts.len());
+        counts[pick]
     }
 
     #[must_use]
@@ -202,9 +230,16 @@ impl Authenticator {
         } else {
             None
         };
+        // The fake verifier is made for real users too, so that the work
+        // (and the time) does not tell them apart.
+        let fake = Verifier::fake_for(&username, &self.server_secret, self.fake_iterations(&username, now));
         let verifier = match &user {
-            Some(u) => u.verifier.clone(),
-            None => Verifier::fake_for(&username, &self.server_secret, self.default_iterations),
+            Some(u) => {
+                // Kept, not optimized away: the work is the point.
+                std::hint::black_box(&fake);
+                u.verifier.clone()
+            }
+            None => fake,
         };
         let server = ScramServer::new(&first, verifier, server_nonce).map_err(AuthError::Protocol)?;
         Ok(LoginAttempt { server, user, username, ip, delay, throttle: Arc::clone(&self.throttle) })
@@ -236,9 +271,14 @@ impl Authenticator {
         } else {
             None
         };
+        let fake = Verifier::fake_for(username, &self.server_secret, self.fake_iterations(username, now));
         let verifier = match &user {
-            Some(u) => u.verifier.clone(),
-            None => Verifier::fake_for(username, &self.server_secret, self.default_iterations),
+            Some(u) => {
+                // Kept, not optimized away: the work is the point.
+                std::hint::black_box(&fake);
+                u.verifier.clone()
+            }
+            None => fake,
         };
         let matched = verifier.matches_password(password);
         let result = match user {
