@@ -101,6 +101,10 @@ pub enum UserCommand {
         /// Quota, e.g. 10MiB, 2GiB or unlimited.
         #[arg(long)]
         quota: Option<String>,
+        /// Most files and directories, e.g. 10000, unlimited, or default
+        /// (the server's limits.max_files_per_user).
+        #[arg(long)]
+        max_files: Option<String>,
         #[arg(long)]
         allow_exec: bool,
         /// Read the password from the first line of stdin.
@@ -125,11 +129,14 @@ pub enum UserCommand {
         #[command(flatten)]
         data: DataArgs,
     },
-    /// Change a user's quota or exec permission.
+    /// Change a user's quota, file limit or exec permission.
     Set {
         name: String,
         #[arg(long)]
         quota: Option<String>,
+        /// Most files and directories, e.g. 10000, unlimited, or default.
+        #[arg(long)]
+        max_files: Option<String>,
         #[arg(long, conflicts_with = "deny_exec")]
         allow_exec: bool,
         #[arg(long)]

@@ -182,13 +182,18 @@ pub fn human(bytes: u64) -> String {
 
 pub async fn df(a: RemoteOnly) -> Result<u8> {
     let (_, mut session) = open(&a.remote, &a.conn).await?;
-    let d = session.df().await?;
-    println!("{:>14} {:>14} {:>14}", "used", "quota", "free");
-    let quota = d.quota.map(human).unwrap_or_else(|| "unlimited".into());
-    let free = d.free.map(human).unwrap_or_else(|| "unlimited".into());
-    println!("{:>14} {:>14} {:>14}", human(d.used), quota, free);
+    print_df(&session.df().await?);
     session.close().await?;
     Ok(0)
+}
+
+/// `df` as the one-shot command and the shell print it.
+pub fn print_df(d: &ferry_client::DfInfo) {
+    println!("{:>14} {:>14} {:>14} {:>10} {:>10}", "used", "quota", "free", "files", "max files");
+    let quota = d.quota.map(human).unwrap_or_else(|| "unlimited".into());
+    let free = d.free.map(human).unwrap_or_else(|| "unlimited".into());
+    let max_files = d.max_files.map(|n| n.to_string()).unwrap_or_else(|| "unlimited".into());
+    println!("{:>14} {:>14} {:>14} {:>10} {:>10}", human(d.used), quota, free, d.files, max_files);
 }
 
 pub async fn exec(a: ExecArgs) -> Result<u8> {

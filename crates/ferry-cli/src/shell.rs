@@ -23,7 +23,7 @@ use rustyline::error::ReadlineError;
 use rustyline::history::DefaultHistory;
 
 use crate::args::{ConnArgs, RemoteOnly};
-use crate::oneshot::{human, long_line};
+use crate::oneshot::long_line;
 use crate::report::{clean, eprintln_clean, error_chain, println_clean};
 use crate::transfer::{download, remote_join, upload};
 use complete::{Name, ShellHelper, expand_tilde};
@@ -660,13 +660,7 @@ async fn remote(session: &mut Session, cwd: &mut String, cmd: &str, args: &[Stri
             })
             .await?;
         }
-        "df" => {
-            let d = session.df().await?;
-            println!("{:>14} {:>14} {:>14}", "used", "quota", "free");
-            let quota = d.quota.map(human).unwrap_or_else(|| "unlimited".into());
-            let free = d.free.map(human).unwrap_or_else(|| "unlimited".into());
-            println!("{:>14} {:>14} {:>14}", human(d.used), quota, free);
-        }
+        "df" => crate::oneshot::print_df(&session.df().await?),
         "put" | "mput" => {
             let (flags, paths) = parse_flags(cmd, args, "rcf")?;
             let recursive = flags.contains(&'r');

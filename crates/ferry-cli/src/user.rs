@@ -32,6 +32,28 @@ pub fn parse_quota(s: &str) -> Result<Option<u64>> {
     Ok(Some(size.as_u64()))
 }
 
+/// `10000`, `unlimited`, or `default` (the server's `limits.max_files_per_user`).
+pub fn parse_max_files(s: &str) -> Result<Option<u64>> {
+    let t = s.trim();
+    if t.eq_ignore_ascii_case("unlimited") {
+        return Ok(Some(u64::MAX));
+    }
+    if t.eq_ignore_ascii_case("default") {
+        return Ok(None);
+    }
+    let n: u64 =
+        t.parse().map_err(|_| anyhow::anyhow!("invalid file limit {s:?} (try 10000, unlimited or default)"))?;
+    Ok(Some(n))
+}
+
+fn show_max_files(m: Option<u64>) -> String {
+    match m {
+        None => "default".into(),
+        Some(u64::MAX) => "unlimited".into(),
+        Some(n) => n.to_string(),
+    }
+}
+
 fn read_password(stdin_flag: bool, name: &str) -> Result<String> {
     if stdin_flag || !std::io::stdin().is_terminal() {
         let mut line = String::new();
@@ -52,19 +74,24 @@ fn read_password(stdin_flag: bool, name: &str) -> Result<String> {
 
 pub fn run(cmd: UserCommand) -> Result<u8> {
     match cmd {
-        UserCommand::Add { name, quota, allow_exec, password_stdin, home, data } => {
+        UserCommand::Add { name, quota, max_files, allow_exec, password_stdin, home, data } => {
             let admin = Admin::open(server_config(&data)?)?;
             let quota = quota.as_deref().map(parse_quota).transpose()?.flatten();
+            let max_files = max_files.as_deref().map(parse_max_files).transpose()?;
             let password = read_password(password_stdin, &name)?;
             admin.add(&name, &password, quota, allow_exec, home)?;
+            if let Some(m) = max_files {
+                admin.set(&name, UserChanges { max_files: Some(m), ..UserChanges::default() })?;
+            }
             println!("added user {name}");
         }
         UserCommand::List { data } => {
             let admin = Admin::open(server_config(&data)?)?;
-            println!("{:<24} {:>12} {:>5}", "user", "quota", "exec");
+            println!("{:<24} {:>12} {:>10} {:>5}", "user", "quota", "max files", "exec");
             for u in admin.list()? {
                 let quota = u.quota_bytes.map(human).unwrap_or_else(|| "unlimited".into());
-                println!("{:<24} {:>12} {:>5}", u.name, quota, if u.allow_exec { "yes" } else { "no" });
+                let files = show_max_files(u.max_files);
+                println!("{:<24} {:>12} {:>10} {:>5}", u.name, quota, files, if u.allow_exec { "yes" } else { "no" });
             }
         }
         UserCommand::Passwd { name, password_stdin, data } => {
@@ -74,10 +101,11 @@ pub fn run(cmd: UserCommand) -> Result<u8> {
             admin.passwd(&name, &password)?;
             println!("password changed for {name}");
         }
-        UserCommand::Set { name, quota, allow_exec, deny_exec, data } => {
+        UserCommand::Set { name, quota, max_files, allow_exec, deny_exec, data } => {
             let admin = Admin::open(server_config(&data)?)?;
             let changes = UserChanges {
                 quota: quota.as_deref().map(parse_quota).transpose()?,
+                max_files: max_files.as_deref().map(parse_max_files).transpose()?,
                 allow_exec: if allow_exec {
                     Some(true)
                 } else if deny_exec {
@@ -88,7 +116,9 @@ pub fn run(cmd: UserCommand) -> Result<u8> {
             };
             let u = admin.set(&name, changes)?;
             let quota = u.quota_bytes.map(human).unwrap_or_else(|| "unlimited".into());
-            println!("{}: quota {quota}, exec {}", u.name, if u.allow_exec { "allowed" } else { "denied" });
+            let files = show_max_files(u.max_files);
+            let exec = if u.allow_exec { "allowed" } else { "denied" };
+            println!("{}: quota {quota}, max files {files}, exec {exec}", u.name);
         }
         UserCommand::Del { name, remove_home, data } => {
             let admin = Admin::open(server_config(&data)?)?;

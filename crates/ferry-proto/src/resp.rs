@@ -65,6 +65,12 @@ pub struct DfAnswer {
     pub reserved: u64,
     pub quota: Option<u64>,
     pub free: Option<u64>,
+    /// Files and directories in the home, partial uploads included.
+    #[serde(default)]
+    pub files: u64,
+    /// The most files and directories allowed; `None`: unlimited.
+    #[serde(default)]
+    pub max_files: Option<u64>,
 }
 
 /// `hash`.

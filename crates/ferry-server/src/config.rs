@@ -49,6 +49,9 @@ pub struct Limits {
     pub shutdown_grace_secs: u64,
     /// Largest JSON header accepted, in bytes.
     pub max_header_bytes: usize,
+    /// Files and directories one user may have (`ferry user set --max-files`
+    /// overrides it per user); 0 means unlimited.
+    pub max_files_per_user: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -129,6 +132,7 @@ impl Default for Limits {
         Limits {
             max_connections: 20_000,
             max_unauthenticated_per_ip: 256,
+            max_files_per_user: 1_000_000,
             login_timeout_secs: 30,
             idle_timeout_secs: 900,
             shutdown_grace_secs: 10,

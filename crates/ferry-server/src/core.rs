@@ -96,13 +96,19 @@ impl Core {
         if let Some(home) = homes.get(&user.name).and_then(Weak::upgrade) {
             // The quota is already tracked; this only applies a changed limit.
             let used = home.usage().used;
-            self.quotas.get_or_scan::<HomeError>(&user.name, user.quota_bytes, async { Ok(used) }).await?;
+            let files = home.usage().files;
+            let max_files = self.max_files(user);
+            self.quotas
+                .get_or_scan::<HomeError>(&user.name, user.quota_bytes, max_files, async { Ok((used, files)) })
+                .await?;
             return Ok(home);
         }
         let storage = self.open_storage(user).await?;
         let quota = self
             .quotas
-            .get_or_scan(&user.name, user.quota_bytes, async { storage.usage().await.map(|a| a.bytes) })
+            .get_or_scan(&user.name, user.quota_bytes, self.max_files(user), async {
+                storage.usage().await.map(|a| (a.bytes, a.entries()))
+            })
             .await?;
         let settings = HomeSettings {
             fsync: self.config.transfer.fsync,
@@ -115,6 +121,14 @@ impl Core {
         homes.retain(|_, weak| weak.strong_count() > 0);
         homes.insert(user.name.clone(), Arc::downgrade(&home));
         Ok(home)
+    }
+
+    /// The user's limit on files and directories (`None`: unlimited).
+    fn max_files(&self, user: &UserRecord) -> Option<u64> {
+        match user.max_files.unwrap_or(self.config.limits.max_files_per_user) {
+            0 | u64::MAX => None,
+            n => Some(n),
+        }
     }
 
     async fn open_storage(&self, user: &UserRecord) -> Result<Arc<dyn Storage>, HomeError> {

@@ -22,7 +22,7 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use crate::quota::{QuotaExceeded, Reservation, Usage, UserQuota};
+use crate::quota::{FileLimitReached, QuotaExceeded, Reservation, Usage, UserQuota};
 use crate::storage::{
     Amount, Entry, EntryKind, FileRead, PartialMeta, PartialWrite, SmallFile, SmallWrite, Storage, VfsError,
     VirtualPath,
@@ -37,6 +37,8 @@ pub enum HomeError {
     Vfs(#[from] VfsError),
     #[error(transparent)]
     Quota(#[from] QuotaExceeded),
+    #[error(transparent)]
+    FileLimit(#[from] FileLimitReached),
     #[error("no partial upload {0} for this path and size")]
     UploadNotFound(String),
     #[error("partial upload holds {have} bytes, not {asked}")]
@@ -234,7 +236,7 @@ impl Home {
     /// quota then has uploads refused until back under.
     pub async fn reconcile(&self) {
         match self.storage.usage().await {
-            Ok(held) => self.quota.set_used(held.bytes),
+            Ok(held) => self.quota.set_measured(held.bytes, held.entries()),
             Err(e) => tracing::warn!(error = %e, "cannot measure the home after a command"),
         }
     }
@@ -267,8 +269,18 @@ impl Home {
     }
 
     pub async fn mkdir(&self, path: &VirtualPath, parents: bool) -> Result<(), HomeError> {
-        self.storage.mkdir(path, parents).await?;
+        // Each missing component may become a directory.
+        let most = if parents { path.components().count().max(1) as u64 } else { 1 };
+        let entries = self.quota.reserve_files(most)?;
+        let made = self.storage.mkdir(path, parents).await?;
+        entries.settle(made.dirs);
         Ok(())
+    }
+
+    /// Counts what left the home.
+    fn freed(&self, freed: Amount) {
+        self.quota.release(freed.bytes);
+        self.quota.release_files(freed.entries());
     }
 
     /// Removes what `how` allows; returns what was freed (and released).
@@ -281,14 +293,14 @@ impl Home {
             Remove::EmptyDir => self.storage.remove_dir(path).await?,
             Remove::Tree => self.storage.remove_tree(path).await?,
         };
-        self.quota.release(freed.bytes);
+        self.freed(freed);
         Ok(freed)
     }
 
     /// Renames within the home (see [`Storage::rename`]).
     pub async fn rename(&self, from: &VirtualPath, to: &VirtualPath, overwrite: bool) -> Result<(), HomeError> {
         let replaced = self.storage.rename(from, to, overwrite).await?;
-        self.quota.release(replaced.bytes);
+        self.freed(replaced);
         Ok(())
     }
 
@@ -359,7 +371,8 @@ impl Home {
                 if put.target.is_root() {
                     return Err(VfsError::IsADirectory("/".into()).into());
                 }
-                Ok((expected, self.quota.reserve(put.data.len() as u64)?))
+                let entry = self.quota.reserve_files(1)?;
+                Ok((expected, (self.quota.reserve(put.data.len() as u64)?, entry)))
             })();
             match checked {
                 Ok((expected, reservation)) => {
@@ -399,8 +412,10 @@ impl Home {
         for ((i, reservation, size, sha256), outcome) in pending.into_iter().zip(written) {
             results[i] = Some(match outcome {
                 Ok(replaced) => {
-                    reservation.settle(size);
-                    self.quota.release(replaced.bytes);
+                    let (bytes, entry) = reservation;
+                    bytes.settle(size);
+                    entry.settle(1);
+                    self.freed(replaced);
                     Ok(sha256)
                 }
                 Err(e) => Err(e.into()),
@@ -449,10 +464,13 @@ impl Home {
         let meta = PartialMeta { path, size: spec.size, sha256: promised.clone() };
         let (id, claim, writer, hasher, meta) = if spec.offset == 0 {
             let reservation = reserve()?;
+            // The partial is an entry from its creation (a scan counts it).
+            let entry = self.quota.reserve_files(1)?;
             let id = new_upload_id();
             let claim = self.claims.claim(&id, false).await?;
             *claim.claim.reservation() = reservation;
             let writer = self.storage.partial_create(&id, &meta).await?;
+            entry.settle(1);
             (id, claim, writer, Some(Sha256::new()), meta)
         } else {
             let id = spec.upload_id.clone().filter(|id| is_upload_id(id));
@@ -507,8 +525,8 @@ impl Home {
         for id in ids {
             // Held while removing, so that a resume cannot start on it meanwhile.
             if let Ok(_claim) = self.claims.claim(&id, false).await {
-                let freed = self.storage.partial_remove(&id).await.unwrap_or(0);
-                self.quota.release(freed);
+                let freed = self.storage.partial_remove(&id).await.unwrap_or_default();
+                self.freed(freed);
             }
         }
     }
@@ -544,8 +562,8 @@ impl Home {
                 continue;
             }
             if let Ok(_claim) = self.claims.claim(&p.id, false).await {
-                let freed = self.storage.partial_remove(&p.id).await.unwrap_or(0);
-                self.quota.release(freed);
+                let freed = self.storage.partial_remove(&p.id).await.unwrap_or_default();
+                self.freed(freed);
             }
         }
     }
@@ -700,7 +718,7 @@ impl Upload {
         match writer.commit(&self.target, self.spec.overwrite, self.home.settings.fsync, actual.as_deref()).await {
             Ok(replaced) => {
                 self.finished = true;
-                self.home.quota.release(replaced.bytes);
+                self.home.freed(replaced);
                 Ok(Committed { upload_id: self.id.clone(), size: self.len, sha256: actual })
             }
             // A failed commit must not leave a half-trusted partial behind.
@@ -717,8 +735,8 @@ impl Upload {
     async fn discard(&mut self) {
         self.writer = None;
         self.finished = true;
-        let freed = self.home.storage.partial_remove(&self.id).await.unwrap_or(0);
-        self.home.quota.release(freed);
+        let freed = self.home.storage.partial_remove(&self.id).await.unwrap_or_default();
+        self.home.freed(freed);
     }
 
     /// Gives the upload up and removes its partial.
@@ -738,8 +756,8 @@ impl Drop for Upload {
         self.writer = None;
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                let freed = home.storage.partial_remove(&id).await.unwrap_or(0);
-                home.quota.release(freed);
+                let freed = home.storage.partial_remove(&id).await.unwrap_or_default();
+                home.freed(freed);
             });
         }
     }

@@ -18,6 +18,10 @@ pub struct Usage {
     pub reserved: u64,
     /// `None` means unlimited.
     pub limit: Option<u64>,
+    /// Files and directories in the home (partial uploads included).
+    pub files: u64,
+    /// The most files and directories the user may have; `None`: unlimited.
+    pub max_files: Option<u64>,
 }
 
 impl Usage {
@@ -34,6 +38,14 @@ pub struct QuotaExceeded {
     pub limit: u64,
 }
 
+/// The per-user limit on entries (files and directories) is reached: many
+/// empty files cost the filesystem even when they hold no bytes (issue 12).
+#[derive(Debug, thiserror::Error)]
+#[error("quota exceeded: the limit of {limit} files and directories is reached")]
+pub struct FileLimitReached {
+    pub limit: u64,
+}
+
 /// The counters behind [`Usage`]. `used` is signed: the disk change and its
 /// accounting are not one step, so two sessions can report in the other
 /// order (a file removed is counted out before its upload is counted in).
@@ -44,11 +56,19 @@ struct Counts {
     used: i128,
     reserved: u64,
     limit: Option<u64>,
+    /// Entries, signed for the same reason as `used`.
+    files: i128,
+    files_reserved: u64,
+    max_files: Option<u64>,
 }
 
 impl Counts {
     fn used(&self) -> u64 {
         u64::try_from(self.used.max(0)).unwrap_or(u64::MAX)
+    }
+
+    fn files(&self) -> u64 {
+        u64::try_from(self.files.max(0)).unwrap_or(u64::MAX)
     }
 }
 
@@ -59,7 +79,14 @@ pub struct UserQuota {
 
 impl UserQuota {
     pub fn new(used: u64, limit: Option<u64>) -> Self {
-        UserQuota { state: Mutex::new(Counts { used: used.into(), reserved: 0, limit }) }
+        UserQuota::with_files(used, limit, 0, None)
+    }
+
+    /// A quota on bytes and on entries (files and directories).
+    pub fn with_files(used: u64, limit: Option<u64>, files: u64, max_files: Option<u64>) -> Self {
+        let counts =
+            Counts { used: used.into(), reserved: 0, limit, files: files.into(), files_reserved: 0, max_files };
+        UserQuota { state: Mutex::new(counts) }
     }
 
     fn lock(&self) -> MutexGuard<'_, Counts> {
@@ -70,11 +97,41 @@ impl UserQuota {
 
     pub fn usage(&self) -> Usage {
         let s = self.lock();
-        Usage { used: s.used(), reserved: s.reserved, limit: s.limit }
+        Usage { used: s.used(), reserved: s.reserved, limit: s.limit, files: s.files(), max_files: s.max_files }
     }
 
     pub fn set_limit(&self, limit: Option<u64>) {
         self.lock().limit = limit;
+    }
+
+    pub fn set_max_files(&self, max_files: Option<u64>) {
+        self.lock().max_files = max_files;
+    }
+
+    /// Reserves `n` entries (files or directories about to be made), or
+    /// refuses if they do not fit.
+    pub fn reserve_files(self: &Arc<Self>, n: u64) -> Result<FileReservation, FileLimitReached> {
+        let mut s = self.lock();
+        if let Some(limit) = s.max_files
+            && s.files().saturating_add(s.files_reserved).saturating_add(n) > limit
+        {
+            return Err(FileLimitReached { limit });
+        }
+        s.files_reserved += n;
+        Ok(FileReservation { quota: Arc::clone(self), n })
+    }
+
+    /// Entries left the home.
+    pub fn release_files(&self, n: u64) {
+        self.lock().files -= i128::from(n);
+    }
+
+    /// Sets usage to what was measured (after a remote command wrote into
+    /// the home behind the quota's back). Reservations stay.
+    pub fn set_measured(&self, bytes: u64, files: u64) {
+        let mut s = self.lock();
+        s.used = bytes.into();
+        s.files = files.into();
     }
 
     /// Reserves `bytes` for an upload, or refuses if they do not fit.
@@ -88,12 +145,6 @@ impl UserQuota {
         }
         s.reserved += bytes;
         Ok(Reservation { quota: Arc::clone(self), bytes, settled: false })
-    }
-
-    /// Sets usage to what was measured (after a remote command wrote into
-    /// the home behind the quota's back). Reservations stay.
-    pub fn set_used(&self, bytes: u64) {
-        self.lock().used = bytes.into();
     }
 
     /// Bytes left the home (a file removed, a partial expired, a file overwritten).
@@ -165,6 +216,33 @@ impl Drop for Reservation {
     }
 }
 
+/// Entries promised to an operation; settled with how many were made,
+/// withdrawn if dropped.
+#[derive(Debug)]
+pub struct FileReservation {
+    quota: Arc<UserQuota>,
+    n: u64,
+}
+
+impl FileReservation {
+    /// Turns the reservation into `made` entries (at most what was reserved).
+    pub fn settle(mut self, made: u64) {
+        let mut s = self.quota.lock();
+        s.files_reserved = s.files_reserved.saturating_sub(self.n);
+        s.files += i128::from(made.min(self.n));
+        self.n = 0;
+    }
+}
+
+impl Drop for FileReservation {
+    fn drop(&mut self) {
+        if self.n > 0 {
+            let mut s = self.quota.lock();
+            s.files_reserved = s.files_reserved.saturating_sub(self.n);
+        }
+    }
+}
+
 /// The quotas of all users with a session since this start.
 #[derive(Debug, Default)]
 pub struct QuotaRegistry {
@@ -172,22 +250,24 @@ pub struct QuotaRegistry {
 }
 
 impl QuotaRegistry {
-    /// The user's shared quota; `scan` is awaited once, at first use, to
-    /// measure the home (under the registry lock, so two first logins
-    /// cannot both scan and diverge).
+    /// The user's shared quota; `scan` (bytes and entries) is awaited
+    /// once, at first use, to measure the home (under the registry lock, so
+    /// two first logins cannot both scan and diverge).
     pub async fn get_or_scan<E>(
         &self,
         user: &str,
         limit: Option<u64>,
-        scan: impl Future<Output = Result<u64, E>>,
+        max_files: Option<u64>,
+        scan: impl Future<Output = Result<(u64, u64), E>>,
     ) -> Result<Arc<UserQuota>, E> {
         let mut users = self.users.lock().await;
         if let Some(q) = users.get(user) {
             q.set_limit(limit);
+            q.set_max_files(max_files);
             return Ok(Arc::clone(q));
         }
-        let used = scan.await?;
-        let q = Arc::new(UserQuota::new(used, limit));
+        let (used, files) = scan.await?;
+        let q = Arc::new(UserQuota::with_files(used, limit, files, max_files));
         users.insert(user.to_string(), Arc::clone(&q));
         Ok(q)
     }
@@ -251,12 +331,28 @@ mod tests {
         let q = Arc::new(UserQuota::new(0, Some(1000)));
         let mut r = q.reserve(600).unwrap();
         assert_eq!(r.take(250), 250);
-        assert_eq!(q.usage(), Usage { used: 250, reserved: 350, limit: Some(1000) });
+        assert_eq!((q.usage().used, q.usage().reserved), (250, 350));
         assert_eq!(r.take(500), 350, "never more than was reserved");
         assert!(q.try_add(401).is_err(), "600 used, 400 free");
         q.try_add(400).unwrap();
         drop(r);
-        assert_eq!(q.usage(), Usage { used: 1000, reserved: 0, limit: Some(1000) });
+        assert_eq!((q.usage().used, q.usage().reserved), (1000, 0));
+    }
+
+    #[test]
+    fn entries_are_reserved_settled_and_released_within_their_limit() {
+        let q = Arc::new(UserQuota::with_files(0, None, 8, Some(10)));
+        let r = q.reserve_files(2).unwrap();
+        assert!(q.reserve_files(1).is_err(), "8 made and 2 promised of 10");
+        r.settle(1);
+        assert_eq!(q.usage().files, 9);
+        drop(q.reserve_files(1).unwrap());
+        q.reserve_files(1).unwrap().settle(1);
+        assert!(q.reserve_files(1).is_err());
+        q.release_files(4);
+        assert_eq!(q.usage().files, 6);
+        q.set_measured(0, 0);
+        assert_eq!(q.usage().files, 0);
     }
 
     #[test]

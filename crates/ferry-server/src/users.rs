@@ -27,6 +27,8 @@ pub struct UserChanges {
     /// `Some(None)` means unlimited.
     pub quota: Option<Option<u64>>,
     pub allow_exec: Option<bool>,
+    /// `Some(None)` means back to the server's default; `Some(Some(u64::MAX))` unlimited.
+    pub max_files: Option<Option<u64>>,
 }
 
 impl Admin {
@@ -53,7 +55,15 @@ impl Admin {
         let verifier = hash_new_password(password, self.config.auth.scram_iterations)?;
         let created =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
-        let record = UserRecord { name: name.to_string(), verifier, quota_bytes: quota, allow_exec, home, created };
+        let record = UserRecord {
+            name: name.to_string(),
+            verifier,
+            quota_bytes: quota,
+            allow_exec,
+            home,
+            created,
+            max_files: None,
+        };
         let home_dir = home_of(&self.config, &record);
         self.store.add(record.clone())?;
         std::fs::create_dir_all(&home_dir).with_context(|| format!("cannot create home {}", home_dir.display()))?;
@@ -85,6 +95,9 @@ impl Admin {
         }
         if let Some(e) = changes.allow_exec {
             self.store.set_allow_exec(name, e)?;
+        }
+        if let Some(m) = changes.max_files {
+            self.store.set_max_files(name, m)?;
         }
         self.get(name)
     }

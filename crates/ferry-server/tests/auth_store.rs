@@ -23,6 +23,7 @@ fn record(name: &str) -> UserRecord {
         allow_exec: true,
         home: Some(PathBuf::from("/srv/ferry/homes/alice")),
         created: 1_700_000_000,
+        max_files: Some(5000),
     }
 }
 
@@ -181,13 +182,36 @@ fn schema_version_is_set_and_checked() {
 
     let conn = rusqlite::Connection::open(&path).unwrap();
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
-    assert_eq!(version, 1);
+    assert_eq!(version, 2);
     let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
     assert_eq!(mode, "wal");
 
     conn.pragma_update(None, "user_version", 99).unwrap();
     drop(conn);
-    assert!(matches!(SqliteUserStore::open(&path), Err(StoreError::UnsupportedSchema { found: 99, supported: 1 })));
+    assert!(matches!(SqliteUserStore::open(&path), Err(StoreError::UnsupportedSchema { found: 99, supported: 2 })));
+}
+
+/// Issue 12: a version-1 database (before the per-user file limit) opens,
+/// is migrated, keeps its users, and takes the new setting.
+#[test]
+fn version_1_database_is_migrated_and_keeps_its_users() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("users.db");
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE users (name TEXT PRIMARY KEY NOT NULL, verifier TEXT NOT NULL, quota_bytes INTEGER,
+         allow_exec INTEGER NOT NULL DEFAULT 0, home TEXT, created INTEGER NOT NULL); PRAGMA user_version = 1;",
+    )
+    .unwrap();
+    conn.execute("INSERT INTO users VALUES ('old', ?1, 100, 1, NULL, 5)", [verifier(PASSWORD).to_string()]).unwrap();
+    drop(conn);
+    let store = SqliteUserStore::open(&path).unwrap();
+    let old = store.get("old").unwrap().unwrap();
+    assert_eq!((old.quota_bytes, old.allow_exec, old.max_files), (Some(100), true, None));
+    store.set_max_files("old", Some(7)).unwrap();
+    assert_eq!(store.get("old").unwrap().unwrap().max_files, Some(7));
+    store.set_max_files("old", Some(u64::MAX)).unwrap();
+    assert_eq!(store.get("old").unwrap().unwrap().max_files, Some(u64::MAX), "unlimited survives the i64 column");
 }
 
 #[test]

@@ -53,6 +53,7 @@ pub fn new_user(name: &str, verifier: Verifier) -> UserRecord {
         verifier,
         quota_bytes: None,
         allow_exec: false,
+        max_files: None,
         home: None,
         created: unix_now(),
     }

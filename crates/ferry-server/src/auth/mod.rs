@@ -54,6 +54,9 @@ pub struct UserRecord {
     pub quota_bytes: Option<u64>,
     /// Whether the user may run `exec`.
     pub allow_exec: bool,
+    /// Files and directories the user may have; `None` is the server's
+    /// default (`limits.max_files_per_user`), `Some(u64::MAX)` unlimited.
+    pub max_files: Option<u64>,
     /// The user's home; `None` is the default under the data directory.
     pub home: Option<PathBuf>,
     /// Creation time, Unix seconds.

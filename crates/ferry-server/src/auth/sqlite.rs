@@ -23,7 +23,7 @@ use super::{UserRecord, validate_username};
 use ferry_proto::scram::Verifier;
 
 /// The schema this build writes, kept in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// How long a call waits for another process's write lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -39,7 +39,10 @@ CREATE TABLE IF NOT EXISTS users (
 );
 ";
 
-const COLUMNS: &str = "name, verifier, quota_bytes, allow_exec, home, created";
+/// Version 2: the per-user limit on files and directories (issue 12).
+const SCHEMA_V2: &str = "ALTER TABLE users ADD COLUMN max_files INTEGER;";
+
+const COLUMNS: &str = "name, verifier, quota_bytes, allow_exec, home, created, max_files";
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
@@ -95,6 +98,11 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     match version {
         0 => {
             tx.execute_batch(SCHEMA_V1)?;
+            tx.execute_batch(SCHEMA_V2)?;
+            tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        }
+        1 => {
+            tx.execute_batch(SCHEMA_V2)?;
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         }
         SCHEMA_VERSION => {}
@@ -114,6 +122,7 @@ struct Row {
     allow_exec: bool,
     home: Option<String>,
     created: i64,
+    max_files: Option<i64>,
 }
 
 impl Row {
@@ -125,6 +134,7 @@ impl Row {
             allow_exec: r.get(3)?,
             home: r.get(4)?,
             created: r.get(5)?,
+            max_files: r.get(6)?,
         })
     }
 
@@ -143,6 +153,8 @@ impl Row {
             allow_exec: self.allow_exec,
             home: self.home.map(PathBuf::from),
             created: self.created,
+            // Stored as i64; a negative value can only mean "unlimited" written by hand.
+            max_files: self.max_files.map(|n| u64::try_from(n).unwrap_or(u64::MAX)),
         })
     }
 }
@@ -154,6 +166,11 @@ fn quota_to_sql(name: &str, quota: Option<u64>) -> Result<Option<i64>, StoreErro
                 .map_err(|_| StoreError::InvalidValue { name: name.to_owned(), reason: "quota above i64::MAX bytes" })
         })
         .transpose()
+}
+
+/// Unlimited (`u64::MAX`) is kept as -1: SQLite integers are signed.
+fn files_to_sql(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(-1)
 }
 
 fn home_to_sql(name: &str, home: Option<&Path>) -> Result<Option<String>, StoreError> {
@@ -186,8 +203,16 @@ impl UserStore for SqliteUserStore {
         let quota = quota_to_sql(&user.name, user.quota_bytes)?;
         let home = home_to_sql(&user.name, user.home.as_deref())?;
         let result = self.conn().execute(
-            &format!("INSERT INTO users ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"),
-            params![user.name, user.verifier.to_string(), quota, user.allow_exec, home, user.created],
+            &format!("INSERT INTO users ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
+            params![
+                user.name,
+                user.verifier.to_string(),
+                quota,
+                user.allow_exec,
+                home,
+                user.created,
+                user.max_files.map(files_to_sql)
+            ],
         );
         match result {
             Ok(_) => Ok(()),
@@ -209,6 +234,10 @@ impl UserStore for SqliteUserStore {
 
     fn set_allow_exec(&self, name: &str, allow: bool) -> Result<(), StoreError> {
         self.update(name, "UPDATE users SET allow_exec = ?2 WHERE name = ?1", &allow)
+    }
+
+    fn set_max_files(&self, name: &str, max_files: Option<u64>) -> Result<(), StoreError> {
+        self.update(name, "UPDATE users SET max_files = ?2 WHERE name = ?1", &max_files.map(files_to_sql))
     }
 
     fn delete(&self, name: &str) -> Result<(), StoreError> {

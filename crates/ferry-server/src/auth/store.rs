@@ -51,6 +51,9 @@ pub trait UserStore: Send + Sync {
     fn set_quota(&self, name: &str, quota_bytes: Option<u64>) -> Result<(), StoreError>;
     /// Allows or forbids `exec`. [`StoreError::NotFound`] if no such user.
     fn set_allow_exec(&self, name: &str, allow: bool) -> Result<(), StoreError>;
+    /// Sets the limit on files and directories; `None` is the server's
+    /// default, `Some(u64::MAX)` unlimited.
+    fn set_max_files(&self, name: &str, max_files: Option<u64>) -> Result<(), StoreError>;
     /// Removes a user. [`StoreError::NotFound`] if no such user.
     fn delete(&self, name: &str) -> Result<(), StoreError>;
 }
@@ -104,6 +107,10 @@ impl UserStore for MemoryUserStore {
 
     fn set_allow_exec(&self, name: &str, allow: bool) -> Result<(), StoreError> {
         self.with_user(name, |u| u.allow_exec = allow)
+    }
+
+    fn set_max_files(&self, name: &str, max_files: Option<u64>) -> Result<(), StoreError> {
+        self.with_user(name, |u| u.max_files = max_files)
     }
 
     fn delete(&self, name: &str) -> Result<(), StoreError> {

@@ -135,7 +135,14 @@ pub async fn mv(
 
 pub fn df(session: &mut Session, conn: &mut Conn, id: u64) -> Result<(), Reply> {
     let u = session.home.usage();
-    let body = resp::DfAnswer { used: u.used, reserved: u.reserved, quota: u.limit, free: u.free() };
+    let body = resp::DfAnswer {
+        used: u.used,
+        reserved: u.reserved,
+        quota: u.limit,
+        free: u.free(),
+        files: u.files,
+        max_files: u.max_files,
+    };
     conn.queue_header(&ok_header(id, &body, 0))?;
     Ok(())
 }

@@ -121,7 +121,7 @@ impl From<HomeError> for WireError {
             return v.into();
         }
         let code = match &e {
-            HomeError::Quota(_) => ErrorCode::QuotaExceeded,
+            HomeError::Quota(_) | HomeError::FileLimit(_) => ErrorCode::QuotaExceeded,
             HomeError::UploadNotFound(_) | HomeError::OffsetMismatch { .. } | HomeError::Incomplete { .. } => {
                 ErrorCode::UploadNotFound
             }

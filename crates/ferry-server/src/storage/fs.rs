@@ -81,11 +81,11 @@ fn partial_info(dir: &Dir, id: &str) -> Option<PartialInfo> {
     Some(PartialInfo { id: id.to_string(), meta, len: m.len(), modified })
 }
 
-/// Removes a partial and its sidecar; returns the data bytes freed.
-fn remove_partial(dir: &Dir, id: &str) -> u64 {
+/// Removes a partial and its sidecar; returns what the partial freed.
+fn remove_partial(dir: &Dir, id: &str) -> Amount {
     let part = format!("{id}.part");
     let size = dir.metadata(&part).map(|m| m.len()).unwrap_or(0);
-    let freed = if dir.remove_file(&part).is_ok() { size } else { 0 };
+    let freed = if dir.remove_file(&part).is_ok() { Amount::file(size) } else { Amount::default() };
     let _ = dir.remove_file(format!("{id}.json"));
     freed
 }
@@ -192,9 +192,15 @@ fn read_one(jail: &Jail, path: &VirtualPath, max_each: u64, budget: &mut u64) ->
 impl Storage for FsStorage {
     async fn usage(&self) -> Result<Amount, VfsError> {
         self.run(|j| {
-            let (bytes, files) = j.disk_usage()?;
+            let (bytes, files, dirs) = j.disk_usage_counted()?;
             let side = partials(j).map(sidecars).unwrap_or_default();
-            Ok(Amount { bytes: bytes.saturating_sub(side.bytes), files: files.saturating_sub(side.files) })
+            // The partial folder itself is the server's, not the user's.
+            let own_dirs = u64::from(partials(j).is_ok());
+            Ok(Amount {
+                bytes: bytes.saturating_sub(side.bytes),
+                files: files.saturating_sub(side.files),
+                dirs: dirs.saturating_sub(own_dirs),
+            })
         })
         .await
     }
@@ -218,7 +224,7 @@ impl Storage for FsStorage {
         let p = path.clone();
         self.run(move |j| {
             if !parents {
-                return j.mkdir(&p, false).map(|()| Amount::file(0));
+                return j.mkdir(&p, false).map(|()| Amount::dirs(1));
             }
             // Count the directories that did not exist, for the entry count.
             let mut missing = 0;
@@ -230,7 +236,7 @@ impl Storage for FsStorage {
                 at = q.parent();
             }
             j.mkdir(&p, true)?;
-            Ok(Amount { bytes: 0, files: missing })
+            Ok(Amount::dirs(missing))
         })
         .await
     }
@@ -242,12 +248,12 @@ impl Storage for FsStorage {
 
     async fn remove_dir(&self, path: &VirtualPath) -> Result<Amount, VfsError> {
         let p = path.clone();
-        self.run(move |j| j.remove_dir(&p).map(|()| Amount::file(0))).await
+        self.run(move |j| j.remove_dir(&p).map(|()| Amount::dirs(1))).await
     }
 
     async fn remove_tree(&self, path: &VirtualPath) -> Result<Amount, VfsError> {
         let p = path.clone();
-        self.run(move |j| j.remove_tree(&p).map(|(bytes, files)| Amount { bytes, files })).await
+        self.run(move |j| j.remove_tree_counted(&p).map(|(bytes, files, dirs)| Amount { bytes, files, dirs })).await
     }
 
     async fn rename(&self, from: &VirtualPath, to: &VirtualPath, overwrite: bool) -> Result<Amount, VfsError> {
@@ -369,9 +375,9 @@ impl Storage for FsStorage {
         .await
     }
 
-    async fn partial_remove(&self, id: &str) -> Result<u64, VfsError> {
+    async fn partial_remove(&self, id: &str) -> Result<Amount, VfsError> {
         if check_id(id).is_err() {
-            return Ok(0);
+            return Ok(Amount::default());
         }
         let id = id.to_string();
         self.run(move |j| Ok(remove_partial(partials(j)?, &id))).await

@@ -121,8 +121,10 @@ impl Tree {
     fn remove_all(&mut self, p: &VirtualPath) -> Amount {
         let mut freed = Amount::default();
         for k in self.subtree(p) {
-            if let Some(Node::File { data, .. }) = self.nodes.remove(&k) {
-                freed = freed + Amount::file(data.len() as u64);
+            match self.nodes.remove(&k) {
+                Some(Node::File { data, .. }) => freed = freed + Amount::file(data.len() as u64),
+                Some(Node::Dir { .. }) => freed = freed + Amount::dirs(1),
+                None => {}
             }
         }
         freed
@@ -161,7 +163,7 @@ impl Storage for MemStorage {
         let t = self.lock();
         let files = t.nodes.values().fold(Amount::default(), |a, n| match n {
             Node::File { data, .. } => a + Amount::file(data.len() as u64),
-            Node::Dir { .. } => a,
+            Node::Dir { .. } => a + Amount::dirs(1),
         });
         Ok(t.partials.values().fold(files, |a, p| a + Amount::file(p.data.len() as u64)))
     }
@@ -195,7 +197,7 @@ impl Storage for MemStorage {
                 return Err(VfsError::AlreadyExists(format!("{path} already exists")));
             }
             t.nodes.insert(path.clone(), Node::Dir { mtime: now_secs() });
-            return Ok(Amount::file(0));
+            return Ok(Amount::dirs(1));
         }
         let mut chain = Vec::new();
         let mut at = Some(path.clone());
@@ -215,7 +217,7 @@ impl Storage for MemStorage {
         for p in chain {
             t.nodes.insert(p, Node::Dir { mtime: now_secs() });
         }
-        Ok(Amount { bytes: 0, files: created })
+        Ok(Amount::dirs(created))
     }
 
     async fn remove_file(&self, path: &VirtualPath) -> Result<Amount, VfsError> {
@@ -235,7 +237,7 @@ impl Storage for MemStorage {
             return Err(VfsError::DirectoryNotEmpty(path.to_string()));
         }
         t.nodes.remove(path);
-        Ok(Amount::file(0))
+        Ok(Amount::dirs(1))
     }
 
     async fn remove_tree(&self, path: &VirtualPath) -> Result<Amount, VfsError> {
@@ -270,7 +272,7 @@ impl Storage for MemStorage {
                     return Err(VfsError::DirectoryNotEmpty(to.to_string()));
                 }
                 (Node::File { data, .. }, false) => freed = Amount::file(data.len() as u64),
-                _ => {}
+                _ => freed = Amount::dirs(1),
             }
             t.nodes.remove(to);
         }
@@ -365,8 +367,8 @@ impl Storage for MemStorage {
         Ok((hasher, n))
     }
 
-    async fn partial_remove(&self, id: &str) -> Result<u64, VfsError> {
-        Ok(self.lock().partials.remove(id).map_or(0, |p| p.data.len() as u64))
+    async fn partial_remove(&self, id: &str) -> Result<Amount, VfsError> {
+        Ok(self.lock().partials.remove(id).map_or(Amount::default(), |p| Amount::file(p.data.len() as u64)))
     }
 }
 

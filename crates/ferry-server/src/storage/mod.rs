@@ -29,23 +29,33 @@ pub use crate::vfs::{Entry, EntryKind, VfsError, VirtualPath};
 pub use fs::FsStorage;
 pub use mem::MemStorage;
 
-/// Bytes and entries (files, directories, links) held or freed.
+/// Bytes, files (and links) and directories held or freed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Amount {
     pub bytes: u64,
     pub files: u64,
+    pub dirs: u64,
 }
 
 impl Amount {
     pub fn file(bytes: u64) -> Amount {
-        Amount { bytes, files: 1 }
+        Amount { bytes, files: 1, dirs: 0 }
+    }
+
+    pub fn dirs(dirs: u64) -> Amount {
+        Amount { bytes: 0, files: 0, dirs }
+    }
+
+    /// Entries, as the per-user limit on files counts them.
+    pub fn entries(&self) -> u64 {
+        self.files + self.dirs
     }
 }
 
 impl std::ops::Add for Amount {
     type Output = Amount;
     fn add(self, o: Amount) -> Amount {
-        Amount { bytes: self.bytes + o.bytes, files: self.files + o.files }
+        Amount { bytes: self.bytes + o.bytes, files: self.files + o.files, dirs: self.dirs + o.dirs }
     }
 }
 
@@ -154,8 +164,9 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     /// fewer: the count is returned).
     async fn partial_hash(&self, id: &str, len: u64) -> Result<(Sha256, u64), VfsError>;
 
-    /// Removes a partial upload; returns the data bytes freed.
-    async fn partial_remove(&self, id: &str) -> Result<u64, VfsError>;
+    /// Removes a partial upload; returns what it freed (its data bytes, and
+    /// one file if it existed).
+    async fn partial_remove(&self, id: &str) -> Result<Amount, VfsError>;
 }
 
 /// An open partial upload.

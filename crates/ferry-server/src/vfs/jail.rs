@@ -148,18 +148,24 @@ impl Jail {
     /// Removes a file or a whole tree (never following symlinks: a link is
     /// removed, its target is not). Returns (bytes, files) freed.
     pub fn remove_tree(&self, vp: &VirtualPath) -> Result<(u64, u64), VfsError> {
+        self.remove_tree_counted(vp).map(|(bytes, files, _)| (bytes, files))
+    }
+
+    /// [`Self::remove_tree`], also counting the directories removed (the
+    /// tree's own root included).
+    pub fn remove_tree_counted(&self, vp: &VirtualPath) -> Result<(u64, u64, u64), VfsError> {
         let (parent, name) = self.parent_and_name(vp)?;
         let name = name.as_path();
         let _counting = self.lock_accounting();
         let m = parent.symlink_metadata(name).map_err(err_at(vp))?;
         if !m.is_dir() {
             parent.remove_file(name).map_err(err_at(vp))?;
-            return Ok((if m.is_file() { m.len() } else { 0 }, 1));
+            return Ok((if m.is_file() { m.len() } else { 0 }, 1, 0));
         }
         let dir = parent.open_dir(name).map_err(err_at(vp))?;
-        let usage = usage_of(&dir).map_err(err_at(vp))?;
+        let (bytes, files, dirs) = usage_of(&dir).map_err(err_at(vp))?;
         parent.remove_dir_all(name).map_err(err_at(vp))?;
-        Ok(usage)
+        Ok((bytes, files, dirs + 1))
     }
 
     /// Renames within the home. Refuses to replace an existing entry unless
@@ -291,6 +297,11 @@ impl Jail {
 
     /// Bytes and files in the whole home (partials included), for the quota.
     pub fn disk_usage(&self) -> Result<(u64, u64), VfsError> {
+        self.disk_usage_counted().map(|(bytes, files, _)| (bytes, files))
+    }
+
+    /// Bytes, files and directories in the whole home (partials included).
+    pub fn disk_usage_counted(&self) -> Result<(u64, u64, u64), VfsError> {
         usage_of(&self.root).map_err(err_at(&VirtualPath::root()))
     }
 }
@@ -347,8 +358,8 @@ fn rename_at(
 /// open listing per level being walked, never one handle per subdirectory
 /// found: a directory with tens of thousands of subdirectories must not
 /// exhaust the process's file descriptors.
-fn usage_of(dir: &Dir) -> io::Result<(u64, u64)> {
-    let (mut bytes, mut files) = (0u64, 0u64);
+fn usage_of(dir: &Dir) -> io::Result<(u64, u64, u64)> {
+    let (mut bytes, mut files, mut dirs) = (0u64, 0u64, 0u64);
     let mut stack = vec![dir.entries()?];
     while let Some(listing) = stack.last_mut() {
         let Some(entry) = listing.next() else {
@@ -358,6 +369,7 @@ fn usage_of(dir: &Dir) -> io::Result<(u64, u64)> {
         let entry = entry?;
         let Ok(m) = entry.metadata() else { continue };
         if m.is_dir() {
+            dirs += 1;
             // A subdirectory removed or unreadable meanwhile is skipped.
             if let Ok(sub) = entry.open_dir()
                 && let Ok(listing) = sub.entries()
@@ -371,5 +383,5 @@ fn usage_of(dir: &Dir) -> io::Result<(u64, u64)> {
             }
         }
     }
-    Ok((bytes, files))
+    Ok((bytes, files, dirs))
 }
