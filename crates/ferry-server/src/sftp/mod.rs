@@ -9,8 +9,8 @@
 //! by the core's tracker, so shutdown drains them like framed sessions.
 //!
 //! Algorithms: curve25519 key exchange, an ed25519 host key, AEAD ciphers
-//! (chacha20-poly1305, AES-GCM) and SHA-2 MACs only: no SHA-1, no CBC, no
-//! RSA or finite-field Diffie-Hellman.
+//! (chacha20-poly1305, AES-GCM) first, AES-CTR with SHA-2 MACs for older
+//! libssh2 (curl); no SHA-1, no CBC, no RSA or finite-field Diffie-Hellman.
 
 mod exec;
 mod hostkey;
@@ -83,8 +83,16 @@ fn ssh_config(core: &Core, key: russh::keys::PrivateKey) -> russh::server::Confi
                 kex::EXTENSION_OPENSSH_STRICT_KEX_AS_SERVER,
             ]),
             key: Cow::Borrowed(&[Algorithm::Ed25519]),
-            cipher: Cow::Borrowed(&[cipher::CHACHA20_POLY1305, cipher::AES_128_GCM, cipher::AES_256_GCM]),
-            mac: Cow::Borrowed(&[mac::HMAC_SHA256_ETM, mac::HMAC_SHA512_ETM]),
+            // AES-CTR with SHA-2 MACs last, for libssh2 before 1.11 (curl
+            // on Debian 12), which has neither AEAD cipher.
+            cipher: Cow::Borrowed(&[
+                cipher::CHACHA20_POLY1305,
+                cipher::AES_128_GCM,
+                cipher::AES_256_GCM,
+                cipher::AES_256_CTR,
+                cipher::AES_128_CTR,
+            ]),
+            mac: Cow::Borrowed(&[mac::HMAC_SHA256_ETM, mac::HMAC_SHA512_ETM, mac::HMAC_SHA256, mac::HMAC_SHA512]),
             ..Preferred::default()
         },
         ..Default::default()

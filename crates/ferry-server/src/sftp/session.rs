@@ -540,6 +540,7 @@ impl Sftp {
         }
         let result = write_into(&self.home, w, offset, data).await;
         if let Err(Fail(_, message)) = &result {
+            warn!(user = %self.settings.user, path = %w.target, error = %message, "sftp write refused; upload discarded at close");
             w.failed = Some(message.clone());
         }
         result?;
