@@ -43,7 +43,7 @@ class Server:
     """`ferry serve` on an ephemeral port; the banner is parsed from stdout."""
 
     def __init__(self, ferry, data, plaintext, log):
-        cmd = [ferry, "serve", "--data", data, "--listen", "127.0.0.1:0"]
+        cmd = [ferry, "serve", "--data", data, "--listen", "127.0.0.1:0", "--no-sftp"]
         if plaintext:
             cmd.append("--insecure-plaintext")
         self.log = open(log, "wb")

@@ -72,6 +72,12 @@ pub struct ServeArgs {
     /// Serve WITHOUT TLS: file names and data travel in the clear.
     #[arg(long)]
     pub insecure_plaintext: bool,
+    /// Address of the SSH front end (SFTP, scp, ssh); default 127.0.0.1:7722.
+    #[arg(long)]
+    pub sftp_listen: Option<SocketAddr>,
+    /// Do not start the SSH front end.
+    #[arg(long, conflicts_with = "sftp_listen")]
+    pub no_sftp: bool,
     #[arg(long)]
     pub max_connections: Option<usize>,
     #[arg(long)]
@@ -144,11 +150,39 @@ pub enum UserCommand {
         #[command(flatten)]
         data: DataArgs,
     },
+    /// SSH public keys for SFTP, scp and ssh logins.
+    #[command(subcommand)]
+    Key(KeyCommand),
     /// Delete a user (their files stay unless --remove-home).
     Del {
         name: String,
         #[arg(long)]
         remove_home: bool,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Add a key: one line of a .pub or authorized_keys file, e.g.
+    /// 'ssh-ed25519 AAAA... comment' (ed25519 or ECDSA).
+    Add {
+        name: String,
+        key: String,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    /// List a user's keys with their fingerprints.
+    List {
+        name: String,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    /// Remove a key by its fingerprint (SHA256:..., as `key list` shows).
+    Del {
+        name: String,
+        fingerprint: String,
         #[command(flatten)]
         data: DataArgs,
     },

@@ -24,6 +24,13 @@ fn config_from(a: &ServeArgs) -> Result<ServerConfig> {
     if a.insecure_plaintext {
         c.insecure_plaintext = true;
     }
+    if let Some(addr) = a.sftp_listen {
+        c.sftp.listen = addr;
+        c.sftp.enabled = true;
+    }
+    if a.no_sftp {
+        c.sftp.enabled = false;
+    }
     if let Some(n) = a.max_connections {
         c.limits.max_connections = n;
     }
@@ -62,6 +69,13 @@ pub async fn run(a: ServeArgs) -> Result<u8> {
     let (running, prepared) = ferry_server::start(config).await?;
     for addr in &running.tcp_addrs {
         println!("ferry listening on {addr}");
+    }
+    if let Some(ssh) = &running.ssh {
+        println!("sftp listening on {}", ssh.addr);
+        if ssh.generated_key {
+            println!("generated a new SSH host key in {}", data_dir.display());
+        }
+        println!("ssh host key fingerprint: {} (ED25519)", ssh.fingerprint);
     }
     if prepared.user_count == 0 {
         println!("no users yet; add one with:  ferry user add NAME --data {}", data_dir.display());

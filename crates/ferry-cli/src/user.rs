@@ -6,7 +6,7 @@ use anyhow::{Context, Result, bail};
 use ferry_server::ServerConfig;
 use ferry_server::users::{Admin, UserChanges};
 
-use crate::args::{DataArgs, UserCommand};
+use crate::args::{DataArgs, KeyCommand, UserCommand};
 use crate::oneshot::human;
 
 /// The server configuration the admin command should act on.
@@ -119,6 +119,23 @@ pub fn run(cmd: UserCommand) -> Result<u8> {
             let files = show_max_files(u.max_files);
             let exec = if u.allow_exec { "allowed" } else { "denied" };
             println!("{}: quota {quota}, max files {files}, exec {exec}", u.name);
+        }
+        UserCommand::Key(KeyCommand::Add { name, key, data }) => {
+            let admin = Admin::open(server_config(&data)?)?;
+            let k = admin.add_key(&name, &key)?;
+            println!("added key {} for {name}", k.fingerprint);
+        }
+        UserCommand::Key(KeyCommand::List { name, data }) => {
+            let admin = Admin::open(server_config(&data)?)?;
+            for k in admin.keys(&name)? {
+                let kind = k.key.split_whitespace().next().unwrap_or("");
+                println!("{} {kind} {}", k.fingerprint, k.comment);
+            }
+        }
+        UserCommand::Key(KeyCommand::Del { name, fingerprint, data }) => {
+            let admin = Admin::open(server_config(&data)?)?;
+            admin.delete_key(&name, &fingerprint)?;
+            println!("removed key {fingerprint} from {name}");
         }
         UserCommand::Del { name, remove_home, data } => {
             let admin = Admin::open(server_config(&data)?)?;

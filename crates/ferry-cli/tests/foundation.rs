@@ -94,7 +94,7 @@ fn restart_on_port(data: &Path, port: u16) -> ServerProcess {
     let mut child = Command::new(ferry())
         .args(["serve", "--data"])
         .arg(data)
-        .args(["--listen", &addr])
+        .args(["--listen", &addr, "--no-sftp"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -115,7 +115,14 @@ fn restart_on_port(data: &Path, port: u16) -> ServerProcess {
         }
     }
     std::thread::spawn(move || for _ in lines {});
-    ServerProcess { child, addr: addr.parse().unwrap(), fingerprint, banner: vec![] }
+    ServerProcess {
+        child,
+        addr: addr.parse().unwrap(),
+        sftp_addr: None,
+        ssh_fingerprint: None,
+        fingerprint,
+        banner: vec![],
+    }
 }
 
 #[test]

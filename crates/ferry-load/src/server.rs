@@ -68,7 +68,7 @@ impl Server {
             .arg(&self.ferry)
             .args(["serve", "--config"])
             .arg(&self.config)
-            .args(["--listen", &listen])
+            .args(["--listen", &listen, "--no-sftp"])
             .env("FERRY_LOG", std::env::var("FERRY_LOAD_SERVER_LOG").unwrap_or_else(|_| "warn".into()))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -12,6 +12,8 @@ use serde::Deserialize;
 
 /// The documented default port (docs/PROTOCOL.md, README).
 pub const DEFAULT_PORT: u16 = 7733;
+/// The default port of the SSH front end (SFTP, scp, ssh).
+pub const DEFAULT_SFTP_PORT: u16 = 7722;
 pub const DEFAULT_DATA_DIR: &str = "ferry-data";
 
 #[derive(Debug, Clone, Deserialize)]
@@ -32,6 +34,36 @@ pub struct ServerConfig {
     pub exec: ExecConfig,
     pub time: crate::udp::TimeConfig,
     pub chat: crate::udp::ChatConfig,
+    pub sftp: SftpConfig,
+}
+
+/// The SSH front end (SFTP, scp, `ssh host cmd`): same users, homes, quotas
+/// and exec policy; login and idle timeouts come from `[limits]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SftpConfig {
+    pub enabled: bool,
+    pub listen: SocketAddr,
+    /// SSH connections at once; further ones are refused.
+    pub max_connections: usize,
+    /// Open files and directories per SFTP session.
+    pub max_handles: usize,
+    /// A cut upload (connection lost before the file was closed) is
+    /// committed under its final name with the bytes that arrived, so that
+    /// `reput` can finish it. Off: uploads are atomic, a cut one vanishes.
+    pub keep_cut_uploads: bool,
+}
+
+impl Default for SftpConfig {
+    fn default() -> Self {
+        SftpConfig {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_SFTP_PORT)),
+            max_connections: 1024,
+            max_handles: 256,
+            keep_cut_uploads: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -123,6 +155,7 @@ impl Default for ServerConfig {
             exec: ExecConfig::default(),
             time: Default::default(),
             chat: Default::default(),
+            sftp: SftpConfig::default(),
         }
     }
 }
@@ -235,6 +268,8 @@ impl ServerConfig {
         if self.exec.run_as.as_deref().is_some_and(str::is_empty) {
             return Err(ConfigError::Invalid { key: "exec.run_as", problem: "must name a user".into() });
         }
+        positive("sftp.max_connections", self.sftp.max_connections as u64)?;
+        positive("sftp.max_handles", self.sftp.max_handles as u64)?;
         Ok(())
     }
 
@@ -248,6 +283,11 @@ impl ServerConfig {
 
     pub fn db_path(&self) -> PathBuf {
         self.data_dir.join("users.db")
+    }
+
+    /// The SSH host key (ed25519, OpenSSH format, mode 0600).
+    pub fn ssh_host_key_path(&self) -> PathBuf {
+        self.data_dir.join("ssh_host_ed25519_key")
     }
 
     pub fn homes_dir(&self) -> PathBuf {

@@ -793,6 +793,12 @@ impl Download {
         self.file.recorded_sha256()
     }
 
+    /// Up to `len` bytes at `offset` of the file as it was opened (fewer
+    /// at its end), for front ends that read at random offsets (SFTP).
+    pub async fn read_at(&self, offset: u64, len: usize) -> Result<Bytes, HomeError> {
+        Ok(self.file.read_at(offset, len).await.map_err(|e| VfsError::from_io(e, &self.path))?)
+    }
+
     /// The local file, where the backend has one.
     pub fn local_file(&self) -> Option<&std::fs::File> {
         self.file.local_file()

@@ -16,6 +16,7 @@ pub mod listener;
 pub mod quota;
 pub mod services;
 mod session;
+pub mod sftp;
 pub mod storage;
 mod stream;
 pub mod tls;
@@ -28,9 +29,17 @@ pub use core::{Core, Prepared};
 pub use listener::Running;
 
 /// Prepares the data folder and starts serving in the background.
+/// The SSH front end (SFTP, scp, ssh) starts beside the framed listener
+/// unless `[sftp] enabled = false`; both stop on the same shutdown token.
 pub async fn start(config: ServerConfig) -> anyhow::Result<(Running, Prepared)> {
     exec::log_startup(&config.exec);
     let prepared = Core::prepare(config)?;
-    let running = listener::start(std::sync::Arc::clone(&prepared.core)).await?;
+    let ssh = if prepared.core.config.sftp.enabled {
+        Some(sftp::start(std::sync::Arc::clone(&prepared.core)).await?)
+    } else {
+        None
+    };
+    let mut running = listener::start(std::sync::Arc::clone(&prepared.core)).await?;
+    running.ssh = ssh;
     Ok((running, prepared))
 }

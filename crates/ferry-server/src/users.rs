@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 
-use crate::auth::{SqliteUserStore, UserRecord, UserStore, hash_new_password, validate_username};
+use crate::auth::{AuthorizedKey, SqliteUserStore, UserRecord, UserStore, hash_new_password, validate_username};
 use crate::config::ServerConfig;
 
 /// Where a user's files live on the host.
@@ -113,7 +113,56 @@ impl Admin {
         Ok(())
     }
 
+    /// Adds an SSH public key (`ssh-ed25519 AAAA... comment`, one line of
+    /// an `authorized_keys` or `.pub` file) for the SFTP/ssh front end.
+    pub fn add_key(&self, name: &str, line: &str) -> Result<AuthorizedKey> {
+        self.get(name)?;
+        let key = parse_public_key(line)?;
+        self.store.add_key(name, key.clone()).map_err(|e| match e {
+            crate::auth::StoreError::AlreadyExists(fp) => anyhow::anyhow!("{name} already has the key {fp}"),
+            e => e.into(),
+        })?;
+        Ok(key)
+    }
+
+    pub fn keys(&self, name: &str) -> Result<Vec<AuthorizedKey>> {
+        self.get(name)?;
+        Ok(self.store.keys(name)?)
+    }
+
+    pub fn delete_key(&self, name: &str, fingerprint: &str) -> Result<()> {
+        self.get(name)?;
+        self.store.delete_key(name, fingerprint).map_err(|e| match e {
+            crate::auth::StoreError::NotFound(_) => anyhow::anyhow!("{name} has no key {fingerprint}"),
+            e => e.into(),
+        })
+    }
+
     pub fn config(&self) -> &ServerConfig {
         &self.config
     }
+}
+
+/// Parses one public-key line (`TYPE BASE64 [COMMENT]`). Only algorithms the
+/// SSH front end verifies are taken: Ed25519 and ECDSA (RSA is left out of
+/// the build, RUSTSEC-2023-0071; DSA is obsolete).
+pub fn parse_public_key(line: &str) -> Result<AuthorizedKey> {
+    use russh::keys::{Algorithm, HashAlg, PublicKey};
+    let line = line.trim();
+    let key =
+        PublicKey::from_openssh(line).map_err(|e| anyhow::anyhow!("not an OpenSSH public key ({e}): {line:.60}"))?;
+    match key.algorithm() {
+        Algorithm::Ed25519 | Algorithm::Ecdsa { .. } => {}
+        other => bail!("{} keys are not accepted; use ssh-keygen -t ed25519", other.as_str()),
+    }
+    let comment = line.split_whitespace().skip(2).collect::<Vec<_>>().join(" ");
+    let mut bare = key.clone();
+    bare.set_comment("");
+    let text = bare.to_openssh().map_err(|e| anyhow::anyhow!("cannot encode the key: {e}"))?;
+    Ok(AuthorizedKey {
+        fingerprint: key.fingerprint(HashAlg::Sha256).to_string(),
+        key: text.trim().to_string(),
+        comment,
+        added: crate::auth::admin::unix_now(),
+    })
 }

@@ -182,13 +182,13 @@ fn schema_version_is_set_and_checked() {
 
     let conn = rusqlite::Connection::open(&path).unwrap();
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
-    assert_eq!(version, 2);
+    assert_eq!(version, 3);
     let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
     assert_eq!(mode, "wal");
 
     conn.pragma_update(None, "user_version", 99).unwrap();
     drop(conn);
-    assert!(matches!(SqliteUserStore::open(&path), Err(StoreError::UnsupportedSchema { found: 99, supported: 2 })));
+    assert!(matches!(SqliteUserStore::open(&path), Err(StoreError::UnsupportedSchema { found: 99, supported: 3 })));
 }
 
 /// Issue 12: a version-1 database (before the per-user file limit) opens,
@@ -212,6 +212,37 @@ fn version_1_database_is_migrated_and_keeps_its_users() {
     assert_eq!(store.get("old").unwrap().unwrap().max_files, Some(7));
     store.set_max_files("old", Some(u64::MAX)).unwrap();
     assert_eq!(store.get("old").unwrap().unwrap().max_files, Some(u64::MAX), "unlimited survives the i64 column");
+}
+
+/// Issue 14: a version-1 database (no key table) is migrated in place, its
+/// users kept, and keys work after.
+#[test]
+fn v1_database_migrates_to_ssh_keys() {
+    use ferry_server::auth::AuthorizedKey;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("users.db");
+    let store = SqliteUserStore::open(&path).unwrap();
+    store.add(record("alice")).unwrap();
+    drop(store);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch("DROP TABLE ssh_keys; PRAGMA user_version = 1;").unwrap();
+    drop(conn);
+
+    let store = SqliteUserStore::open(&path).unwrap();
+    assert!(store.get("alice").unwrap().is_some());
+    let key = AuthorizedKey {
+        fingerprint: "SHA256:abc".into(),
+        key: "ssh-ed25519 AAAA".into(),
+        comment: "c".into(),
+        added: 1,
+    };
+    store.add_key("alice", key.clone()).unwrap();
+    assert!(matches!(store.add_key("alice", key.clone()), Err(StoreError::AlreadyExists(_))));
+    assert!(matches!(store.add_key("bob", key.clone()), Err(StoreError::NotFound(_))));
+    assert_eq!(store.keys("alice").unwrap(), vec![key]);
+    assert!(matches!(store.delete_key("alice", "SHA256:nope"), Err(StoreError::NotFound(_))));
+    store.delete_key("alice", "SHA256:abc").unwrap();
+    assert!(store.keys("alice").unwrap().is_empty());
 }
 
 #[test]

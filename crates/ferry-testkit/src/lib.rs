@@ -27,6 +27,8 @@ pub struct TestServer {
     pub config: ServerConfig,
     pub addr: SocketAddr,
     pub fingerprint: Option<String>,
+    /// The SSH front end's address, when enabled.
+    pub sftp_addr: Option<SocketAddr>,
     running: Option<Running>,
 }
 
@@ -49,11 +51,13 @@ impl TestServer {
         };
         config.auth.scram_iterations = TEST_ITERATIONS;
         config.transfer.fsync = false;
+        config.sftp.listen = "127.0.0.1:0".parse()?;
         tweak(&mut config);
         let (running, _) = ferry_server::start(config.clone()).await?;
         let addr = running.tcp_addrs[0];
         let fingerprint = running.fingerprint.clone();
-        Ok(TestServer { dir, config, addr, fingerprint, running: Some(running) })
+        let sftp_addr = running.ssh.as_ref().map(|s| s.addr);
+        Ok(TestServer { dir, config, addr, fingerprint, sftp_addr, running: Some(running) })
     }
 
     pub fn admin(&self) -> Result<Admin> {
@@ -144,6 +148,10 @@ impl Drop for TestServer {
 pub struct ServerProcess {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The SSH front end's address, unless started with `--no-sftp`.
+    pub sftp_addr: Option<SocketAddr>,
+    /// `SHA256:...` of the SSH host key.
+    pub ssh_fingerprint: Option<String>,
     pub fingerprint: Option<String>,
     /// Everything the server printed on stdout before it was ready.
     pub banner: Vec<String>,
@@ -159,6 +167,7 @@ impl ServerProcess {
             .args(["serve", "--data"])
             .arg(data)
             .args(["--listen", "127.0.0.1:0"])
+            .args(sftp_default(extra))
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -179,6 +188,7 @@ impl ServerProcess {
         let mut banner = Vec::new();
         let mut addr = None;
         let mut fingerprint = None;
+        let (mut sftp_addr, mut ssh_fingerprint) = (None, None);
         while Instant::now() < deadline {
             let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) else {
                 if let Some(status) = child.try_wait()? {
@@ -195,6 +205,12 @@ impl ServerProcess {
             if let Some(f) = line.strip_prefix("certificate fingerprint: ") {
                 fingerprint = Some(f.trim().to_string());
             }
+            if let Some(a) = line.strip_prefix("sftp listening on ") {
+                sftp_addr = a.trim().parse().ok();
+            }
+            if let Some(f) = line.strip_prefix("ssh host key fingerprint: ") {
+                ssh_fingerprint = f.split_whitespace().next().map(str::to_string);
+            }
             let done = line.starts_with("certificate fingerprint") || line.starts_with("WARNING");
             banner.push(line);
             if addr.is_some() && done {
@@ -204,7 +220,7 @@ impl ServerProcess {
         // Keep draining stdout so the server never blocks on a full pipe.
         std::thread::spawn(move || while rx.recv().is_ok() {});
         let addr = addr.context("ferry serve did not report its address in time")?;
-        Ok(ServerProcess { child, addr, fingerprint, banner })
+        Ok(ServerProcess { child, addr, sftp_addr, ssh_fingerprint, fingerprint, banner })
     }
 
     pub fn port(&self) -> u16 {
@@ -233,6 +249,16 @@ impl Drop for ServerProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Tests run in parallel: the SSH front end listens on port 0 unless the
+/// test chose an address or turned it off.
+fn sftp_default(extra: &[&str]) -> &'static [&'static str] {
+    if extra.iter().any(|a| *a == "--sftp-listen" || *a == "--no-sftp") {
+        &[]
+    } else {
+        &["--sftp-listen", "127.0.0.1:0"]
     }
 }
 
@@ -292,6 +318,7 @@ impl ServerProcess {
             .arg(data)
             .arg("--listen")
             .arg(listen.to_string())
+            .args(sftp_default(extra))
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -301,6 +328,7 @@ impl ServerProcess {
         let stdout = child.stdout.take().context("no stdout")?;
         let mut lines = BufReader::new(stdout).lines();
         let (mut addr, mut fingerprint, mut banner) = (None, None, Vec::new());
+        let (mut sftp_addr, mut ssh_fingerprint) = (None, None);
         // `lines` ends when the server exits, so this loop is bounded by the
         // server's banner (a few lines) or its death.
         for line in lines.by_ref() {
@@ -310,6 +338,12 @@ impl ServerProcess {
             }
             if let Some(f) = line.strip_prefix("certificate fingerprint: ") {
                 fingerprint = Some(f.trim().to_string());
+            }
+            if let Some(a) = line.strip_prefix("sftp listening on ") {
+                sftp_addr = a.trim().parse().ok();
+            }
+            if let Some(f) = line.strip_prefix("ssh host key fingerprint: ") {
+                ssh_fingerprint = f.split_whitespace().next().map(str::to_string);
             }
             let done = line.starts_with("certificate fingerprint") || line.starts_with("WARNING");
             banner.push(line);
@@ -323,7 +357,7 @@ impl ServerProcess {
             let _ = child.wait();
             bail!("ferry serve did not start; log: {}", std::fs::read_to_string(&log_path).unwrap_or_default());
         };
-        Ok(ServerProcess { child, addr, fingerprint, banner })
+        Ok(ServerProcess { child, addr, sftp_addr, ssh_fingerprint, fingerprint, banner })
     }
 }
 

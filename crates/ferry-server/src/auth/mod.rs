@@ -39,7 +39,7 @@ use ferry_proto::scram::{self, ClientFirst, ScramError, ScramServer, Verifier};
 
 pub use admin::{PasswordError, hash_new_password};
 pub use sqlite::SqliteUserStore;
-pub use store::{MemoryUserStore, StoreError, UserStore};
+pub use store::{AuthorizedKey, MemoryUserStore, StoreError, UserStore};
 pub use throttle::{Decision, Throttle, ThrottleConfig};
 
 /// The longest user name, in characters (all ASCII, so also bytes).

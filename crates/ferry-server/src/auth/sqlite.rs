@@ -18,12 +18,12 @@ use std::time::Duration;
 
 use rusqlite::{Connection, ErrorCode, OptionalExtension as _, TransactionBehavior, params};
 
-use super::store::{StoreError, UserStore};
+use super::store::{AuthorizedKey, StoreError, UserStore};
 use super::{UserRecord, validate_username};
 use ferry_proto::scram::Verifier;
 
 /// The schema this build writes, kept in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// How long a call waits for another process's write lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -39,8 +39,20 @@ CREATE TABLE IF NOT EXISTS users (
 );
 ";
 
-/// Version 2: the per-user limit on files and directories (issue 12).
-const SCHEMA_V2: &str = "ALTER TABLE users ADD COLUMN max_files INTEGER;";
+/// Version 2 (issue 14): SSH public keys for the SFTP/ssh front end.
+const SCHEMA_V2: &str = "
+CREATE TABLE IF NOT EXISTS ssh_keys (
+    user        TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    key         TEXT NOT NULL,
+    comment     TEXT NOT NULL DEFAULT '',
+    added       INTEGER NOT NULL,
+    PRIMARY KEY (user, fingerprint)
+);
+";
+
+/// Version 3 (issue 12): the per-user limit on files and directories.
+const SCHEMA_V3: &str = "ALTER TABLE users ADD COLUMN max_files INTEGER;";
 
 const COLUMNS: &str = "name, verifier, quota_bytes, allow_exec, home, created, max_files";
 
@@ -95,20 +107,25 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     // file at once do not both try to create the schema.
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    match version {
-        0 => {
-            tx.execute_batch(SCHEMA_V1)?;
-            tx.execute_batch(SCHEMA_V2)?;
-            tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    if !(0..=SCHEMA_VERSION).contains(&version) {
+        return Err(StoreError::UnsupportedSchema { found: version, supported: SCHEMA_VERSION });
+    }
+    // Each step from the version found up to this build's.
+    if version < 1 {
+        tx.execute_batch(SCHEMA_V1)?;
+    }
+    if version < 2 {
+        tx.execute_batch(SCHEMA_V2)?;
+    }
+    if version < 3 {
+        let has_column: bool =
+            tx.query_row("SELECT COUNT(*) FROM pragma_table_info('users') WHERE name = 'max_files'", [], |r| r.get(0))?;
+        if !has_column {
+            tx.execute_batch(SCHEMA_V3)?;
         }
-        1 => {
-            tx.execute_batch(SCHEMA_V2)?;
-            tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
-        }
-        SCHEMA_VERSION => {}
-        found => {
-            return Err(StoreError::UnsupportedSchema { found, supported: SCHEMA_VERSION });
-        }
+    }
+    if version < SCHEMA_VERSION {
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     }
     tx.commit()?;
     Ok(())
@@ -241,9 +258,53 @@ impl UserStore for SqliteUserStore {
     }
 
     fn delete(&self, name: &str) -> Result<(), StoreError> {
-        let n = self.conn().execute("DELETE FROM users WHERE name = ?1", [name])?;
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let n = tx.execute("DELETE FROM users WHERE name = ?1", [name])?;
         if n == 0 {
             return Err(StoreError::NotFound(name.to_owned()));
+        }
+        tx.execute("DELETE FROM ssh_keys WHERE user = ?1", [name])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn add_key(&self, name: &str, key: AuthorizedKey) -> Result<(), StoreError> {
+        let conn = self.conn();
+        let exists: Option<i64> =
+            conn.query_row("SELECT 1 FROM users WHERE name = ?1", [name], |r| r.get(0)).optional()?;
+        if exists.is_none() {
+            return Err(StoreError::NotFound(name.to_owned()));
+        }
+        let result = conn.execute(
+            "INSERT INTO ssh_keys (user, fingerprint, key, comment, added) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![name, key.fingerprint, key.key, key.comment, key.added],
+        );
+        match result {
+            Ok(_) => Ok(()),
+            Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == ErrorCode::ConstraintViolation => {
+                Err(StoreError::AlreadyExists(key.fingerprint))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn keys(&self, name: &str) -> Result<Vec<AuthorizedKey>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT fingerprint, key, comment, added FROM ssh_keys WHERE user = ?1 ORDER BY added, rowid")?;
+        let rows = stmt.query_map([name], |r| {
+            Ok(AuthorizedKey { fingerprint: r.get(0)?, key: r.get(1)?, comment: r.get(2)?, added: r.get(3)? })
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    fn delete_key(&self, name: &str, fingerprint: &str) -> Result<(), StoreError> {
+        let n = self
+            .conn()
+            .execute("DELETE FROM ssh_keys WHERE user = ?1 AND fingerprint = ?2", params![name, fingerprint])?;
+        if n == 0 {
+            return Err(StoreError::NotFound(fingerprint.to_owned()));
         }
         Ok(())
     }

@@ -54,14 +54,36 @@ pub trait UserStore: Send + Sync {
     /// Sets the limit on files and directories; `None` is the server's
     /// default, `Some(u64::MAX)` unlimited.
     fn set_max_files(&self, name: &str, max_files: Option<u64>) -> Result<(), StoreError>;
-    /// Removes a user. [`StoreError::NotFound`] if no such user.
+    /// Removes a user (and their SSH keys). [`StoreError::NotFound`] if no such user.
     fn delete(&self, name: &str) -> Result<(), StoreError>;
+    /// Adds an SSH public key to a user; [`StoreError::AlreadyExists`] if
+    /// the user has a key with the same fingerprint.
+    fn add_key(&self, name: &str, key: AuthorizedKey) -> Result<(), StoreError>;
+    /// The user's SSH public keys, in the order they were added.
+    fn keys(&self, name: &str) -> Result<Vec<AuthorizedKey>, StoreError>;
+    /// Removes the user's key with this fingerprint; [`StoreError::NotFound`]
+    /// if there is none.
+    fn delete_key(&self, name: &str, fingerprint: &str) -> Result<(), StoreError>;
+}
+
+/// An SSH public key a user may log in with (SFTP, scp, ssh). The store
+/// keeps it as text; `users::Admin` parses and checks it before adding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthorizedKey {
+    /// `SHA256:<base64, no padding>`, as `ssh-keygen -l` prints it.
+    pub fingerprint: String,
+    /// The key in OpenSSH form, without comment: `ssh-ed25519 AAAA...`.
+    pub key: String,
+    pub comment: String,
+    /// When it was added, Unix seconds.
+    pub added: i64,
 }
 
 /// A user store in memory, for tests and throwaway servers.
 #[derive(Debug, Default)]
 pub struct MemoryUserStore {
     users: Mutex<BTreeMap<String, UserRecord>>,
+    keys: Mutex<BTreeMap<String, Vec<AuthorizedKey>>>,
 }
 
 impl MemoryUserStore {
@@ -115,6 +137,37 @@ impl UserStore for MemoryUserStore {
 
     fn delete(&self, name: &str) -> Result<(), StoreError> {
         let mut users = self.users.lock().unwrap_or_else(PoisonError::into_inner);
-        users.remove(name).map(drop).ok_or_else(|| StoreError::NotFound(name.to_owned()))
+        users.remove(name).map(drop).ok_or_else(|| StoreError::NotFound(name.to_owned()))?;
+        self.keys.lock().unwrap_or_else(PoisonError::into_inner).remove(name);
+        Ok(())
+    }
+
+    fn add_key(&self, name: &str, key: AuthorizedKey) -> Result<(), StoreError> {
+        self.with_user(name, |_| ())?;
+        let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        let list = keys.entry(name.to_owned()).or_default();
+        if list.iter().any(|k| k.fingerprint == key.fingerprint) {
+            return Err(StoreError::AlreadyExists(key.fingerprint));
+        }
+        list.push(key);
+        Ok(())
+    }
+
+    fn keys(&self, name: &str) -> Result<Vec<AuthorizedKey>, StoreError> {
+        self.with_user(name, |_| ())?;
+        let keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(keys.get(name).cloned().unwrap_or_default())
+    }
+
+    fn delete_key(&self, name: &str, fingerprint: &str) -> Result<(), StoreError> {
+        self.with_user(name, |_| ())?;
+        let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        let list = keys.entry(name.to_owned()).or_default();
+        let before = list.len();
+        list.retain(|k| k.fingerprint != fingerprint);
+        if list.len() == before {
+            return Err(StoreError::NotFound(fingerprint.to_owned()));
+        }
+        Ok(())
     }
 }

@@ -474,6 +474,30 @@ impl FileRead for FsRead {
             .unwrap_or_else(|_| Err(std::io::Error::other("download reader failed")))
     }
 
+    async fn read_at(&self, offset: u64, len: usize) -> std::io::Result<Bytes> {
+        use std::os::unix::fs::FileExt;
+        // A second descriptor on the same open file: the blocking read
+        // needs one it owns, and pread leaves the shared offset alone.
+        let file = self.file.try_clone()?;
+        tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0u8; len];
+            let mut filled = 0;
+            // Bounded: each pass reads at least one byte or ends.
+            while filled < len {
+                match file.read_at(&mut buf[filled..], offset + filled as u64) {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            buf.truncate(filled);
+            Ok(Bytes::from(buf))
+        })
+        .await
+        .unwrap_or_else(|_| Err(std::io::Error::other("read failed")))
+    }
+
     async fn hash_prefix(self: Box<Self>, len: u64) -> std::io::Result<(String, u64)> {
         let mut file = self.file;
         tokio::task::spawn_blocking(move || {

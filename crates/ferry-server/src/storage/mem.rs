@@ -458,6 +458,12 @@ impl FileRead for MemRead {
         Ok(Some(sha256))
     }
 
+    async fn read_at(&self, offset: u64, len: usize) -> std::io::Result<Bytes> {
+        let start = offset.min(self.data.len() as u64) as usize;
+        let end = start.saturating_add(len).min(self.data.len());
+        Ok(self.data.slice(start..end))
+    }
+
     async fn hash_prefix(self: Box<Self>, len: u64) -> std::io::Result<(String, u64)> {
         let n = len.min(self.data.len() as u64);
         Ok((hex::encode(Sha256::digest(&self.data[..n as usize])), n))

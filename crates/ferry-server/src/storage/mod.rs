@@ -209,6 +209,10 @@ pub trait FileRead: Send + Sync {
         tx: mpsc::Sender<Bytes>,
     ) -> std::io::Result<Option<String>>;
 
+    /// Up to `len` bytes at `offset`: fewer at the end of the file, none
+    /// past it. For front ends that read at random offsets (SFTP).
+    async fn read_at(&self, offset: u64, len: usize) -> std::io::Result<Bytes>;
+
     /// The hex SHA-256 of the first `len` bytes, and how many there were.
     async fn hash_prefix(self: Box<Self>, len: u64) -> std::io::Result<(String, u64)>;
 }
