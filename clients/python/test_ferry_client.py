@@ -42,8 +42,8 @@ def expect_error(code, what, fn):
 class Server:
     """`ferry serve` on an ephemeral port; the banner is parsed from stdout."""
 
-    def __init__(self, ferry, data, plaintext, log):
-        cmd = [ferry, "serve", "--data", data, "--listen", "127.0.0.1:0", "--no-sftp"]
+    def __init__(self, ferry, data, plaintext, log, extra=()):
+        cmd = [ferry, "serve", "--data", data, "--listen", "127.0.0.1:0", "--no-sftp", *extra]
         if plaintext:
             cmd.append("--insecure-plaintext")
         self.log = open(log, "wb")

@@ -97,6 +97,22 @@ async fn is_remote_dir(session: &mut Session, path: &str) -> Result<bool, Client
     }
 }
 
+/// What to add to a failed transfer's error. Never advice to run the command
+/// just run (issue 13): with `-c` given, only what became of the partial.
+/// `busy` on a transfer means another session writes this upload (it took
+/// the upload over); resuming now would take it back, so the advice is to
+/// wait.
+fn retry_hint(e: &ClientError, resumed: bool, what: &str) -> String {
+    if e.code() == Some(ErrorCode::Busy) {
+        return format!(" (another session is writing this {what}; wait for it to finish, or retry later)");
+    }
+    match (ferry_client::is_resumable(e), resumed) {
+        (false, _) => String::new(),
+        (true, false) => " (run again with -c to resume)".into(),
+        (true, true) => format!(" (the partial {what} is kept for a later resume)"),
+    }
+}
+
 /// Uploads `sources` to `target`; returns the number of failures.
 pub async fn upload(
     session: &mut Session,
@@ -141,7 +157,7 @@ pub async fn upload(
                 }
             }
             Err(e) => {
-                let hint = if ferry_client::is_resumable(&e) { " (run again with -c to resume)" } else { "" };
+                let hint = retry_hint(&e, opts.resume, "upload");
                 eprintln_clean!("ferry: {}: {e}{hint}", local.display());
                 failures += 1;
                 if !matches!(e, ClientError::Server(_) | ClientError::Local(_) | ClientError::Checksum { .. }) {
@@ -293,7 +309,7 @@ pub async fn download(
                 }
             }
             Err(e) => {
-                let hint = if ferry_client::is_resumable(&e) { " (run again with -c to resume)" } else { "" };
+                let hint = retry_hint(&e, opts.resume, "download");
                 eprintln_clean!("ferry: {remote}: {e}{hint}");
                 failures += 1;
                 if !matches!(e, ClientError::Server(_) | ClientError::Local(_) | ClientError::Checksum { .. }) {

@@ -10,6 +10,8 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -370,6 +372,11 @@ pub enum Fault {
     FlipDown(u64),
     /// Cut both directions once this many client→server bytes have passed.
     CutUp(u64),
+    /// Stop relaying in both directions once this many client→server bytes
+    /// have passed, keeping both sockets open: a half-open connection, as a
+    /// network drop leaves it. Held until [`FaultProxy::thaw`], or closed
+    /// when the proxy is dropped (at most [`FaultProxy::FREEZE_HOLD`]).
+    FreezeUp(u64),
 }
 
 /// A TCP relay on 127.0.0.1:0 that damages the first connection as told and
@@ -377,15 +384,29 @@ pub enum Fault {
 /// resume can reach the server through the same address as the cut upload).
 pub struct FaultProxy {
     pub addr: SocketAddr,
+    state: Arc<ProxyState>,
+}
+
+#[derive(Default)]
+struct ProxyState {
+    /// The fault has happened (the cut, flip or freeze point was reached).
+    tripped: AtomicBool,
+    /// The proxy was dropped: frozen connections may close.
+    released: AtomicBool,
+    /// A frozen connection may relay again.
+    thawed: AtomicBool,
 }
 
 impl FaultProxy {
     pub const MAX_CONNECTIONS: usize = 16;
+    pub const FREEZE_HOLD: Duration = Duration::from_secs(120);
 
     pub fn start(upstream: SocketAddr, fault: Fault) -> Result<Self> {
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         let addr = listener.local_addr()?;
         listener.set_nonblocking(true)?;
+        let state = Arc::new(ProxyState::default());
+        let st = Arc::clone(&state);
         std::thread::spawn(move || {
             // Each connection is awaited for at most a minute.
             for n in 0..Self::MAX_CONNECTIONS {
@@ -400,48 +421,108 @@ impl FaultProxy {
                     }
                 };
                 let fault = if n == 0 { Some(fault) } else { None };
-                std::thread::spawn(move || relay_pair(client, upstream, fault));
+                let st = Arc::clone(&st);
+                std::thread::spawn(move || relay_pair(client, upstream, fault, st));
             }
         });
-        Ok(FaultProxy { addr })
+        Ok(FaultProxy { addr, state })
+    }
+
+    /// Waits (bounded) until the fault has happened; false on timeout.
+    pub fn wait_tripped(&self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while !self.state.tripped.load(Ordering::SeqCst) {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        true
     }
 }
 
-fn relay_pair(client: std::net::TcpStream, upstream: SocketAddr, fault: Option<Fault>) {
+impl FaultProxy {
+    /// Lets a frozen connection relay again (the network came back).
+    pub fn thaw(&self) {
+        self.state.thawed.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.state.released.store(true, Ordering::SeqCst);
+    }
+}
+
+fn relay_pair(client: std::net::TcpStream, upstream: SocketAddr, fault: Option<Fault>, state: Arc<ProxyState>) {
     let _ = client.set_nonblocking(false);
     let Ok(server) = std::net::TcpStream::connect(upstream) else { return };
     let (Ok(c2), Ok(s2)) = (client.try_clone(), server.try_clone()) else { return };
-    let (flip_up, flip_down, cut_up) = match fault {
-        Some(Fault::FlipUp(n)) => (Some(n), None, None),
-        Some(Fault::FlipDown(n)) => (None, Some(n), None),
-        Some(Fault::CutUp(n)) => (None, None, Some(n)),
-        None => (None, None, None),
+    let pick = |f: fn(Fault) -> Option<u64>| fault.and_then(f);
+    let frozen = Arc::new(AtomicBool::new(false));
+    let up = Relay {
+        flip: pick(|f| if let Fault::FlipUp(n) = f { Some(n) } else { None }),
+        cut: pick(|f| if let Fault::CutUp(n) = f { Some(n) } else { None }),
+        freeze: pick(|f| if let Fault::FreezeUp(n) = f { Some(n) } else { None }),
+        frozen: Arc::clone(&frozen),
+        state: Arc::clone(&state),
     };
-    let down = std::thread::spawn(move || relay(s2, c2, flip_down, None));
-    relay(client, server, flip_up, cut_up);
+    let down = Relay {
+        flip: pick(|f| if let Fault::FlipDown(n) = f { Some(n) } else { None }),
+        cut: None,
+        freeze: None,
+        frozen,
+        state,
+    };
+    let down = std::thread::spawn(move || relay(s2, c2, down));
+    relay(client, server, up);
     let _ = down.join();
 }
 
-/// Copies `from` → `to` until either side ends, flipping the byte at `flip`
-/// and cutting both sockets at `cut`.
-fn relay(mut from: std::net::TcpStream, mut to: std::net::TcpStream, flip: Option<u64>, cut: Option<u64>) {
+/// What one direction of a relay does to its stream.
+struct Relay {
+    flip: Option<u64>,
+    cut: Option<u64>,
+    freeze: Option<u64>,
+    /// This connection is frozen (shared by its two directions).
+    frozen: Arc<AtomicBool>,
+    state: Arc<ProxyState>,
+}
+
+/// Copies `from` → `to` until either side ends, flipping the byte at `flip`,
+/// cutting both sockets at `cut`, or from `freeze` on relaying nothing more
+/// in either direction, with both sockets open, until thawed or released.
+fn relay(mut from: std::net::TcpStream, mut to: std::net::TcpStream, how: Relay) {
     use std::io::Read;
     let mut buf = vec![0u8; 64 * 1024];
     let mut seen = 0u64;
+    let mut stop = how.cut.or(how.freeze);
     loop {
-        let want = match cut {
+        let want = match stop {
             Some(c) => (c - seen).min(buf.len() as u64) as usize,
             None => buf.len(),
         };
         if want == 0 {
+            how.state.tripped.store(true, Ordering::SeqCst);
+            if how.freeze.is_some() {
+                how.frozen.store(true, Ordering::SeqCst);
+                if how.hold() {
+                    stop = None;
+                    continue;
+                }
+            }
             break;
         }
         let n = match from.read(&mut buf[..want]) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        if let Some(at) = flip.filter(|at| (seen..seen + n as u64).contains(at)) {
+        if how.frozen.load(Ordering::SeqCst) && !how.hold() {
+            break;
+        }
+        if let Some(at) = how.flip.filter(|at| (seen..seen + n as u64).contains(at)) {
             buf[(at - seen) as usize] ^= 0x55;
+            how.state.tripped.store(true, Ordering::SeqCst);
         }
         seen += n as u64;
         if to.write_all(&buf[..n]).is_err() {
@@ -450,4 +531,19 @@ fn relay(mut from: std::net::TcpStream, mut to: std::net::TcpStream, flip: Optio
     }
     let _ = from.shutdown(std::net::Shutdown::Both);
     let _ = to.shutdown(std::net::Shutdown::Both);
+}
+
+impl Relay {
+    /// Holds a frozen connection: true once thawed, false once the proxy is
+    /// released (dropped) or [`FaultProxy::FREEZE_HOLD`] has passed.
+    fn hold(&self) -> bool {
+        let deadline = Instant::now() + FaultProxy::FREEZE_HOLD;
+        while !self.state.thawed.load(Ordering::SeqCst) {
+            if self.state.released.load(Ordering::SeqCst) || Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
+    }
 }

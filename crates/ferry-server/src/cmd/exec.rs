@@ -160,8 +160,10 @@ pub async fn exec(session: &mut Session, conn: &mut Conn, id: u64, argv: Vec<Str
                     }
                     (other, _) => {
                         // One command at a time per session: anything else waits its turn.
+                        // Answered at once (PROTOCOL.md, exec), not when output next flushes.
                         let e = WireError::new(ErrorCode::Busy, "a command is running in this session");
                         conn.queue_header(&error_header(other, &e))?;
+                        conn.flush().await?;
                     }
                 }
             }
