@@ -72,6 +72,9 @@ pub struct ServeArgs {
     /// Serve WITHOUT TLS: file names and data travel in the clear.
     #[arg(long)]
     pub insecure_plaintext: bool,
+    /// Also serve FTP/FTPS on this address (turns `[ftp]` on).
+    #[arg(long, value_name = "ADDR")]
+    pub ftp_listen: Option<SocketAddr>,
     #[arg(long)]
     pub max_connections: Option<usize>,
     #[arg(long)]

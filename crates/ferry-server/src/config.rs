@@ -32,6 +32,8 @@ pub struct ServerConfig {
     pub exec: ExecConfig,
     pub time: crate::udp::TimeConfig,
     pub chat: crate::udp::ChatConfig,
+    /// The FTP/FTPS front end (`[ftp]`, issue 15).
+    pub ftp: crate::ftp::FtpConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -120,6 +122,7 @@ impl Default for ServerConfig {
             exec: ExecConfig::default(),
             time: Default::default(),
             chat: Default::default(),
+            ftp: Default::default(),
         }
     }
 }
@@ -231,6 +234,7 @@ impl ServerConfig {
         if self.exec.run_as.as_deref().is_some_and(str::is_empty) {
             return Err(ConfigError::Invalid { key: "exec.run_as", problem: "must name a user".into() });
         }
+        self.ftp.validate()?;
         Ok(())
     }
 

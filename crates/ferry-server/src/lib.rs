@@ -11,6 +11,7 @@ mod cmd;
 pub mod config;
 pub mod core;
 pub mod exec;
+pub mod ftp;
 pub mod home;
 pub mod listener;
 pub mod quota;
@@ -31,6 +32,7 @@ pub use listener::Running;
 pub async fn start(config: ServerConfig) -> anyhow::Result<(Running, Prepared)> {
     exec::log_startup(&config.exec);
     let prepared = Core::prepare(config)?;
-    let running = listener::start(std::sync::Arc::clone(&prepared.core)).await?;
+    let mut running = listener::start(std::sync::Arc::clone(&prepared.core)).await?;
+    running.ftp_addr = ftp::start(std::sync::Arc::clone(&prepared.core)).await?;
     Ok((running, prepared))
 }

@@ -37,6 +37,8 @@ pub struct Framed {
 pub struct Running {
     pub tcp_addrs: Vec<SocketAddr>,
     pub fingerprint: Option<String>,
+    /// The FTP front end's control address, when it runs.
+    pub ftp_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     done: tokio::task::JoinHandle<()>,
 }
@@ -111,7 +113,7 @@ pub async fn start(core: Arc<Core>) -> Result<Running> {
         info!("server stopped");
     });
     let fingerprint = shared.core.tls.as_ref().map(|t| t.1.clone());
-    Ok(Running { tcp_addrs, fingerprint, shutdown, done })
+    Ok(Running { tcp_addrs, fingerprint, ftp_addr: None, shutdown, done })
 }
 
 fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
