@@ -395,3 +395,51 @@ fn issue15_parallel_stors_over_quota_get_552() {
     }
     assert!(total <= 1024 * 1024);
 }
+
+/// The port from `227 Entering Passive Mode (h1,h2,h3,h4,p1,p2)`.
+fn pasv_port(reply: &str) -> u16 {
+    let inside = reply.split(['(', ')']).nth(1).unwrap_or_else(|| panic!("not a PASV reply: {reply}"));
+    let n: Vec<u16> = inside.split(',').map(|x| x.trim().parse().unwrap()).collect();
+    n[4] * 256 + n[5]
+}
+
+#[test]
+fn issue15_data_connection_from_another_address_is_refused() {
+    use std::io::Read;
+    let tmp = tempfile::tempdir().unwrap();
+    let s = FtpServer::start(tmp.path(), true, "1GiB", "");
+    std::fs::write(s.home("alice").join("secret.txt"), b"for alice only").unwrap();
+    let mut raw = Raw::connect(s.ftp);
+    assert!(raw.cmd("USER alice").starts_with("331"));
+    assert!(raw.cmd(&format!("PASS {PW}")).starts_with("230"));
+    let port = pasv_port(&raw.cmd("PASV"));
+    // Another host (127.0.0.2 is another address on the loopback) races to
+    // the announced port: it is closed and gets nothing.
+    let mut thief = connect_from("127.0.0.2", port).expect("connect from 127.0.0.2");
+    thief.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+    let mut stolen = Vec::new();
+    let _ = thief.read_to_end(&mut stolen);
+    assert!(stolen.is_empty(), "a foreign data connection received {stolen:?}");
+    // The client itself still gets the file on a fresh passive port.
+    let port = pasv_port(&raw.cmd("PASV"));
+    let mut data = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    assert!(raw.cmd("RETR secret.txt").starts_with("150"));
+    let mut got = Vec::new();
+    data.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"for alice only");
+    assert!(raw.reply().starts_with("226"));
+}
+
+/// A connection to 127.0.0.1:`port` from the source address `from`
+/// (std has no bind-before-connect; a tokio socket does).
+fn connect_from(from: &str, port: u16) -> Option<std::net::TcpStream> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+    let stream = rt.block_on(async {
+        let s = tokio::net::TcpSocket::new_v4().ok()?;
+        s.bind(format!("{from}:0").parse().ok()?).ok()?;
+        let stream = s.connect(SocketAddr::from(([127, 0, 0, 1], port))).await.ok()?;
+        stream.into_std().ok()
+    })?;
+    stream.set_nonblocking(false).ok()?;
+    Some(stream)
+}
