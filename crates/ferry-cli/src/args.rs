@@ -78,6 +78,9 @@ pub struct ServeArgs {
     /// Do not start the SSH front end.
     #[arg(long, conflicts_with = "sftp_listen")]
     pub no_sftp: bool,
+    /// Also serve FTP/FTPS on this address (turns `[ftp]` on).
+    #[arg(long, value_name = "ADDR")]
+    pub ftp_listen: Option<SocketAddr>,
     #[arg(long)]
     pub max_connections: Option<usize>,
     #[arg(long)]

@@ -31,6 +31,10 @@ fn config_from(a: &ServeArgs) -> Result<ServerConfig> {
     if a.no_sftp {
         c.sftp.enabled = false;
     }
+    if let Some(addr) = a.ftp_listen {
+        c.ftp.enabled = true;
+        c.ftp.listen = addr;
+    }
     if let Some(n) = a.max_connections {
         c.limits.max_connections = n;
     }
@@ -46,7 +50,9 @@ fn config_from(a: &ServeArgs) -> Result<ServerConfig> {
 
 fn init_logs(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // libunftp logs every command at info, each with its whole session
+        // state in the span: its warnings are enough by default.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,libunftp=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -76,6 +82,9 @@ pub async fn run(a: ServeArgs) -> Result<u8> {
             println!("generated a new SSH host key in {}", data_dir.display());
         }
         println!("ssh host key fingerprint: {} (ED25519)", ssh.fingerprint);
+    }
+    if let Some(addr) = running.ftp_addr {
+        println!("ferry FTP listening on {addr}");
     }
     if prepared.user_count == 0 {
         println!("no users yet; add one with:  ferry user add NAME --data {}", data_dir.display());

@@ -34,6 +34,8 @@ pub struct ServerConfig {
     pub exec: ExecConfig,
     pub time: crate::udp::TimeConfig,
     pub chat: crate::udp::ChatConfig,
+    /// The FTP/FTPS front end (`[ftp]`, issue 15).
+    pub ftp: crate::ftp::FtpConfig,
     pub sftp: SftpConfig,
 }
 
@@ -156,6 +158,7 @@ impl Default for ServerConfig {
             time: Default::default(),
             chat: Default::default(),
             sftp: SftpConfig::default(),
+            ftp: Default::default(),
         }
     }
 }
@@ -270,6 +273,7 @@ impl ServerConfig {
         }
         positive("sftp.max_connections", self.sftp.max_connections as u64)?;
         positive("sftp.max_handles", self.sftp.max_handles as u64)?;
+        self.ftp.validate()?;
         Ok(())
     }
 

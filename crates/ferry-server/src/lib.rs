@@ -11,6 +11,7 @@ mod cmd;
 pub mod config;
 pub mod core;
 pub mod exec;
+pub mod ftp;
 pub mod home;
 pub mod listener;
 pub mod quota;
@@ -41,5 +42,6 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<(Running, Prepared)> 
     };
     let mut running = listener::start(std::sync::Arc::clone(&prepared.core)).await?;
     running.ssh = ssh;
+    running.ftp_addr = ftp::start(std::sync::Arc::clone(&prepared.core)).await?;
     Ok((running, prepared))
 }

@@ -1,0 +1,445 @@
+//! Issue 15: FTP and FTPS against the same users, homes and quotas, through
+//! the real binary with real clients (curl, Python's ftplib, lftp). A test
+//! skips, saying why, only when a client binary is missing.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use ferry_testkit::{ServerProcess, add_user_cli, sha256_file, write_random_file};
+
+const PW: &str = "ftp-secret-15";
+
+fn ferry() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_ferry"))
+}
+
+fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn skip(tool: &str) -> bool {
+    if have(tool) {
+        return false;
+    }
+    eprintln!("SKIP: {tool} is not installed (.ci/run installs it)");
+    true
+}
+
+/// `count` consecutive free ports on 127.0.0.1 for the passive range
+/// (checked by binding each; another process may still take one later).
+fn free_port_range(count: u16) -> u16 {
+    let seed =
+        std::process::id() as u64 ^ std::time::SystemTime::now().elapsed().map(|d| d.as_nanos() as u64).unwrap_or(0);
+    let mut x = seed | 1;
+    for _ in 0..200 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let base = 20_000 + (x % 30_000) as u16;
+        let held: Vec<_> =
+            (base..base + count).map_while(|p| std::net::TcpListener::bind(("127.0.0.1", p)).ok()).collect();
+        if held.len() == count as usize {
+            return base;
+        }
+    }
+    panic!("no free port range");
+}
+
+struct FtpServer {
+    server: ServerProcess,
+    ftp: SocketAddr,
+    data: PathBuf,
+    tmp: PathBuf,
+}
+
+impl FtpServer {
+    /// A server with users alice (no quota) and bob (`bob_quota` bytes), FTP
+    /// on 127.0.0.1 port 0. `plaintext`: FTP without TLS allowed, and the
+    /// framed protocol without TLS too. `extra_toml` is appended to the config.
+    fn start(tmp: &Path, plaintext: bool, bob_quota: &str, extra_toml: &str) -> FtpServer {
+        let data = tmp.join("data");
+        add_user_cli(&ferry(), &data, "alice", PW, &[]).unwrap();
+        add_user_cli(&ferry(), &data, "bob", PW, &["--quota", bob_quota]).unwrap();
+        let base = free_port_range(8);
+        let config = tmp.join("ferry.toml");
+        let toml = format!(
+            "[ftp]\nenabled = true\nlisten = \"127.0.0.1:0\"\npassive_ports = \"{base}-{}\"\nallow_plaintext = {plaintext}\n{extra_toml}",
+            base + 7
+        );
+        std::fs::write(&config, toml).unwrap();
+        let cfg = config.to_str().unwrap().to_string();
+        let mut args = vec!["--config", cfg.as_str()];
+        if plaintext {
+            args.push("--insecure-plaintext");
+        }
+        let server = ServerProcess::spawn(&ferry(), &data, &args).unwrap();
+        let ftp = server
+            .banner
+            .iter()
+            .find_map(|l| l.strip_prefix("ferry FTP listening on "))
+            .unwrap_or_else(|| panic!("no FTP address in the banner: {:?}", server.banner))
+            .trim()
+            .parse()
+            .unwrap();
+        FtpServer { server, ftp, data, tmp: tmp.to_path_buf() }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("ftp://127.0.0.1:{}{path}", self.ftp.port())
+    }
+
+    fn home(&self, user: &str) -> PathBuf {
+        self.data.join("homes").join(user)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.data.with_extension("log")).unwrap_or_default()
+    }
+
+    /// `ferry get` through the framed protocol.
+    fn ferry_get(&self, user: &str, remote: &str, local: &Path, plaintext: bool) -> Output {
+        let mut cmd = Command::new(ferry());
+        cmd.arg("get")
+            .arg(format!("{user}@127.0.0.1:{}{remote}", self.server.port()))
+            .arg(local)
+            .arg("--known-hosts")
+            .arg(self.tmp.join("known_hosts"))
+            .env("FERRY_PASSWORD", PW)
+            .stdin(Stdio::null());
+        if plaintext {
+            cmd.arg("--insecure-plaintext");
+        } else {
+            cmd.arg("--accept-new");
+        }
+        cmd.output().unwrap()
+    }
+}
+
+/// curl with the user's password; `tls`: explicit FTPS (`--ssl-reqd`, the
+/// self-signed certificate accepted with `-k`).
+fn curl(user: &str, tls: bool, args: &[&str]) -> Output {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "60", "--user"]).arg(format!("{user}:{PW}"));
+    if tls {
+        cmd.args(["--ssl-reqd", "-k"]);
+    }
+    cmd.args(args).stdin(Stdio::null()).output().unwrap()
+}
+
+fn ok(o: &Output, what: &str) {
+    assert!(
+        o.status.success(),
+        "{what}: {}\nstdout: {}\nstderr: {}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+fn same_file(a: &Path, b: &Path) {
+    assert_eq!(sha256_file(a).unwrap(), sha256_file(b).unwrap(), "{} and {} differ", a.display(), b.display());
+}
+
+/// Up, down, resumed both ways, and read back through `ferry get`.
+fn curl_round_trip(tls: bool) {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = FtpServer::start(tmp.path(), !tls, "1GiB", "");
+    let src = tmp.path().join("src.bin");
+    write_random_file(&src, 3 * 1024 * 1024 + 17, 15).unwrap();
+    let src_s = src.to_str().unwrap();
+
+    ok(&curl("alice", tls, &["-T", src_s, &s.url("/up.bin")]), "curl upload");
+    same_file(&src, &s.home("alice").join("up.bin"));
+    let down = tmp.path().join("down.bin");
+    ok(&curl("alice", tls, &["-o", down.to_str().unwrap(), &s.url("/up.bin")]), "curl download");
+    same_file(&src, &down);
+
+    // Download resumed after a cut: the first MiB is already here.
+    let all = std::fs::read(&src).unwrap();
+    let part = tmp.path().join("part.bin");
+    std::fs::write(&part, &all[..1024 * 1024]).unwrap();
+    ok(&curl("alice", tls, &["-C", "-", "-o", part.to_str().unwrap(), &s.url("/up.bin")]), "curl -C - download");
+    same_file(&src, &part);
+
+    // Upload resumed: the server holds the first part; curl sends the rest (APPE).
+    let head = tmp.path().join("head.bin");
+    std::fs::write(&head, &all[..1024 * 1024 + 5]).unwrap();
+    ok(&curl("alice", tls, &["-T", head.to_str().unwrap(), &s.url("/resumed.bin")]), "curl upload of the head");
+    ok(&curl("alice", tls, &["-C", "-", "-T", src_s, &s.url("/resumed.bin")]), "curl -C - upload");
+    same_file(&src, &s.home("alice").join("resumed.bin"));
+
+    // What FTP wrote reads back identical through the framed protocol.
+    let back = tmp.path().join("back.bin");
+    let o = s.ferry_get("alice", "/resumed.bin", &back, !tls);
+    ok(&o, "ferry get");
+    same_file(&src, &back);
+}
+
+#[test]
+fn issue15_curl_ftps_up_down_resume_and_ferry_get() {
+    if skip("curl") {
+        return;
+    }
+    curl_round_trip(true);
+}
+
+#[test]
+fn issue15_curl_plain_ftp_when_allowed() {
+    if skip("curl") {
+        return;
+    }
+    curl_round_trip(false);
+}
+
+#[test]
+fn issue15_python_ftplib_every_command() {
+    if skip("python3") {
+        return;
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../clients/python/test_ftp_ftplib.py");
+    for tls in [true, false] {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = FtpServer::start(tmp.path(), !tls, "1GiB", "");
+        let mut cmd = Command::new("python3");
+        cmd.arg(&script).args(["--port", &s.ftp.port().to_string(), "--user", "alice", "--password", PW]);
+        if !tls {
+            cmd.arg("--plaintext");
+        }
+        let o = cmd.stdin(Stdio::null()).output().unwrap();
+        assert!(
+            o.status.success(),
+            "ftplib (tls: {tls}):\n{}\n{}\nserver log:\n{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr),
+            s.log()
+        );
+        // Nothing escaped the home.
+        assert!(!s.home("alice").parent().unwrap().join("escape").exists());
+    }
+}
+
+#[test]
+fn issue15_lftp_mirror_both_ways() {
+    if skip("lftp") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let s = FtpServer::start(tmp.path(), false, "1GiB", "");
+    let tree = tmp.path().join("tree");
+    std::fs::create_dir_all(tree.join("sub/deeper")).unwrap();
+    write_random_file(&tree.join("big.bin"), 2 * 1024 * 1024 + 3, 1).unwrap();
+    for i in 0..20 {
+        write_random_file(&tree.join(format!("sub/small{i}.txt")), 100 + i * 37, i).unwrap();
+    }
+    write_random_file(&tree.join("sub/deeper/x"), 4096, 99).unwrap();
+    let back = tmp.path().join("back");
+    let script = format!(
+        "set ftp:ssl-force true; set ftp:ssl-protect-data true; set ssl:verify-certificate no; \
+         set net:max-retries 1; set net:timeout 20; \
+         open -u alice,'{PW}' -p {} 127.0.0.1; mirror -R {} /tree; mirror /tree {}; \
+         pget -n 3 /tree/big.bin -o {}",
+        s.ftp.port(),
+        tree.display(),
+        back.display(),
+        tmp.path().join("pget.bin").display()
+    );
+    let o = Command::new("lftp").args(["-c", &script]).stdin(Stdio::null()).output().unwrap();
+    ok(&o, "lftp");
+    let mut files = 0;
+    for entry in walk(&tree) {
+        let rel = entry.strip_prefix(&tree).unwrap();
+        same_file(&entry, &s.home("alice").join("tree").join(rel));
+        same_file(&entry, &back.join(rel));
+        files += 1;
+    }
+    assert_eq!(files, 22);
+    same_file(&tree.join("big.bin"), &tmp.path().join("pget.bin"));
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() { out.extend(walk(&p)) } else { out.push(p) }
+    }
+    out
+}
+
+/// A line-based FTP control connection, for what no client will send.
+struct Raw {
+    reader: std::io::BufReader<std::net::TcpStream>,
+    stream: std::net::TcpStream,
+}
+
+impl Raw {
+    fn connect(addr: SocketAddr) -> Raw {
+        let stream = std::net::TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
+        let mut raw = Raw { reader: std::io::BufReader::new(stream.try_clone().unwrap()), stream };
+        assert!(raw.reply().starts_with("220"));
+        raw
+    }
+
+    /// The last line of the next reply (multi-line replies skipped through).
+    fn reply(&mut self) -> String {
+        use std::io::BufRead;
+        for _ in 0..100 {
+            let mut line = String::new();
+            if self.reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return String::new();
+            }
+            if line.len() >= 4 && line.as_bytes()[3] == b' ' {
+                return line.trim_end().to_string();
+            }
+        }
+        panic!("reply too long");
+    }
+
+    fn cmd(&mut self, line: &str) -> String {
+        use std::io::Write;
+        self.stream.write_all(format!("{line}\r\n").as_bytes()).unwrap();
+        self.reply()
+    }
+}
+
+#[test]
+fn issue15_plaintext_login_refused_when_tls_is_required() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = FtpServer::start(tmp.path(), false, "1GiB", "");
+    let mut raw = Raw::connect(s.ftp);
+    let user = raw.cmd("USER alice");
+    if user.starts_with("331") {
+        let pass = raw.cmd(&format!("PASS {PW}"));
+        assert!(!pass.starts_with("230"), "logged in without TLS: {pass}");
+    } else {
+        assert!(user.starts_with("534") || user.starts_with("530"), "USER without TLS: {user}");
+    }
+    // Nor can anything be done without a login.
+    assert!(!raw.cmd("PASV").starts_with("227"));
+    assert!(!raw.cmd("PORT 192,0,2,1,0,80").starts_with("200"));
+}
+
+#[test]
+fn issue15_wrong_password_flood_is_throttled_for_ftp_and_the_framed_protocol() {
+    if skip("curl") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let s = FtpServer::start(
+        tmp.path(),
+        false,
+        "1GiB",
+        "[auth]\nfree_failures = 2\nban_after = 6\nban_secs = 60\nmax_delay_ms = 200\n",
+    );
+    let list = s.url("/");
+    let bad = |n: usize| {
+        for _ in 0..n {
+            let o = Command::new("curl")
+                .args(["-sS", "--max-time", "20", "--ssl-reqd", "-k", "--user", "alice:wrong", &list])
+                .stdin(Stdio::null())
+                .output()
+                .unwrap();
+            assert!(!o.status.success());
+        }
+    };
+    bad(7);
+    // Banned now: even the right password is refused, over FTP...
+    let o = curl("alice", true, &[&list]);
+    assert!(!o.status.success(), "FTP login after the flood succeeded");
+    // ...and over the framed protocol from the same address.
+    let o = s.ferry_get("alice", "/nothing", &tmp.path().join("x"), false);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("too many failed logins"), "framed login after the FTP flood: {err}");
+}
+
+#[test]
+fn issue15_parallel_stors_over_quota_get_552() {
+    if skip("curl") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let s = FtpServer::start(tmp.path(), false, "1MiB", "");
+    let src = tmp.path().join("src.bin");
+    write_random_file(&src, 400 * 1024, 7).unwrap();
+    let children: Vec<_> = (0..4)
+        .map(|i| {
+            Command::new("curl")
+                .args(["-sS", "-v", "--max-time", "60", "--ssl-reqd", "-k", "--user", &format!("bob:{PW}"), "-T"])
+                .arg(&src)
+                .arg(s.url(&format!("/f{i}.bin")))
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outputs: Vec<Output> = children.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
+    let succeeded = outputs.iter().filter(|o| o.status.success()).count();
+    let refused = outputs.iter().filter(|o| String::from_utf8_lossy(&o.stderr).contains("< 552")).count();
+    assert!(succeeded <= 2, "{succeeded} uploads of 400 KiB fit in 1 MiB");
+    assert!(refused >= 2, "over-quota uploads were not refused with 552");
+    // Only whole files landed; the quota holds.
+    let mut total = 0;
+    for i in 0..4 {
+        if let Ok(m) = std::fs::metadata(s.home("bob").join(format!("f{i}.bin"))) {
+            assert_eq!(m.len(), 400 * 1024);
+            total += m.len();
+        }
+    }
+    assert!(total <= 1024 * 1024);
+}
+
+/// The port from `227 Entering Passive Mode (h1,h2,h3,h4,p1,p2)`.
+fn pasv_port(reply: &str) -> u16 {
+    let inside = reply.split(['(', ')']).nth(1).unwrap_or_else(|| panic!("not a PASV reply: {reply}"));
+    let n: Vec<u16> = inside.split(',').map(|x| x.trim().parse().unwrap()).collect();
+    n[4] * 256 + n[5]
+}
+
+#[test]
+fn issue15_data_connection_from_another_address_is_refused() {
+    use std::io::Read;
+    let tmp = tempfile::tempdir().unwrap();
+    let s = FtpServer::start(tmp.path(), true, "1GiB", "");
+    std::fs::write(s.home("alice").join("secret.txt"), b"for alice only").unwrap();
+    let mut raw = Raw::connect(s.ftp);
+    assert!(raw.cmd("USER alice").starts_with("331"));
+    assert!(raw.cmd(&format!("PASS {PW}")).starts_with("230"));
+    let port = pasv_port(&raw.cmd("PASV"));
+    // Another host (127.0.0.2 is another address on the loopback) races to
+    // the announced port: it is closed and gets nothing.
+    let mut thief = connect_from("127.0.0.2", port).expect("connect from 127.0.0.2");
+    thief.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+    let mut stolen = Vec::new();
+    let _ = thief.read_to_end(&mut stolen);
+    assert!(stolen.is_empty(), "a foreign data connection received {stolen:?}");
+    // The client itself still gets the file on a fresh passive port.
+    let port = pasv_port(&raw.cmd("PASV"));
+    let mut data = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    assert!(raw.cmd("RETR secret.txt").starts_with("150"));
+    let mut got = Vec::new();
+    data.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"for alice only");
+    assert!(raw.reply().starts_with("226"));
+}
+
+/// A connection to 127.0.0.1:`port` from the source address `from`
+/// (std has no bind-before-connect; a tokio socket does).
+fn connect_from(from: &str, port: u16) -> Option<std::net::TcpStream> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+    let stream = rt.block_on(async {
+        let s = tokio::net::TcpSocket::new_v4().ok()?;
+        s.bind(format!("{from}:0").parse().ok()?).ok()?;
+        let stream = s.connect(SocketAddr::from(([127, 0, 0, 1], port))).await.ok()?;
+        stream.into_std().ok()
+    })?;
+    stream.set_nonblocking(false).ok()?;
+    Some(stream)
+}
