@@ -3,7 +3,10 @@
 //! Then the chat join flood (issue 12): joins and keyed datagrams from
 //! addresses that never echo a cookie (as forged sources would not), while
 //! real users join; the relay must send those addresses no more bytes than
-//! it received from them.
+//! it received from them. Then the never-reading pipeliner (issue 12, item
+//! 1): logged-in sessions that pipeline requests with large answers (`pwd`
+//! in a deep folder, `ls` of a big one, `stat`) and never read; the server
+//! must hold each to its unsent cap and close it after the idle timeout.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -17,6 +20,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::server::{Server, base_config};
 use crate::util::{Lat, Rng, Target, insecure_tls_connector, loopback, mib, tcp_from};
+use std::path::PathBuf;
 
 #[derive(Args, Clone, Debug)]
 pub struct HostileArgs {
@@ -35,6 +39,19 @@ pub struct HostileArgs {
     /// Only the chat join flood, not the TCP connections.
     #[arg(long)]
     pub chat_only: bool,
+    /// Never-reading pipeliner sessions (0: skip them).
+    #[arg(long, default_value_t = 100)]
+    pub pipeliners: usize,
+    /// The server's idle timeout (the pipeliners must be closed after it).
+    #[arg(long, default_value_t = 5)]
+    pub idle_timeout_secs: u64,
+    /// Stop the pipeliners if the server's RSS passes this (a server without
+    /// the cap would take the machine's memory).
+    #[arg(long, default_value_t = 4096)]
+    pub pipeliner_rss_limit_mib: u64,
+    /// Only the never-reading pipeliners, not the other attacks.
+    #[arg(long)]
+    pub pipeliner_only: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -323,7 +340,10 @@ fn free_udp_port() -> Result<u16> {
 
 pub async fn run(ferry: &Path, dir: &Path, a: &HostileArgs) -> Result<String> {
     crate::util::raise_nofile(a.count as u64 + 4096)?;
-    let limits = format!("max_unauthenticated_per_ip = 256\nlogin_timeout_secs = {}", a.login_timeout_secs);
+    let limits = format!(
+        "max_unauthenticated_per_ip = 256\nlogin_timeout_secs = {}\nidle_timeout_secs = {}",
+        a.login_timeout_secs, a.idle_timeout_secs
+    );
     let chat_addr: SocketAddr = ([127, 0, 0, 1], free_udp_port()?).into();
     let chat = format!("[chat]\nenabled = true\nlisten = \"{chat_addr}\"\n");
     let mut server = Server::start(ferry, dir, &base_config(&limits, &chat))?;
@@ -340,6 +360,17 @@ pub async fn run(ferry: &Path, dir: &Path, a: &HostileArgs) -> Result<String> {
     }
     server.add_user("alice", "alice-pw", None)?;
     let t = server.target();
+    if a.pipeliner_only {
+        let (r, pass) = pipeliners(&mut server, a).await?;
+        let alive = server.alive();
+        let panics = server.panics();
+        server.stop(false)?;
+        let pass = pass && alive && panics == 0;
+        return Ok(format!(
+            "hostile (never-reading pipeliners only)\n{r}  server up throughout: {alive}; panics in log: {panics}\n  verdict: {}\n",
+            if pass { "PASS" } else { "FAIL" }
+        ));
+    }
     let (base_lat, _, _) = legit_loop(t.clone(), Instant::now() + Duration::from_secs(2)).await;
     let rss_before = server.rss_kib().unwrap_or(0);
     let fds_before = server.fds().unwrap_or(0);
@@ -370,6 +401,7 @@ pub async fn run(ferry: &Path, dir: &Path, a: &HostileArgs) -> Result<String> {
     let (lat, legit_failed, first) = legit.await?;
     let (chat_report, chat_pass) =
         if a.chat_flood_secs > 0 { chat_flood(chat_addr, a).await } else { (String::new(), true) };
+    let (pipe_report, pipe_pass) = pipeliners(&mut server, a).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_after = server.rss_kib().unwrap_or(0);
     let fds_after = server.fds().unwrap_or(0);
@@ -423,11 +455,320 @@ pub async fn run(ferry: &Path, dir: &Path, a: &HostileArgs) -> Result<String> {
         r += &format!("    first legitimate failure: {e}\n");
     }
     r += &chat_report;
+    r += &pipe_report;
     r += &format!(
         "  server up throughout: {alive}; login after the attack: {post}; panics in log: {}\n",
         server.panics()
     );
-    let pass = alive && post && legit_failed == 0 && reaped_all && fds_after <= fds_before + 8 && chat_pass;
+    let pass =
+        alive && post && legit_failed == 0 && reaped_all && fds_after <= fds_before + 8 && chat_pass && pipe_pass;
     r += &format!("  verdict: {}\n", if pass { "PASS" } else { "FAIL" });
     Ok(r)
+}
+
+/// What one never-reading pipeliner saw.
+#[derive(Debug, Default)]
+struct Piped {
+    logged_in: bool,
+    /// Request bytes the server let it write.
+    written: u64,
+    /// From its first request to its last write that went through.
+    last_progress: Option<Duration>,
+    /// From its first request to the failed write that showed the close.
+    closed: Option<Duration>,
+    error: Option<String>,
+}
+
+/// The pipeliners' three ways of making large answers from small requests.
+const PIPE_KINDS: [&str; 3] = ["pwd in a deep folder", "ls of a big folder", "pwd, stat and ls mixed"];
+/// Names in the big folder (an `ls` answer of about 100 KB).
+const BIG_FOLDER_NAMES: usize = 300;
+
+/// A TLS session logged in as `user`, speaking raw frames.
+async fn raw_login(
+    port: u16,
+    bind: std::net::IpAddr,
+    seed: u64,
+    user: &str,
+    password: &str,
+) -> Result<ferry_proto::Connection<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>> {
+    use ferry_proto::scram::ScramClient;
+    use ferry_proto::{Connection, FrameCodec, Request};
+    let tcp = tcp_from(bind, port).await?;
+    let name = rustls::pki_types::ServerName::try_from("ferry").expect("static name is valid");
+    let tls = insecure_tls_connector().connect(name, tcp).await?;
+    let mut conn = Connection::new(tls, FrameCodec::default());
+    let mut ask = async |req: Request, id: u64| -> Result<ferry_proto::Header> {
+        conn.send(&req.to_header(id, 0)).await?;
+        conn.read_header().await?.ok_or_else(|| anyhow::anyhow!("closed during login"))
+    };
+    ask(Request::Hello { version: 1, client: "ferry-load".into() }, 1).await?;
+    let scram = ScramClient::new(user, password, &format!("{:016x}", Rng::new(seed).next_u64()))?;
+    let first = ask(Request::AuthStart { mechanism: "SCRAM-SHA-256".into(), data: scram.client_first() }, 2).await?;
+    let data = first.get_str("data").ok_or_else(|| anyhow::anyhow!("no SCRAM data: {first:?}"))?.to_string();
+    let fin = scram.handle_server_first(&data)?;
+    let done = ask(Request::AuthFinish { data: fin.client_final().to_string() }, 3).await?;
+    anyhow::ensure!(done.fields["ok"] == true, "login refused: {done:?}");
+    Ok(conn)
+}
+
+/// What all pipeliners share.
+#[derive(Clone)]
+struct PipeShared {
+    port: u16,
+    deep: String,
+    give_up: Instant,
+    abort: Arc<std::sync::atomic::AtomicBool>,
+    /// Pipeliners logged in (or failed to).
+    ready: Arc<std::sync::atomic::AtomicUsize>,
+    all: usize,
+}
+
+/// Logs in, then writes its kind's requests again and again, reading nothing,
+/// until a write fails (the server closed) or `give_up` or `abort`.
+async fn pipeliner(
+    p: PipeShared,
+    bind: std::net::IpAddr,
+    seed: usize,
+    login_permit: Option<tokio::sync::OwnedSemaphorePermit>,
+) -> Piped {
+    use ferry_proto::Request;
+    let PipeShared { port, deep, give_up, abort, ready, all } = p;
+    let kind = seed % PIPE_KINDS.len();
+    let mut out = Piped::default();
+    let login = raw_login(port, bind, seed as u64, "mallory", "mallory-pw").await;
+    drop(login_permit);
+    let conn = match login {
+        Ok(c) => c,
+        Err(e) => {
+            // Counted as ready: the others need not wait for it.
+            ready.fetch_add(1, Ordering::Relaxed);
+            out.error = Some(format!("{e:#}"));
+            return out;
+        }
+    };
+    out.logged_in = true;
+    let big = "/big";
+    let mut reqs = Vec::new();
+    if kind != 1 {
+        reqs.push(Request::Cd { path: deep.clone() });
+    }
+    for i in 0..100 {
+        reqs.push(match (kind, i % 4) {
+            (0, _) => Request::Pwd,
+            (1, _) => Request::Ls { path: Some(big.into()) },
+            (_, 0) => Request::Pwd,
+            (_, 1) => Request::Stat { path: deep.clone() },
+            (_, 2) => Request::Ls { path: Some(big.into()) },
+            _ => Request::Stat { path: format!("{big}/{:05}{}", i, "n".repeat(240)) },
+        });
+    }
+    // Encoded once: the batch is written again and again.
+    let mut batch = ferry_proto::Connection::new(Vec::new(), ferry_proto::FrameCodec::default());
+    for (i, r) in reqs.iter().enumerate() {
+        if batch.queue_header(&r.to_header(10 + i as u64, 0)).is_err() {
+            out.error = Some("a request does not fit in a frame".into());
+            return out;
+        }
+    }
+    if batch.flush().await.is_err() {
+        return out;
+    }
+    let batch = batch.into_inner();
+    let mut tls = conn.into_inner();
+    // All sessions log in first, then attack together; a `pwd` a second
+    // keeps a waiting one from the idle timeout. Bounded by `give_up`.
+    ready.fetch_add(1, Ordering::Relaxed);
+    let mut ping = ferry_proto::Connection::new(Vec::new(), ferry_proto::FrameCodec::default());
+    let _ = ping.queue_header(&Request::Pwd.to_header(9, 0));
+    let _ = ping.flush().await;
+    let ping = ping.into_inner();
+    while ready.load(Ordering::Relaxed) < all && Instant::now() < give_up && !abort.load(Ordering::Relaxed) {
+        if tls.write_all(&ping).await.is_err() {
+            out.error = Some("closed while waiting for the others to log in".into());
+            return out;
+        }
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+    }
+    let t0 = Instant::now();
+    while Instant::now() < give_up && !abort.load(Ordering::Relaxed) {
+        let mut write = std::pin::pin!(tls.write_all(&batch));
+        // Woken now and then to see `abort` and `give_up`; the write itself
+        // is never cut (half a frame would turn the requests into garbage).
+        let done = loop {
+            match tokio::time::timeout(Duration::from_millis(500), &mut write).await {
+                Ok(r) => break Some(r),
+                Err(_) if abort.load(Ordering::Relaxed) || Instant::now() >= give_up => break None,
+                Err(_) => {}
+            }
+        };
+        match done {
+            Some(Ok(())) => {
+                out.written += batch.len() as u64;
+                out.last_progress = Some(t0.elapsed());
+            }
+            Some(Err(_)) => {
+                out.closed = Some(t0.elapsed());
+                break;
+            }
+            None => break,
+        }
+    }
+    out
+}
+
+/// The never-reading pipeliner scenario; report lines and verdict.
+async fn pipeliners(server: &mut Server, a: &HostileArgs) -> Result<(String, bool)> {
+    if a.pipeliners == 0 {
+        return Ok((String::new(), true));
+    }
+    server.add_user("mallory", "mallory-pw", None)?;
+    let home = server.home("mallory");
+    // As deep as a path goes here (about 3.8 KB: PATH_MAX is 4096).
+    let deep: PathBuf = (0..15).map(|i| format!("{i:02}{}", "d".repeat(250))).collect();
+    std::fs::create_dir_all(home.join(&deep))?;
+    std::fs::create_dir_all(home.join("big"))?;
+    for i in 0..BIG_FOLDER_NAMES {
+        std::fs::write(home.join("big").join(format!("{i:05}{}", "n".repeat(240))), b"")?;
+    }
+    let deep = format!("/{}", deep.display());
+    let t = server.target();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_before = server.rss_kib().unwrap_or(0);
+    let fds_before = server.fds().unwrap_or(0);
+    let started = Instant::now();
+    let give_up = started + Duration::from_secs(a.idle_timeout_secs * 3 + 60);
+    let abort = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ready = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    // Eight logins at a time: the login timeout is short.
+    let logins = Arc::new(tokio::sync::Semaphore::new(8));
+    let mut tasks = Vec::new();
+    let shared = PipeShared { port: t.port, deep, give_up, abort: abort.clone(), ready, all: a.pipeliners };
+    for i in 0..a.pipeliners {
+        let bind = loopback(i, 2, a.addresses);
+        let (shared, logins) = (shared.clone(), logins.clone());
+        tasks.push(tokio::spawn(async move {
+            let permit = logins.acquire_owned().await.ok();
+            pipeliner(shared, bind, i, permit).await
+        }));
+    }
+    // A legitimate user logs in and lists all along.
+    let legit_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let legit = {
+        let (t, stop) = (t.clone(), legit_stop.clone());
+        tokio::spawn(async move {
+            let (mut lat, mut failed, mut first) = (Lat::default(), 0u64, None);
+            // Bounded by `give_up`, by which every pipeliner has ended and set `stop`.
+            while !stop.load(Ordering::Relaxed) {
+                let t0 = Instant::now();
+                let r = async {
+                    let mut s = t.login("alice", "alice-pw", Some(loopback(0, 1, 1))).await?;
+                    s.ls(Some("/")).await?;
+                    s.close().await
+                };
+                match tokio::time::timeout(Duration::from_secs(10), r).await {
+                    Ok(Ok(())) => lat.push(t0.elapsed()),
+                    Ok(Err(e)) => {
+                        failed += 1;
+                        first.get_or_insert(e.to_string());
+                    }
+                    Err(_) => {
+                        failed += 1;
+                        first.get_or_insert("login+ls+bye took over 10 s".to_string());
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            (lat, failed, first)
+        })
+    };
+    let limit_kib = a.pipeliner_rss_limit_mib * 1024;
+    let (mut peak_rss, mut limit_hit) = (0u64, None);
+    // Bounded by `give_up`: every task ends by then.
+    while tasks.iter().any(|t| !t.is_finished()) {
+        let rss = server.rss_kib().unwrap_or(0);
+        peak_rss = peak_rss.max(rss);
+        if rss > limit_kib && limit_hit.is_none() {
+            limit_hit = Some(started.elapsed());
+            abort.store(true, Ordering::Relaxed);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut outcomes = Vec::new();
+    for task in tasks {
+        outcomes.push(task.await.unwrap_or_default());
+    }
+    let ended = started.elapsed();
+    legit_stop.store(true, Ordering::Relaxed);
+    let (lat, legit_failed, first) = legit.await.unwrap_or_default();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_after = server.rss_kib().unwrap_or(0);
+    let fds_after = server.fds().unwrap_or(0);
+
+    let mut r = format!(
+        "  never-reading pipeliners: {} sessions ({}; /big holds {BIG_FOLDER_NAMES} long names), idle_timeout_secs = {}\n",
+        a.pipeliners,
+        PIPE_KINDS.join(" / "),
+        a.idle_timeout_secs
+    );
+    let mut ok = true;
+    for (k, kind) in PIPE_KINDS.iter().enumerate() {
+        let of: Vec<&Piped> = outcomes.iter().skip(k).step_by(PIPE_KINDS.len()).collect();
+        let logged_in = of.iter().filter(|o| o.logged_in).count();
+        let (mut stalled, mut closed) = (Lat::default(), Lat::default());
+        let mut written = 0u64;
+        for o in &of {
+            written = written.max(o.written);
+            if let Some(c) = o.closed {
+                closed.push(c);
+                stalled.push(c.saturating_sub(o.last_progress.unwrap_or_default()));
+            }
+        }
+        let open = of.len() - closed.0.len();
+        // Every one closed by the server before `give_up`. How long after
+        // its writes stalled is reported, not judged: on a busy machine the
+        // server may still be producing answers the kernel takes when the
+        // peer's writes already wait (the session is not stalled yet).
+        ok &= logged_in == of.len() && open == 0;
+        r += &format!(
+            "    {kind:<24} {:>3} logged in, closed by server {:>3} (after its writes stalled: p50 {} max {}; from the first request: max {}), still open {open}, most request bytes taken {}\n",
+            logged_in,
+            closed.0.len(),
+            crate::util::ms(stalled.pct(0.5)),
+            crate::util::ms(stalled.pct(1.0)),
+            crate::util::ms(closed.pct(1.0)),
+            written
+        );
+    }
+    if let Some(e) = outcomes.iter().find_map(|o| o.error.as_ref()) {
+        r += &format!("    first error: {e}\n");
+    }
+    // Each session holds at most the cap (1 MiB by default) plus one answer,
+    // one `ls` listing and its TLS and read buffers.
+    let bound = a.pipeliners as u64 * 4 * 1024 + 64 * 1024;
+    let grew = peak_rss.saturating_sub(rss_before);
+    ok &= limit_hit.is_none() && grew <= bound;
+    r += &format!(
+        "    server RSS: before {} | peak {} (+{}, bound +{}) | after {}; fds before {fds_before} after {fds_after}; all pipeliners done after {:.1}s\n",
+        mib(rss_before),
+        mib(peak_rss),
+        mib(grew),
+        mib(bound),
+        mib(rss_after),
+        ended.as_secs_f64()
+    );
+    if let Some(at) = limit_hit {
+        r += &format!(
+            "    server RSS passed {} MiB after {:.1}s: pipeliners stopped there\n",
+            a.pipeliner_rss_limit_mib,
+            at.as_secs_f64()
+        );
+    }
+    ok &= legit_failed == 0 && fds_after <= fds_before + 8;
+    r += &format!("    legitimate login+ls+bye during: {} failures={legit_failed}\n", lat.summary());
+    if let Some(e) = first {
+        r += &format!("      first legitimate failure: {e}\n");
+    }
+    r += &format!("    pipeliner verdict: {}\n", if ok { "PASS" } else { "FAIL" });
+    Ok((r, ok))
 }

@@ -120,6 +120,10 @@ async fn run(cli: Cli) -> Result<bool> {
                 addresses: 8,
                 chat_flood_secs: 5,
                 chat_only: false,
+                pipeliners: 100,
+                idle_timeout_secs: 5,
+                pipeliner_rss_limit_mib: 4096,
+                pipeliner_only: false,
             };
             section("hostile", hostile::run(&ferry, &work.join("hostile"), &a).await);
             let a = soak::SoakArgs { clients, minutes, ..soak::SoakArgs::default() };

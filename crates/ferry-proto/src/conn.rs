@@ -5,7 +5,7 @@
 //! `Encoder`. Large body writes skip the write buffer and go straight to the
 //! stream, so file data is never copied an extra time.
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::codec::{Decoder, Encoder};
 
@@ -175,10 +175,17 @@ impl<S: AsyncWrite + Unpin> Connection<S> {
         self.flush().await
     }
 
+    /// Writes out the queued bytes. Cancel-safe: what the stream took is
+    /// dropped from the queue at once, so a caller that gives up on a slow
+    /// peer (the server's idle timeout) and later sends a last frame never
+    /// repeats bytes.
     async fn flush_buffer(&mut self) -> Result<(), FrameError> {
-        if !self.wbuf.is_empty() {
-            self.io.write_all(&self.wbuf).await?;
-            self.wbuf.clear();
+        while !self.wbuf.is_empty() {
+            let n = self.io.write(&self.wbuf).await?;
+            if n == 0 {
+                return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into());
+            }
+            self.wbuf.advance(n);
         }
         Ok(())
     }
@@ -190,7 +197,8 @@ impl<S: AsyncWrite + Unpin> Connection<S> {
         Ok(())
     }
 
-    /// Bytes queued but not yet written.
+    /// Bytes queued but not yet written: the answers a peer has not taken
+    /// yet, for a server that caps them per session.
     pub fn queued(&self) -> usize {
         self.wbuf.len()
     }

@@ -86,6 +86,10 @@ pub struct Limits {
     /// Files and directories one user may have (`ferry user set --max-files`
     /// overrides it per user); 0 means unlimited.
     pub max_files_per_user: u64,
+    /// Answer bytes one session may have queued that its peer has not taken.
+    /// At the cap the server reads no further request of that session until
+    /// the peer takes its answers (issue 12, item 1).
+    pub max_unsent_bytes: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -173,6 +177,7 @@ impl Default for Limits {
             idle_timeout_secs: 900,
             shutdown_grace_secs: 10,
             max_header_bytes: ferry_proto::frame::DEFAULT_MAX_HEADER,
+            max_unsent_bytes: 1 << 20,
         }
     }
 }
@@ -247,6 +252,14 @@ impl ServerConfig {
                 problem: "must be between 1024 and 16777216".into(),
             });
         }
+        // Any cap works (at the cap the queue is flushed first); below a few
+        // KiB pipelined answers lose their batching, above 1 GiB it bounds nothing.
+        if self.limits.max_unsent_bytes < 4096 || self.limits.max_unsent_bytes > 1 << 30 {
+            return Err(ConfigError::Invalid {
+                key: "limits.max_unsent_bytes",
+                problem: "must be between 4096 and 1073741824".into(),
+            });
+        }
         if self.auth.scram_iterations < 4096 {
             return Err(ConfigError::Invalid {
                 key: "auth.scram_iterations",
@@ -316,6 +329,8 @@ mod tests {
         assert!(err.contains("limits.login_timeout_secs"), "{err}");
         let err = parse("[limits]\nlogin_timeout = 5\n").unwrap_err().to_string();
         assert!(err.contains("login_timeout"), "{err}");
+        let err = parse("[limits]\nmax_unsent_bytes = 0\n").unwrap_err().to_string();
+        assert!(err.contains("limits.max_unsent_bytes"), "{err}");
         let err = parse("listen = [\"not an address\"]\n").unwrap_err().to_string();
         assert!(err.contains("listen"), "{err}");
     }
@@ -325,5 +340,6 @@ mod tests {
         let c = parse("").unwrap();
         assert_eq!(c.listen[0].port(), DEFAULT_PORT);
         assert!(!c.insecure_plaintext);
+        assert_eq!(c.limits.max_unsent_bytes, 1 << 20);
     }
 }

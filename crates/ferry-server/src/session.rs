@@ -2,9 +2,10 @@
 //! timeout, then one loop over the next request with an idle timer, until the
 //! peer leaves, the idle timer fires or the server shuts down.
 
+use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ferry_proto::msg::{MECHANISM, PROTOCOL_VERSION, error_header, ok_header};
 use ferry_proto::resp;
@@ -24,6 +25,36 @@ pub type Conn = Connection<Stream>;
 /// Failed logins allowed on one connection before it is closed.
 const LOGIN_ATTEMPTS_PER_CONNECTION: u32 = 3;
 
+/// The longest a session's last words (an error frame, the TLS close) may
+/// take before the connection is simply dropped: a peer that does not read
+/// must not keep a closing session alive (issue 12, item 1).
+const LAST_WORDS: Duration = Duration::from_secs(5);
+
+/// The error of a peer that took no bytes (or sent none mid-body) for the
+/// idle timeout.
+pub fn stalled() -> FrameError {
+    FrameError::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, "peer silent past the idle timeout"))
+}
+
+/// One write of the session path (a flush of queued answers, an answer, a
+/// body block, command output) under the idle timeout: a peer that does not
+/// take it within `idle` is gone, and the session ends (issue 12, item 1).
+/// Every such write is bounded in size (the unsent cap plus one answer, or
+/// one body block), so this is a bound on a peer that takes nothing, not a
+/// rate a reading peer could miss at any sane timeout.
+pub async fn write_within<T>(
+    idle: Duration,
+    write: impl Future<Output = Result<T, FrameError>>,
+) -> Result<T, FrameError> {
+    tokio::time::timeout(idle, write).await.unwrap_or_else(|_| Err(stalled()))
+}
+
+/// A last frame before the session closes, bounded by `min(idle, LAST_WORDS)`;
+/// its failure changes nothing.
+async fn last_words(conn: &mut Conn, idle: Duration, header: &ferry_proto::Header) {
+    let _ = write_within(idle.min(LAST_WORDS), conn.send(header)).await;
+}
+
 /// A logged-in session: who, where, and what it may use.
 pub struct Session {
     pub core: Arc<Core>,
@@ -41,6 +72,8 @@ enum End {
     IdleTimeout,
     Shutdown,
     LoginRefused,
+    /// The peer took no bytes (or sent none mid-body) for the idle timeout.
+    Stalled,
     Io(std::io::Error),
     Frame(FrameError),
 }
@@ -59,6 +92,7 @@ impl From<FrameError> for End {
             {
                 End::Closed
             }
+            FrameError::Io(io) if io.kind() == std::io::ErrorKind::TimedOut => End::Stalled,
             FrameError::Io(io) => End::Io(io),
             e => End::Frame(e),
         }
@@ -68,6 +102,7 @@ impl From<FrameError> for End {
 pub async fn run(front: Arc<Framed>, stream: Stream, peer: String, ip: Option<IpAddr>, mut admission: Admission) {
     let id = front.next_session_id();
     let shared = Arc::clone(&front.core);
+    let idle = shared.config.idle_timeout();
     let span = info_span!("session", id, peer = %peer);
     async move {
         info!("session start");
@@ -79,7 +114,7 @@ pub async fn run(front: Arc<Framed>, stream: Stream, peer: String, ip: Option<Ip
                     Ok(mut session) => serve(&mut session, &mut conn).await,
                     Err(err) => {
                         warn!(code = %err.code, error = %err.message, "cannot open the user's home");
-                        let _ = conn.send(&error_header(0, &err)).await;
+                        last_words(&mut conn, idle, &error_header(0, &err)).await;
                         End::LoginRefused
                     }
                 }
@@ -91,9 +126,13 @@ pub async fn run(front: Arc<Framed>, stream: Stream, peer: String, ip: Option<Ip
         }
         if let End::Frame(e) = &end {
             let err = WireError::new(ErrorCode::BadFrame, e.to_string());
-            let _ = conn.send(&error_header(0, &err)).await;
+            last_words(&mut conn, idle, &error_header(0, &err)).await;
         }
-        let _ = conn.shutdown().await;
+        // A peer that took nothing for the idle timeout gets nothing more;
+        // any other close is bounded too (issue 12, item 1).
+        if !matches!(end, End::Stalled) {
+            let _ = write_within(idle.min(LAST_WORDS), conn.shutdown()).await;
+        }
         info!(reason = ?end, "session end");
     }
     .instrument(span)
@@ -108,10 +147,12 @@ async fn open_session(core: &Arc<Core>, user: UserRecord) -> Result<Session, Wir
 /// Handshake and login. Returns the user on success.
 async fn login_phase(shared: &Arc<Core>, conn: &mut Conn, ip: Option<IpAddr>) -> Result<UserRecord, End> {
     let timeout = shared.config.login_timeout();
+    let idle = shared.config.idle_timeout();
     let result = tokio::select! {
         r = tokio::time::timeout(timeout, login_exchange(shared, conn, ip)) => r,
         _ = shared.shutdown.cancelled() => {
-            let _ = conn.send(&error_header(0, &WireError::new(ErrorCode::ShuttingDown, "server is shutting down"))).await;
+            let err = WireError::new(ErrorCode::ShuttingDown, "server is shutting down");
+            last_words(conn, idle, &error_header(0, &err)).await;
             return Err(End::Shutdown);
         }
     };
@@ -119,7 +160,7 @@ async fn login_phase(shared: &Arc<Core>, conn: &mut Conn, ip: Option<IpAddr>) ->
         Ok(r) => r,
         Err(_) => {
             let err = WireError::new(ErrorCode::Timeout, "login took too long");
-            let _ = conn.send(&error_header(0, &err)).await;
+            last_words(conn, idle, &error_header(0, &err)).await;
             Err(End::LoginTimeout)
         }
     }
@@ -254,25 +295,32 @@ async fn login_exchange(shared: &Arc<Core>, conn: &mut Conn, ip: Option<IpAddr>)
 /// The request loop of a logged-in session.
 async fn serve(session: &mut Session, conn: &mut Conn) -> End {
     let idle = session.core.config.idle_timeout();
+    let cap = session.core.config.limits.max_unsent_bytes;
     let shutdown = session.core.shutdown.clone();
     loop {
         // Answers to pipelined requests go out together: flush only when no
-        // further request is already waiting in the buffer.
-        if conn.buffered() == 0
-            && let Err(e) = conn.flush().await
+        // further request is already waiting in the buffer, or when the
+        // answers the peer has not taken reach the cap. Then no further
+        // request of this session is read until the peer takes them
+        // (backpressure), and one that takes nothing for the idle timeout is
+        // gone (issue 12, item 1: a never-reading pipeliner had made one
+        // session queue answers without limit).
+        if (conn.buffered() == 0 || conn.queued() >= cap)
+            && let Err(e) = write_within(idle, conn.flush()).await
         {
             return e.into();
         }
         let next = tokio::select! {
             r = tokio::time::timeout(idle, conn.read_header()) => r,
             _ = shutdown.cancelled() => {
-                let _ = conn.send(&error_header(0, &WireError::new(ErrorCode::ShuttingDown, "server is shutting down"))).await;
+                let err = WireError::new(ErrorCode::ShuttingDown, "server is shutting down");
+                last_words(conn, idle, &error_header(0, &err)).await;
                 return End::Shutdown;
             }
         };
         let header = match next {
             Err(_) => {
-                let _ = conn.send(&error_header(0, &WireError::new(ErrorCode::Timeout, "idle timeout"))).await;
+                last_words(conn, idle, &error_header(0, &WireError::new(ErrorCode::Timeout, "idle timeout"))).await;
                 return End::IdleTimeout;
             }
             Ok(Err(e)) => return e.into(),
@@ -283,7 +331,7 @@ async fn serve(session: &mut Session, conn: &mut Conn) -> End {
         let result = match req {
             Err(e) => reply_error_skip(conn, id, &e).await,
             Ok(Request::Bye) => {
-                let _ = conn.send(&ok_header(id, &resp::Done {}, 0)).await;
+                last_words(conn, idle, &ok_header(id, &resp::Done {}, 0)).await;
                 return End::Bye;
             }
             Ok(req) => cmd::dispatch(session, conn, id, req, header.body_len).await,

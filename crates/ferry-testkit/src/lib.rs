@@ -108,25 +108,7 @@ impl TestServer {
         user: &str,
         password: &str,
     ) -> Result<ferry_proto::Connection<tokio::net::TcpStream>> {
-        use ferry_proto::scram::ScramClient;
-        use ferry_proto::{Connection, FrameCodec, Header, Request};
-        let tcp = tokio::net::TcpStream::connect(self.addr).await?;
-        let mut conn = Connection::new(tcp, FrameCodec::default());
-        async fn ask(conn: &mut Connection<tokio::net::TcpStream>, req: Request, id: u64) -> Result<Header> {
-            conn.send(&req.to_header(id, 0)).await?;
-            conn.read_header().await?.context("the server closed the connection during login")
-        }
-        ask(&mut conn, Request::Hello { version: 1, client: "testkit".into() }, 1).await?;
-        let scram = ScramClient::new(user, password, "abcdefghijklmnop")?;
-        let first =
-            ask(&mut conn, Request::AuthStart { mechanism: "SCRAM-SHA-256".into(), data: scram.client_first() }, 2)
-                .await?;
-        let fin = scram.handle_server_first(first.get_str("data").context("no SCRAM data")?)?;
-        let done = ask(&mut conn, Request::AuthFinish { data: fin.client_final().to_string() }, 3).await?;
-        if done.fields["ok"] != true {
-            bail!("login refused: {done:?}");
-        }
-        Ok(conn)
+        login_raw_at(self.addr, user, password).await
     }
 
     /// Starts a graceful shutdown and waits for it.
@@ -262,6 +244,33 @@ fn sftp_default(extra: &[&str]) -> &'static [&'static str] {
     } else {
         &["--sftp-listen", "127.0.0.1:0"]
     }
+}
+
+/// A logged-in plaintext connection to the server at `addr` that speaks raw
+/// frames (the server must run with `insecure_plaintext`).
+pub async fn login_raw_at(
+    addr: SocketAddr,
+    user: &str,
+    password: &str,
+) -> Result<ferry_proto::Connection<tokio::net::TcpStream>> {
+    use ferry_proto::scram::ScramClient;
+    use ferry_proto::{Connection, FrameCodec, Header, Request};
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let mut conn = Connection::new(tcp, FrameCodec::default());
+    async fn ask(conn: &mut Connection<tokio::net::TcpStream>, req: Request, id: u64) -> Result<Header> {
+        conn.send(&req.to_header(id, 0)).await?;
+        conn.read_header().await?.context("the server closed the connection during login")
+    }
+    ask(&mut conn, Request::Hello { version: 1, client: "testkit".into() }, 1).await?;
+    let scram = ScramClient::new(user, password, "abcdefghijklmnop")?;
+    let first =
+        ask(&mut conn, Request::AuthStart { mechanism: "SCRAM-SHA-256".into(), data: scram.client_first() }, 2).await?;
+    let fin = scram.handle_server_first(first.get_str("data").context("no SCRAM data")?)?;
+    let done = ask(&mut conn, Request::AuthFinish { data: fin.client_final().to_string() }, 3).await?;
+    if done.fields["ok"] != true {
+        bail!("login refused: {done:?}");
+    }
+    Ok(conn)
 }
 
 /// `ferry user add NAME --data DATA --password-stdin [extra]` through the binary.

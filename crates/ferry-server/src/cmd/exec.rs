@@ -21,7 +21,7 @@ use tracing::{info, warn};
 
 use super::Reply;
 use crate::exec;
-use crate::session::{Conn, Session};
+use crate::session::{Conn, Session, write_within};
 
 const OUTPUT_CHUNK: usize = 64 * 1024;
 /// How long a killed command's pipes may stay open, and a client that
@@ -70,7 +70,10 @@ pub async fn exec(session: &mut Session, conn: &mut Conn, id: u64, argv: Vec<Str
         return Err(WireError::new(ErrorCode::Internal, "command pipes unavailable").into());
     };
     let mut stdin = child.stdin.take();
-    conn.send(&ok_header(id, &json!({ "started": true }), 0)).await?;
+    // Every write below is bounded by the idle timeout: a client that takes
+    // no output for that long loses its session (issue 12, item 1).
+    let idle = session.core.config.idle_timeout();
+    write_within(idle, conn.send(&ok_header(id, &json!({ "started": true }), 0))).await?;
 
     // First the time limit; once the group is killed, a grace for its pipes
     // to close (a process that left the group may hold them).
@@ -114,11 +117,11 @@ pub async fn exec(session: &mut Session, conn: &mut Conn, id: u64, argv: Vec<Str
             Event::Out(Ok(0)) | Event::Out(Err(_)) => out_open = false,
             Event::Err(Ok(0)) | Event::Err(Err(_)) => err_open = false,
             Event::Out(Ok(n)) => {
-                let send = send_output(conn, id, "stdout", &obuf[..n]);
+                let send = write_within(idle, send_output(conn, id, "stdout", &obuf[..n]));
                 send_before_deadline(send, deadline.as_mut(), &group, &mut killed, &mut timed_out).await?;
             }
             Event::Err(Ok(n)) => {
-                let send = send_output(conn, id, "stderr", &ebuf[..n]);
+                let send = write_within(idle, send_output(conn, id, "stderr", &ebuf[..n]));
                 send_before_deadline(send, deadline.as_mut(), &group, &mut killed, &mut timed_out).await?;
             }
             Event::StdinWritten(Ok(n)) => pending_stdin.advance(n),
@@ -163,7 +166,9 @@ pub async fn exec(session: &mut Session, conn: &mut Conn, id: u64, argv: Vec<Str
                         // Answered at once (PROTOCOL.md, exec), not when output next flushes.
                         let e = WireError::new(ErrorCode::Busy, "a command is running in this session");
                         conn.queue_header(&error_header(other, &e))?;
-                        conn.flush().await?;
+                        // Answered at once (PROTOCOL.md), within the idle timeout.
+                        let flush = write_within(idle, conn.flush());
+                        send_before_deadline(flush, deadline.as_mut(), &group, &mut killed, &mut timed_out).await?;
                     }
                 }
             }

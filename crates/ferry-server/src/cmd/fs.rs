@@ -6,7 +6,7 @@ use ferry_proto::{Entry, WireError};
 
 use super::Reply;
 use crate::home::Remove;
-use crate::session::{Conn, Session};
+use crate::session::{Conn, Session, write_within};
 use crate::vfs::{self, VirtualPath};
 
 /// Bytes of entries per `ls` response frame: large directories stream in
@@ -15,6 +15,9 @@ use crate::vfs::{self, VirtualPath};
 const LS_PAGE_BYTES: usize = 24 * 1024;
 /// Generous JSON size of one entry without its name.
 const ENTRY_OVERHEAD: usize = 96;
+/// Queued `ls` pages are written out past this (or the session's unsent cap,
+/// if lower), under the idle timeout.
+const LS_FLUSH_BYTES: usize = 256 * 1024;
 
 pub fn wire_entry(e: &vfs::Entry) -> Entry {
     Entry { name: e.name.clone(), kind: e.kind.as_str().to_string(), size: e.size, mtime: e.mtime, mode: e.mode }
@@ -63,6 +66,8 @@ pub async fn ls(session: &mut Session, conn: &mut Conn, id: u64, path: Option<St
     // bytes, and every page must fit the header cap (configurable down to
     // 1 KiB: half of it, so that one long name still fits alone).
     let page_limit = LS_PAGE_BYTES.min(session.core.config.limits.max_header_bytes / 2);
+    let flush_at = LS_FLUSH_BYTES.min(session.core.config.limits.max_unsent_bytes);
+    let idle = session.core.config.idle_timeout();
     let mut page: Vec<Entry> = Vec::new();
     let mut page_bytes = 0;
     let last = entries.len();
@@ -73,8 +78,8 @@ pub async fn ls(session: &mut Session, conn: &mut Conn, id: u64, path: Option<St
         if !page.is_empty() && page_bytes + cost > page_limit {
             conn.queue_header(&ok_header(id, &resp::LsPage { entries: std::mem::take(&mut page), more: true }, 0))?;
             page_bytes = 0;
-            if conn.queued() > 256 * 1024 {
-                conn.flush().await?;
+            if conn.queued() >= flush_at {
+                write_within(idle, conn.flush()).await?;
             }
         }
         page_bytes += cost;

@@ -17,7 +17,7 @@ use tracing::{info, warn};
 use super::Reply;
 use super::fs::resolve;
 use crate::home::{Download, HomeError, SmallPut, Upload, UploadSpec};
-use crate::session::{Conn, Session};
+use crate::session::{Conn, Session, stalled, write_within};
 use crate::storage::{READ_BLOCK, SmallFile};
 use crate::stream::Stream;
 use crate::vfs::VfsError;
@@ -65,7 +65,7 @@ pub async fn put(session: &mut Session, conn: &mut Conn, id: u64, a: PutArgs) ->
         }
     };
     if a.wait {
-        exchange_ready(conn, id, &upload, a.size - a.offset).await?;
+        exchange_ready(session, conn, id, &upload, a.size - a.offset).await?;
     }
     let target = upload.target().clone();
 
@@ -207,9 +207,9 @@ async fn read_small(
 
 /// Tells a `wait` client that its upload is ready, then reads the `put_data`
 /// header that must follow with the rest of the file as its body.
-async fn exchange_ready(conn: &mut Conn, id: u64, upload: &Upload, rest: u64) -> Result<(), Reply> {
+async fn exchange_ready(session: &Session, conn: &mut Conn, id: u64, upload: &Upload, rest: u64) -> Result<(), Reply> {
     let ready = resp::Ready { ready: true, upload_id: upload.id().to_string(), offset: upload.offset() };
-    conn.send(&ok_header(id, &ready, 0)).await?;
+    write_within(session.core.config.idle_timeout(), conn.send(&ok_header(id, &ready, 0))).await?;
     let header = conn.read_header().await?.ok_or(FrameError::Truncated)?;
     let (data_id, req) = Request::from_header(&header);
     if data_id != id || !matches!(req, Ok(Request::PutData)) || header.body_len != rest {
@@ -293,13 +293,14 @@ pub async fn get(session: &mut Session, conn: &mut Conn, id: u64, path: String, 
     let targets: Vec<_> = batch.iter().map(|(_, p)| resolve(session, p)).collect();
     let paths: Vec<_> = targets.iter().filter_map(|t| t.as_ref().ok().cloned()).collect();
     let mut reads = session.home.read_small(paths, SMALL_PUT, SMALL_BATCH_BYTES as u64).await.into_iter();
+    let idle = session.core.config.idle_timeout();
     for ((id, path), target) in batch.into_iter().zip(targets) {
         let step = match target {
             Err(e) => Err(e),
             Ok(_) => reads.next().unwrap_or_else(|| Err(lost())).map_err(WireError::from),
         };
         let answered = match step {
-            Ok(Some(small)) => send_small(conn, id, small).await.map_err(Reply::from),
+            Ok(Some(small)) => write_within(idle, send_small(conn, id, small)).await.map_err(Reply::from),
             // Too large for the batch: streamed on its own turn.
             Ok(None) => get_one(session, conn, id, path, 0).await,
             Err(e) => Err(e.into()),
@@ -342,10 +343,11 @@ async fn send_small(conn: &mut Conn, id: u64, small: SmallFile) -> Result<(), Fr
 async fn get_one(session: &mut Session, conn: &mut Conn, id: u64, path: String, offset: u64) -> Result<(), Reply> {
     let started = Instant::now();
     let target = resolve(session, &path)?;
+    let idle = session.core.config.idle_timeout();
     if offset == 0 {
         let small = session.home.read_small(vec![target.clone()], SMALL_PUT, SMALL_BATCH_BYTES as u64).await;
         match small.into_iter().next() {
-            Some(Ok(Some(small))) => return Ok(send_small(conn, id, small).await?),
+            Some(Ok(Some(small))) => return Ok(write_within(idle, send_small(conn, id, small)).await?),
             Some(Err(e)) => return Err(e.into()),
             _ => {}
         }
@@ -360,7 +362,7 @@ async fn get_one(session: &mut Session, conn: &mut Conn, id: u64, path: String, 
         let zeros = vec![0u8; READ_BLOCK];
         while sent < body_len {
             let n = (body_len - sent).min(READ_BLOCK as u64) as usize;
-            conn.write_body(&zeros[..n]).await?;
+            write_within(idle, conn.write_body(&zeros[..n])).await?;
             sent += n as u64;
         }
     }
@@ -387,29 +389,24 @@ async fn send_download(
     download: Download,
 ) -> Result<(u64, Result<String, HomeError>), FrameError> {
     let body_len = download.len();
+    let idle = session.core.config.idle_timeout();
     if plain_tcp(conn)
         && let (Some(sha256), Some(file)) = (download.recorded_sha256(), download.local_file())
     {
-        conn.flush().await?;
-        let sent = send_file(conn, file, download.offset(), body_len).await?;
+        write_within(idle, conn.flush()).await?;
+        let sent = send_file(conn, file, download.offset(), body_len, idle).await?;
         return Ok((sent, Ok(sha256)));
     }
     let (tx, mut rx) = mpsc::channel::<Bytes>(PIPE_DEPTH);
     let reader = tokio::spawn(download.stream(tx));
-    let idle = session.core.config.idle_timeout();
     let mut sent = 0u64;
     while let Some(block) = rx.recv().await {
         sent += block.len() as u64;
         // A client that stops reading for the idle timeout is gone.
-        tokio::time::timeout(idle, conn.write_body(&block)).await.unwrap_or_else(|_| Err(stalled()))?;
+        write_within(idle, conn.write_body(&block)).await?;
     }
     let outcome = reader.await.unwrap_or_else(|_| Err(lost()));
     Ok((sent, outcome))
-}
-
-/// The error of a transfer whose peer went silent past the idle timeout.
-fn stalled() -> FrameError {
-    FrameError::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, "peer silent past the idle timeout mid-transfer"))
 }
 
 fn plain_tcp(conn: &Conn) -> bool {
@@ -418,12 +415,20 @@ fn plain_tcp(conn: &Conn) -> bool {
 
 /// Writes `len` bytes of `file` from `offset` straight to a plaintext TCP
 /// socket with sendfile(2). Returns the bytes sent (fewer if the file shrank).
-async fn send_file(conn: &mut Conn, file: &std::fs::File, offset: u64, len: u64) -> Result<u64, FrameError> {
+/// A socket that stays unwritable for `idle` (the peer takes nothing) ends
+/// the session.
+async fn send_file(
+    conn: &mut Conn,
+    file: &std::fs::File,
+    offset: u64,
+    len: u64,
+    idle: std::time::Duration,
+) -> Result<u64, FrameError> {
     let Stream::Tcp(tcp) = conn.get_mut() else { return Ok(0) };
     let mut pos = offset;
     let end = offset + len;
     while pos < end {
-        tcp.writable().await?;
+        tokio::time::timeout(idle, tcp.writable()).await.map_err(|_| stalled())??;
         let want = (end - pos).min(1 << 30) as usize;
         match tcp.try_io(tokio::io::Interest::WRITABLE, || {
             rustix::fs::sendfile(&*tcp, file, Some(&mut pos), want).map_err(std::io::Error::from)
