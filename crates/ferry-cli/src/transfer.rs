@@ -106,6 +106,10 @@ fn retry_hint(e: &ClientError, resumed: bool, what: &str) -> String {
     if e.code() == Some(ErrorCode::Busy) {
         return format!(" (another session is writing this {what}; wait for it to finish, or retry later)");
     }
+    // The protocol names no CLI flag (issue 13): the hint is ours.
+    if e.code() == Some(ErrorCode::AlreadyExists) && what == "upload" {
+        return " (use --force to overwrite)".into();
+    }
     match (ferry_client::is_resumable(e), resumed) {
         (false, _) => String::new(),
         (true, false) => " (run again with -c to resume)".into(),
@@ -137,7 +141,8 @@ pub async fn upload(
             let results = session.put_many(&pairs, opts.overwrite, &bar).await?;
             for ((local, _), r) in pairs.iter().zip(results) {
                 if let Err(e) = r {
-                    eprintln_clean!("ferry: {}: {e}", local.display());
+                    let hint = retry_hint(&e, false, "upload");
+                    eprintln_clean!("ferry: {}: {e}{hint}", local.display());
                     failures += 1;
                 }
             }

@@ -265,7 +265,7 @@ fn exec_setsid_and_double_fork_children_do_not_outlive_the_command() {
 }
 
 #[test]
-fn exec_fork_bomb_and_memory_hog_are_contained_and_others_keep_working() {
+fn exec_a_fork_bomb_and_memory_hog_are_contained_and_others_keep_working() {
     let Some(c) = Confined::start("[exec]\ntimeout_secs = 15\nmax_processes = 32\nmax_memory_bytes = 67108864\n")
     else {
         return;
@@ -275,7 +275,8 @@ fn exec_fork_bomb_and_memory_hog_are_contained_and_others_keep_working() {
     let bomb = format!("b() {{ sleep {m} & b & b; }}; b; wait");
     let mut running =
         c.exec_cmd("alice", &["sh", "-c", &bomb]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    assert!(wait_until(Duration::from_secs(10), || !pids_with(&m).is_empty()), "the bomb never started");
+    // Generous: on two busy cores a confined start can take seconds.
+    assert!(wait_until(Duration::from_secs(30), || !pids_with(&m).is_empty()), "the bomb never started");
     std::thread::sleep(Duration::from_millis(500));
     let most = pids_with(&m).len();
     assert!(most <= 32, "{most} processes despite max_processes = 32");

@@ -502,6 +502,8 @@ fn overwrite_refused_without_force_and_quota_exact_with_force() {
         let refused = site.run(&["put", b.to_str().unwrap(), &site.remote(name)]);
         assert!(!refused.status.success());
         assert!(stderr(&refused).contains("already exists"), "{}", stderr(&refused));
+        // Issue 13: the hint is the CLI's, once; the protocol names no flag.
+        assert_eq!(stderr(&refused).matches("--force").count(), 1, "{}", stderr(&refused));
         assert_eq!(sha256_file(&site.home().join(name)).unwrap(), sha256_file(&a).unwrap());
         assert_ok(&site.run(&["put", "--force", b.to_str().unwrap(), &site.remote(name)]));
         assert_eq!(sha256_file(&site.home().join(name)).unwrap(), sha256_file(&b).unwrap());

@@ -169,8 +169,6 @@ fn fit_connections_to_descriptors(config: &mut ServerConfig) {
 /// The server's private secret (for unknown users' stable fake salts), kept
 /// in the data folder, readable by the owner only.
 fn load_or_create_secret(path: &Path) -> Result<[u8; 32]> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     if let Ok(bytes) = std::fs::read(path)
         && let Ok(secret) = <[u8; 32]>::try_from(bytes.as_slice())
     {
@@ -178,14 +176,6 @@ fn load_or_create_secret(path: &Path) -> Result<[u8; 32]> {
     }
     let mut secret = [0u8; 32];
     getrandom::fill(&mut secret).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
-    let _ = std::fs::remove_file(path);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    f.write_all(&secret)?;
-    f.sync_all()?;
+    crate::tls::write_private(path, &secret)?;
     Ok(secret)
 }

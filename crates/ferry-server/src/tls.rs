@@ -52,8 +52,9 @@ fn generate(cert_path: &Path, key_path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Writes a file only its owner can read, replacing any old one.
-fn write_private(path: &Path, data: &[u8]) -> Result<()> {
+/// Writes a file only its owner can read, replacing any old one (the
+/// certificate's key, the server secret, the SSH host key).
+pub(crate) fn write_private(path: &Path, data: &[u8]) -> Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let _ = std::fs::remove_file(path);
     let mut f = std::fs::OpenOptions::new()

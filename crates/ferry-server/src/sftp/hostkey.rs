@@ -2,8 +2,6 @@
 //! start (OpenSSH's private-key format, mode 0600), and its fingerprint as
 //! `ssh-keygen -l` prints it.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -38,14 +36,7 @@ pub fn load_or_generate(path: &Path) -> Result<HostKey> {
     let mut key = PrivateKey::from(Ed25519Keypair::from_seed(&seed));
     key.set_comment("ferry host key");
     let text = key.to_openssh(LineEnding::LF).map_err(|e| anyhow::anyhow!("encoding the host key: {e}"))?;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
+    crate::tls::write_private(path, text.as_bytes())?;
     Ok(HostKey { key, generated: true })
 }
 
