@@ -5,6 +5,7 @@
 
 mod hostile;
 mod logins;
+mod pipe;
 mod server;
 mod sessions;
 mod soak;
@@ -40,6 +41,9 @@ enum Cmd {
     Hostile(hostile::HostileArgs),
     /// Many clients with random transfers, kills, cuts and two server restarts; then a checker.
     Soak(soak::SoakArgs),
+    /// The floor for the benchmark: a file through a loopback pipe (TLS or not,
+    /// hashed on both ends or not), with no protocol around it.
+    Pipe(pipe::PipeArgs),
     /// Everything above with modest defaults, one combined report.
     All {
         #[arg(long, default_value_t = 10_000)]
@@ -87,6 +91,11 @@ async fn run(cli: Cli) -> Result<bool> {
         Cmd::Logins(a) => report += &logins::run(&ferry, &work.join("logins"), &a).await?,
         Cmd::Hostile(a) => report += &hostile::run(&ferry, &work.join("hostile"), &a).await?,
         Cmd::Soak(a) => report += &soak::run(&ferry, &work.join("soak"), &a).await?,
+        // Normally handled in main, before the runtime starts.
+        Cmd::Pipe(a) => {
+            pipe::run(&a)?;
+            return Ok(true);
+        }
         Cmd::All { sessions, login_secs, hostile, clients, minutes } => {
             let mut section = |name: &str, r: Result<String>| {
                 let text = r.unwrap_or_else(|e| format!("{name}: ERROR {e:#}\n  verdict: FAIL\n"));
@@ -147,6 +156,16 @@ async fn run(cli: Cli) -> Result<bool> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The pipe needs neither a ferry binary nor a runtime.
+    if let Cmd::Pipe(a) = &cli.cmd {
+        return match pipe::run(a) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ferry-load pipe: {e:#}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
