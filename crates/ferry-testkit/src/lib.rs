@@ -100,6 +100,17 @@ impl TestServer {
         Ok(self.connect(user).await?.login(password).await?)
     }
 
+    /// Logs in offering only `hashes` at hello (`[Sha256]`: a client without BLAKE3).
+    pub async fn login_offering(
+        &self,
+        user: &str,
+        password: &str,
+        hashes: &[ferry_client::HashAlgo],
+    ) -> Result<Session> {
+        let opts = ConnectOptions { hashes: hashes.to_vec(), ..self.connect_options() };
+        Ok(Client::connect(&self.remote(user), &opts).await?.login(password).await?)
+    }
+
     /// A logged-in plaintext connection that speaks raw frames, for what the
     /// client library never sends (the server must run with
     /// `insecure_plaintext`).
@@ -261,7 +272,7 @@ pub async fn login_raw_at(
         conn.send(&req.to_header(id, 0)).await?;
         conn.read_header().await?.context("the server closed the connection during login")
     }
-    ask(&mut conn, Request::Hello { version: 1, client: "testkit".into() }, 1).await?;
+    ask(&mut conn, Request::Hello { version: 1, client: "testkit".into(), hashes: None }, 1).await?;
     let scram = ScramClient::new(user, password, "abcdefghijklmnop")?;
     let first =
         ask(&mut conn, Request::AuthStart { mechanism: "SCRAM-SHA-256".into(), data: scram.client_first() }, 2).await?;
@@ -314,7 +325,12 @@ pub fn write_random_file(path: &Path, len: u64, seed: u64) -> Result<()> {
 }
 
 pub fn sha256_file(path: &Path) -> Result<String> {
-    let (_, full, _) = ferry_client::hash_local(path, 0, &ferry_client::NoProgress)?;
+    hash_file(path, ferry_client::HashAlgo::Sha256)
+}
+
+/// The hex hash of a local file in `algo`.
+pub fn hash_file(path: &Path, algo: ferry_client::HashAlgo) -> Result<String> {
+    let (_, full, _) = ferry_client::hash_local(path, 0, algo, &ferry_client::NoProgress)?;
     Ok(full)
 }
 
