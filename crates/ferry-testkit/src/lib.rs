@@ -264,6 +264,17 @@ pub async fn login_raw_at(
     user: &str,
     password: &str,
 ) -> Result<ferry_proto::Connection<tokio::net::TcpStream>> {
+    Ok(login_raw_offering(addr, user, password, None).await?.0)
+}
+
+/// Like [`login_raw_at`], offering `hashes` at hello (`None`: the field is
+/// left out); also returns the hello answer, which names the session's hash.
+pub async fn login_raw_offering(
+    addr: SocketAddr,
+    user: &str,
+    password: &str,
+    hashes: Option<&[&str]>,
+) -> Result<(ferry_proto::Connection<tokio::net::TcpStream>, ferry_proto::Header)> {
     use ferry_proto::scram::ScramClient;
     use ferry_proto::{Connection, FrameCodec, Header, Request};
     let tcp = tokio::net::TcpStream::connect(addr).await?;
@@ -272,7 +283,11 @@ pub async fn login_raw_at(
         conn.send(&req.to_header(id, 0)).await?;
         conn.read_header().await?.context("the server closed the connection during login")
     }
-    ask(&mut conn, Request::Hello { version: 1, client: "testkit".into(), hashes: None }, 1).await?;
+    let hashes = hashes.map(|h| h.iter().map(|n| n.to_string()).collect());
+    let hello = ask(&mut conn, Request::Hello { version: 1, client: "testkit".into(), hashes }, 1).await?;
+    if hello.fields["ok"] != true {
+        bail!("hello refused: {hello:?}");
+    }
     let scram = ScramClient::new(user, password, "abcdefghijklmnop")?;
     let first =
         ask(&mut conn, Request::AuthStart { mechanism: "SCRAM-SHA-256".into(), data: scram.client_first() }, 2).await?;
@@ -281,7 +296,7 @@ pub async fn login_raw_at(
     if done.fields["ok"] != true {
         bail!("login refused: {done:?}");
     }
-    Ok(conn)
+    Ok((conn, hello))
 }
 
 /// `ferry user add NAME --data DATA --password-stdin [extra]` through the binary.
