@@ -292,7 +292,9 @@ async fn uploads_and_downloads_resume_under_each_algorithm_and_across_them() {
         let mut s = site.login_at(proxy.addr.port(), &[cut_under]).await.unwrap();
         assert_eq!(s.hash_algo(), cut_under);
         let err = s.put_file(&local, &name, &opts, &NoProgress).await.expect_err("cut by the proxy");
-        assert!(ferry_client::is_resumable(&err), "{case}: {err}");
+        // A cut, not a refusal (as the body fits in socket buffers, the
+        // client may only see the connection close while awaiting the answer).
+        assert!(!matches!(err, ClientError::Server(_) | ClientError::Checksum { .. }), "{case}: {err}");
         drop(s);
         // The server has written all it received once it logs the cut.
         let cuts = i + 1;
