@@ -39,8 +39,8 @@ pub enum Command {
     Put(PutArgs),
     /// Download: ferry get USER@HOST[:PORT]/REMOTE... LOCAL
     Get(GetArgs),
-    /// Print the server's SHA-256 of a remote file.
-    Hash(PathsArgs),
+    /// Print the server's hash of remote files (SHA-256 unless --algo), as sha256sum/b3sum do.
+    Hash(HashArgs),
     /// Show used space, quota and free space.
     Df(RemoteOnly),
     /// Run a command on the server: ferry exec REMOTE -- COMMAND [ARGS...]
@@ -209,6 +209,10 @@ pub struct ConnArgs {
     /// No progress bars.
     #[arg(short, long, global = true)]
     pub quiet: bool,
+    /// Offer only SHA-256 at login, as a client without BLAKE3: transfers
+    /// are then verified with SHA-256.
+    #[arg(long, global = true)]
+    pub no_blake3: bool,
 }
 
 #[derive(Debug, Args)]
@@ -239,6 +243,37 @@ pub struct PathsArgs {
     pub remote: String,
     /// More paths on the same server.
     pub more: Vec<String>,
+    #[command(flatten)]
+    pub conn: ConnArgs,
+}
+
+/// A file hash as the command line names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AlgoArg {
+    Sha256,
+    Blake3,
+}
+
+impl From<AlgoArg> for ferry_client::HashAlgo {
+    fn from(a: AlgoArg) -> Self {
+        match a {
+            AlgoArg::Sha256 => ferry_client::HashAlgo::Sha256,
+            AlgoArg::Blake3 => ferry_client::HashAlgo::Blake3,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct HashArgs {
+    /// [ferry://]USER@HOST[:PORT]/PATH
+    pub remote: String,
+    /// More paths on the same server.
+    pub more: Vec<String>,
+    /// The hash to print. SHA-256 by default whatever the session
+    /// negotiated, so that the output stays what `sha256sum -c` checks;
+    /// blake3 prints what `b3sum -c` checks.
+    #[arg(long, value_enum, default_value = "sha256")]
+    pub algo: AlgoArg,
     #[command(flatten)]
     pub conn: ConnArgs,
 }

@@ -19,11 +19,14 @@ pub fn connect_options(conn: &ConnArgs) -> ConnectOptions {
         HostKeyPolicy::Strict
     };
     let known_hosts = KnownHosts::new(conn.known_hosts.clone().unwrap_or_else(KnownHosts::default_path));
+    let hashes =
+        if conn.no_blake3 { vec![ferry_client::HashAlgo::Sha256] } else { ferry_client::HashAlgo::ALL.to_vec() };
     ConnectOptions {
         insecure_plaintext: conn.insecure_plaintext,
         policy,
         known_hosts,
         ask: Some(Box::new(ask_trust)),
+        hashes,
         ..ConnectOptions::default()
     }
 }

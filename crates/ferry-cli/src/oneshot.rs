@@ -6,7 +6,7 @@ use std::io::Write;
 use anyhow::Result;
 use ferry_client::{Entry, ExecStreams, Remote, Session};
 
-use crate::args::{ExecArgs, LsArgs, MkdirArgs, MvArgs, PathsArgs, RemoteOnly, RmArgs};
+use crate::args::{ExecArgs, HashArgs, LsArgs, MkdirArgs, MvArgs, PathsArgs, RemoteOnly, RmArgs};
 use crate::connect::open;
 use crate::report::{clean, eprintln_clean, println_clean};
 
@@ -163,11 +163,12 @@ pub async fn mv(a: MvArgs) -> Result<u8> {
     Ok(0)
 }
 
-pub async fn hash(a: PathsArgs) -> Result<u8> {
+pub async fn hash(a: HashArgs) -> Result<u8> {
     let (remote, mut session) = open(&a.remote, &a.conn).await?;
+    let algo = a.algo.into();
     let code = each_path(&mut session, all_paths(&remote, &a.more), async |s, p| {
-        let h = s.hash(p, None).await?;
-        // The sha256sum format, so `sha256sum -c` can check a download.
+        let (h, _) = s.hash_as(p, None, algo).await?;
+        // The sha256sum (and b3sum) format, so `sha256sum -c` can check a download.
         println_clean!("{h}  {}", p.trim_start_matches('/'));
         Ok(())
     })

@@ -17,7 +17,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use ferry_client::{ClientError, Entry, ExecStreams, GetOptions, PutOptions, Remote, Session};
+use ferry_client::{ClientError, Entry, ExecStreams, GetOptions, HashAlgo, PutOptions, Remote, Session};
 use rustyline::config::{CompletionType, Config};
 use rustyline::error::ReadlineError;
 use rustyline::history::DefaultHistory;
@@ -43,7 +43,7 @@ pub const COMMANDS: &[(&str, &str, &str)] = &[
     ("get", "[-r] [-c] [-f] REMOTE... [LOCAL]", "download (-r: folders, -c: resume, -f: overwrite)"),
     ("mput", "[-r] [-c] [-f] GLOB...", "upload local files matching globs here"),
     ("mget", "[-r] [-c] [-f] GLOB...", "download remote files matching globs (glob in the last part)"),
-    ("hash", "PATH...", "print the server's SHA-256 of remote files"),
+    ("hash", "[-b] PATH...", "print the server's SHA-256 (-b: BLAKE3) of remote files"),
     ("df", "", "show used space, quota and free space"),
     ("exec", "COMMAND [ARG...]", "run a command on the server (Ctrl-C stops it)"),
     ("lcd", "[DIR]", "change the local directory (no DIR: your home)"),
@@ -219,6 +219,7 @@ fn parse_flags(cmd: &str, args: &[String], allowed: &str) -> Result<(HashSet<cha
                 "recursive" => 'r',
                 "force" => 'f',
                 "continue" => 'c',
+                "blake3" => 'b',
                 _ => bail!("{cmd}: unknown option {a} (see help {cmd})"),
             };
             if !allowed.contains(c) {
@@ -651,11 +652,13 @@ async fn remote(session: &mut Session, cwd: &mut String, cmd: &str, args: &[Stri
             session.mv(from, to, flags.contains(&'f')).await?;
         }
         "hash" => {
-            if args.is_empty() {
+            let (flags, paths) = parse_flags(cmd, args, "b")?;
+            if paths.is_empty() {
                 return Err(usage(cmd));
             }
-            each(session, args, async |s, p| {
-                println_clean!("{}  {p}", s.hash(p, None).await?);
+            let algo = if flags.contains(&'b') { HashAlgo::Blake3 } else { HashAlgo::Sha256 };
+            each(session, &paths, async |s, p| {
+                println_clean!("{}  {p}", s.hash_as(p, None, algo).await?.0);
                 Ok(())
             })
             .await?;

@@ -155,7 +155,8 @@ pub async fn upload(
             Ok(_) => {}
             Err(e) if opts.resume && e.code() == Some(ErrorCode::AlreadyExists) => {
                 // Already complete from an earlier run? Then there is nothing to resume.
-                let (_, local_hash, _) = ferry_client::hash_local(&local, 0, &ferry_client::NoProgress)?;
+                let algo = session.hash_algo();
+                let (_, local_hash, _) = ferry_client::hash_local(&local, 0, algo, &ferry_client::NoProgress)?;
                 if session.hash(&remote, None).await? != local_hash {
                     eprintln_clean!("ferry: {}: {e}", local.display());
                     failures += 1;
@@ -307,7 +308,8 @@ pub async fn download(
         match session.get_file(&remote, &local, opts, &bar).await {
             Ok(_) => {}
             Err(e) if opts.resume && local.exists() && !ferry_client::part_path(&local).exists() => {
-                let (_, local_hash, _) = ferry_client::hash_local(&local, 0, &ferry_client::NoProgress)?;
+                let algo = session.hash_algo();
+                let (_, local_hash, _) = ferry_client::hash_local(&local, 0, algo, &ferry_client::NoProgress)?;
                 if session.hash(&remote, None).await? != local_hash {
                     eprintln_clean!("ferry: {remote}: {e}");
                     failures += 1;

@@ -310,8 +310,8 @@ async fn reader_of_nothing_during_a_get_body_or_command_output_is_closed_after_t
     let pwds = frames(&vec![Request::Pwd; 100]).await;
     const FLOOD: Duration = Duration::from_millis(1);
     let attacks = [
-        ("get streamed, body unread", Request::Get { path: "disk.bin".into(), offset: 0 }, &probe, PROBE),
-        ("get by sendfile, body unread", Request::Get { path: "up.bin".into(), offset: 0 }, &probe, PROBE),
+        ("get streamed, body unread", Request::Get { path: "disk.bin".into(), offset: 0, algo: None }, &probe, PROBE),
+        ("get by sendfile, body unread", Request::Get { path: "up.bin".into(), offset: 0, algo: None }, &probe, PROBE),
         ("exec output unread", Request::Exec { argv: vec!["yes".into(), "x".repeat(200)] }, &probe, PROBE),
         (
             "requests pipelined at a quiet command",

@@ -46,7 +46,8 @@ async fn pipelined_gets_answer_in_order_across_batches_sizes_and_errors() {
 
     let mut conn = server.login_raw("alice", "pw").await.unwrap();
     for (i, (path, _)) in run.iter().enumerate() {
-        conn.queue_header(&Request::Get { path: path.clone(), offset: 0 }.to_header(100 + i as u64, 0)).unwrap();
+        conn.queue_header(&Request::Get { path: path.clone(), offset: 0, algo: None }.to_header(100 + i as u64, 0))
+            .unwrap();
     }
     conn.flush().await.unwrap();
 

@@ -100,6 +100,8 @@ async fn upload_stalled_mid_body_is_cut_after_the_idle_timeout() {
         sha256: None,
         overwrite: false,
         wait: false,
+        algo: None,
+        hash: None,
     };
     conn.queue_header(&put.to_header(4, 1 << 20)).unwrap();
     conn.write_body(&[7u8; 1024]).await.unwrap();
@@ -127,6 +129,8 @@ async fn wait_upload_dropped_after_ready_keeps_the_quota_exact() {
         sha256: None,
         overwrite: false,
         wait: true,
+        algo: None,
+        hash: None,
     };
     for round in 0..3u64 {
         let mut conn = server.login_raw("alice", "pw").await.unwrap();
@@ -188,6 +192,8 @@ async fn fresh_upload_replaces_abandoned_partials_of_its_path() {
         sha256: None,
         overwrite: true,
         wait: false,
+        algo: None,
+        hash: None,
     };
     let partial_dir = server.home("alice").join(".ferry-partial");
     let parts = || -> std::collections::BTreeSet<std::path::PathBuf> {
@@ -297,6 +303,8 @@ async fn upload_cut_before_put_end_counts_its_partial() {
         sha256: None,
         overwrite: false,
         wait: false,
+        algo: None,
+        hash: None,
     };
     let mut conn = server.login_raw("alice", "pw").await.unwrap();
     conn.queue_header(&put.to_header(10, size)).unwrap();
@@ -404,10 +412,12 @@ async fn put_header_hash_that_differs_from_the_data_is_checksum_mismatch() {
             sha256: Some("0".repeat(64)),
             overwrite: false,
             wait: false,
+            algo: None,
+            hash: None,
         };
         conn.queue_header(&put.to_header(n, size as u64)).unwrap();
         conn.write_body(&data).await.unwrap();
-        conn.send(&Request::PutEnd { sha256: right }.to_header(n, 0)).await.unwrap();
+        conn.send(&Request::PutEnd { sha256: Some(right), algo: None, hash: None }.to_header(n, 0)).await.unwrap();
         let answer = conn.read_header().await.unwrap().unwrap();
         assert_eq!(answer.fields["error"]["code"], "checksum_mismatch", "{answer:?}");
         assert!(!server.home("alice").join(format!("f{n}")).exists());

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use ferry_proto::msg::{MECHANISM, PROTOCOL_VERSION, parse_response};
 use ferry_proto::scram::ScramClient;
-use ferry_proto::{Connection, FrameCodec, Header, Request};
+use ferry_proto::{Connection, FrameCodec, HashAlgo, Header, Request};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -42,6 +42,10 @@ pub struct ConnectOptions {
     pub connect_timeout: Duration,
     /// Local address to connect from (tests and load harnesses use 127.0.0.x).
     pub bind: Option<std::net::IpAddr>,
+    /// The file hashes offered at hello, in order of preference (default:
+    /// BLAKE3, then SHA-256). Empty: none is named, as a client before
+    /// negotiation; the server then uses SHA-256.
+    pub hashes: Vec<HashAlgo>,
 }
 
 impl Default for ConnectOptions {
@@ -53,6 +57,7 @@ impl Default for ConnectOptions {
             ask: None,
             connect_timeout: Duration::from_secs(15),
             bind: None,
+            hashes: HashAlgo::ALL.to_vec(),
         }
     }
 }
@@ -63,6 +68,8 @@ pub struct Client {
     remote: Remote,
     /// The server's certificate fingerprint (TLS only).
     pub fingerprint: Option<String>,
+    /// The file hash negotiated at hello.
+    hash: HashAlgo,
 }
 
 impl Client {
@@ -83,8 +90,9 @@ impl Client {
                 conn: Connection::new(stream, FrameCodec::default()),
                 remote: remote.clone(),
                 fingerprint: None,
+                hash: HashAlgo::Sha256,
             };
-            client.hello().await?;
+            client.hello(&opts.hashes).await?;
             return Ok(client);
         }
         let tcp = tcp_connect(remote, opts.bind)
@@ -106,17 +114,32 @@ impl Client {
             check_pin(&addr, &fp, opts)?;
             (Either::Right(tls), Some(fp))
         };
-        let mut client =
-            Client { conn: Connection::new(stream, FrameCodec::default()), remote: remote.clone(), fingerprint };
-        client.hello().await?;
+        let mut client = Client {
+            conn: Connection::new(stream, FrameCodec::default()),
+            remote: remote.clone(),
+            fingerprint,
+            hash: HashAlgo::Sha256,
+        };
+        client.hello(&opts.hashes).await?;
         Ok(client)
     }
 
-    async fn hello(&mut self) -> Result<(), ClientError> {
-        let req =
-            Request::Hello { version: PROTOCOL_VERSION, client: concat!("ferry/", env!("CARGO_PKG_VERSION")).into() };
-        round_trip(&mut self.conn, &req, 1).await?;
+    /// The version handshake, offering `hashes`; keeps the one the server picked.
+    async fn hello(&mut self, hashes: &[HashAlgo]) -> Result<(), ClientError> {
+        let offered = (!hashes.is_empty()).then(|| hashes.iter().map(|h| h.to_string()).collect());
+        let req = Request::Hello {
+            version: PROTOCOL_VERSION,
+            client: concat!("ferry/", env!("CARGO_PKG_VERSION")).into(),
+            hashes: offered,
+        };
+        let answer = round_trip(&mut self.conn, &req, 1).await?;
+        self.hash = picked_hash(answer.get_str("hash"), hashes)?;
         Ok(())
+    }
+
+    /// The file hash negotiated at hello.
+    pub fn hash_algo(&self) -> HashAlgo {
+        self.hash
     }
 
     /// Logs in with SCRAM-SHA-256: the password never leaves this process.
@@ -136,7 +159,21 @@ impl Client {
         scram
             .verify_server_final(server_final)
             .map_err(|_| ClientError::protocol("the server failed to prove its identity (SCRAM server signature)"))?;
-        Ok(Session::new(self.conn, self.remote, self.fingerprint))
+        Ok(Session::new(self.conn, self.remote, self.fingerprint, self.hash))
+    }
+}
+
+/// The hash a hello answer names: absent (a server before negotiation)
+/// means SHA-256; one this client did not offer is a server bug, refused
+/// rather than used.
+fn picked_hash(named: Option<&str>, offered: &[HashAlgo]) -> Result<HashAlgo, ClientError> {
+    let Some(name) = named else { return Ok(HashAlgo::Sha256) };
+    match HashAlgo::from_name(name) {
+        Some(algo) if offered.contains(&algo) || algo == HashAlgo::Sha256 => Ok(algo),
+        _ => Err(ClientError::protocol(format!(
+            "hello: the server picked the file hash {:?}, which this client did not offer",
+            crate::names::escape_controls(name)
+        ))),
     }
 }
 

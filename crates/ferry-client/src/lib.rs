@@ -2,7 +2,9 @@
 //!
 //! [`Client::connect`] opens the connection (TLS with a pinned fingerprint,
 //! unless plaintext was asked for) and does the version handshake;
-//! [`Client::login`] runs SCRAM-SHA-256 and returns a [`Session`]. Only a
+//! [`Client::login`] runs SCRAM-SHA-256 and returns a [`Session`], whose
+//! transfers are verified with the file hash negotiated at hello
+//! ([`Session::hash_algo`]: BLAKE3 when the server has it). Only a
 //! session has file operations. Progress is a callback ([`Progress`]) so that
 //! drawing stays in the CLI.
 
@@ -26,4 +28,4 @@ pub use transfer::{
     GetOptions, NoProgress, Progress, PutOptions, SMALL_FILE, TransferSummary, hash_local, is_resumable, part_path,
 };
 
-pub use ferry_proto::{Entry, ErrorCode, WireError};
+pub use ferry_proto::{Entry, ErrorCode, HashAlgo, WireError};

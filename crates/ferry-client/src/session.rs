@@ -2,7 +2,7 @@
 //! are in their own modules.
 
 use ferry_proto::msg::parse_response;
-use ferry_proto::{Connection, Entry, FrameCodec, Header, Request};
+use ferry_proto::{Connection, Entry, FrameCodec, HashAlgo, Header, Request};
 use tokio::io::{ReadHalf, WriteHalf};
 
 use crate::connect::ClientStream;
@@ -14,6 +14,8 @@ pub struct Session {
     pub(crate) next_id: u64,
     remote: Remote,
     pub fingerprint: Option<String>,
+    /// The file hash negotiated at hello: transfers are verified with it.
+    hash: HashAlgo,
 }
 
 /// Usage and quota as `ferry df` shows them.
@@ -22,7 +24,12 @@ pub type DfInfo = ferry_proto::resp::DfAnswer;
 use ferry_proto::resp::{HashAnswer, LsPage, PathAnswer, StatAnswer};
 
 impl Session {
-    pub(crate) fn new(conn: Connection<ClientStream>, remote: Remote, fingerprint: Option<String>) -> Self {
+    pub(crate) fn new(
+        conn: Connection<ClientStream>,
+        remote: Remote,
+        fingerprint: Option<String>,
+        hash: HashAlgo,
+    ) -> Self {
         // The server says nothing unasked after login, so no input is lost by
         // dropping the (empty) read buffer here.
         let (r, w) = tokio::io::split(conn.into_inner());
@@ -32,11 +39,23 @@ impl Session {
             next_id: 10,
             remote,
             fingerprint,
+            hash,
         }
     }
 
     pub fn remote(&self) -> &Remote {
         &self.remote
+    }
+
+    /// The file hash negotiated at hello, which verifies every transfer.
+    pub fn hash_algo(&self) -> HashAlgo {
+        self.hash
+    }
+
+    /// The `algo` field of a request for `algo`: left out in a SHA-256
+    /// session, so that a server before negotiation understands it.
+    pub(crate) fn name_algo(&self, algo: HashAlgo) -> Option<HashAlgo> {
+        (algo != HashAlgo::Sha256 || self.hash != HashAlgo::Sha256).then_some(algo)
     }
 
     pub(crate) fn next_id(&mut self) -> u64 {
@@ -124,9 +143,25 @@ impl Session {
         Ok(self.request(&Request::Df).await?.decode()?)
     }
 
-    /// The server's SHA-256 of a file (or of its first `length` bytes).
+    /// The server's hash of a file (or of its first `length` bytes) in the
+    /// session's algorithm ([`Session::hash_algo`]).
     pub async fn hash(&mut self, path: &str, length: Option<u64>) -> Result<String, ClientError> {
-        Ok(self.request(&Request::Hash { path: path.into(), length }).await?.decode::<HashAnswer>()?.sha256)
+        self.hash_as(path, length, self.hash).await.map(|(hex, _)| hex)
+    }
+
+    /// The server's hash of a file (or of its first `length` bytes) in
+    /// `algo`, which the server must offer; also the bytes it covers.
+    pub async fn hash_as(
+        &mut self,
+        path: &str,
+        length: Option<u64>,
+        algo: HashAlgo,
+    ) -> Result<(String, u64), ClientError> {
+        let named = self.name_algo(algo);
+        let answer: HashAnswer =
+            self.request(&Request::Hash { path: path.into(), length, algo: named }).await?.decode()?;
+        let hex = answer.digest.get(algo).ok_or_else(|| wrong_hash("hash", algo))?;
+        Ok((hex.to_string(), answer.length))
     }
 
     /// Says goodbye and closes the connection.
@@ -135,6 +170,11 @@ impl Session {
         let _ = self.wr.shutdown().await;
         Ok(())
     }
+}
+
+/// An answer whose hash is not in the algorithm asked for.
+pub(crate) fn wrong_hash(what: &str, algo: HashAlgo) -> ClientError {
+    ClientError::protocol(format!("{what}: the server's answer carries no {algo} hash"))
 }
 
 pub(crate) async fn read_answer(rd: &mut Connection<ReadHalf<ClientStream>>, id: u64) -> Result<Header, ClientError> {

@@ -1,5 +1,6 @@
-//! Uploads and downloads: SHA-256 verified end to end, atomic on both sides,
-//! resumable after any cut, and pipelined for many small files.
+//! Uploads and downloads: verified end to end with the hash negotiated at
+//! hello (BLAKE3 when both sides have it, else SHA-256), atomic on both
+//! sides, resumable after any cut, and pipelined for many small files.
 //!
 //! File data moves between the disk and the socket through a small bounded
 //! channel: a blocking thread reads (or writes) and hashes while the async
@@ -10,12 +11,12 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use ferry_proto::msg::parse_response;
-use ferry_proto::{ErrorCode, Request};
+use ferry_proto::{ErrorCode, HashAlgo, Hasher, Request};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use crate::session::read_answer;
+use crate::session::{read_answer, wrong_hash};
 use crate::{ClientError, Session};
 
 /// Files up to this size are pipelined without waiting for the server's `ready`.
@@ -63,14 +64,14 @@ pub struct TransferSummary {
     /// Bytes that crossed the network (less than `size` after a resume).
     pub transferred: u64,
     pub resumed_from: u64,
-    pub sha256: String,
+    /// The whole file's hash, verified on both sides, in `algo`.
+    pub hash: String,
+    pub algo: HashAlgo,
     /// True when a resume was asked for but the data there did not match.
     pub restarted: bool,
 }
 
-use ferry_proto::resp::{
-    GetAnswer, GetTrailer, HashAnswer, PutAnswer, Ready as ReadyAnswer, UploadStatus as StatusAnswer,
-};
+use ferry_proto::resp::{GetAnswer, GetTrailer, PutAnswer, Ready as ReadyAnswer, UploadStatus as StatusAnswer};
 
 /// The client's own record of an upload in progress, so that `put -c` can
 /// find its partial after the client restarts.
@@ -111,13 +112,34 @@ fn local_err(what: &str, path: &Path, e: std::io::Error) -> ClientError {
     ClientError::Local(format!("{what} {}: {e}", path.display()))
 }
 
-/// Hashes a local file: returns the hash of its first `prefix` bytes and of the whole file.
-pub fn hash_local(path: &Path, prefix: u64, progress: &dyn Progress) -> Result<(String, String, u64), ClientError> {
+/// The hash fields of a `put` or `put_end` carrying `hex` in `algo`:
+/// `sha256` for SHA-256 (what every server reads), `algo` and `hash` for
+/// BLAKE3.
+fn put_hash_fields(algo: HashAlgo, hex: Option<String>) -> (Option<String>, Option<HashAlgo>, Option<String>) {
+    match algo {
+        HashAlgo::Sha256 => (hex, None, None),
+        HashAlgo::Blake3 => (None, Some(algo), hex),
+    }
+}
+
+fn put_end(algo: HashAlgo, hex: String) -> Request {
+    let (sha256, algo, hash) = put_hash_fields(algo, Some(hex));
+    Request::PutEnd { sha256, algo, hash }
+}
+
+/// Hashes a local file in `algo`: returns the hash of its first `prefix`
+/// bytes and of the whole file, and the bytes read.
+pub fn hash_local(
+    path: &Path,
+    prefix: u64,
+    algo: HashAlgo,
+    progress: &dyn Progress,
+) -> Result<(String, String, u64), ClientError> {
     let mut f = std::fs::File::open(path).map_err(|e| local_err("cannot open", path, e))?;
     let size = f.metadata().map_err(|e| local_err("cannot stat", path, e))?.len();
     progress.begin(&path.display().to_string(), "hashing", size);
-    let mut hasher = Sha256::new();
-    let mut prefix_hash = if prefix == 0 { Some(hex::encode(Sha256::new().finalize())) } else { None };
+    let mut hasher = Hasher::new(algo);
+    let mut prefix_hash = if prefix == 0 { Some(Hasher::new(algo).finalize_hex()) } else { None };
     let mut buf = vec![0u8; BLOCK];
     let mut done = 0u64;
     loop {
@@ -130,11 +152,11 @@ pub fn hash_local(path: &Path, prefix: u64, progress: &dyn Progress) -> Result<(
         done += n as u64;
         progress.advance(n as u64);
         if prefix_hash.is_none() && done == prefix {
-            prefix_hash = Some(hex::encode(hasher.clone().finalize()));
+            prefix_hash = Some(hasher.clone().finalize_hex());
         }
     }
     progress.end();
-    let full = hex::encode(hasher.finalize());
+    let full = hasher.finalize_hex();
     Ok((prefix_hash.unwrap_or_default(), full, done))
 }
 
@@ -153,8 +175,9 @@ impl Session {
             return Err(ClientError::Local(format!("{} is not a regular file", local.display())));
         }
         let size = meta.len();
+        let algo = self.hash_algo();
         let state = resume_path(opts, self, local, remote);
-        let mut summary = TransferSummary { size, ..Default::default() };
+        let mut summary = TransferSummary { size, algo, ..Default::default() };
         let (mut offset, mut upload_id, mut full_hash) = (0u64, None, None);
         if opts.resume {
             let saved: Option<ResumeRecord> = std::fs::read(&state).ok().and_then(|b| serde_json::from_slice(&b).ok());
@@ -166,11 +189,13 @@ impl Session {
                 summary.restarted = true;
                 upload_id = saved_id;
             } else {
-                let req = Request::UploadStatus { path: remote.into(), size, upload_id: saved_id };
+                let named = self.name_algo(algo);
+                let req = Request::UploadStatus { path: remote.into(), size, upload_id: saved_id, algo: named };
                 let status: StatusAnswer = self.request(&req).await?.decode()?;
                 if status.found && status.offset > 0 {
-                    let (prefix, full, _) = hash_local(local, status.offset, progress)?;
-                    if Some(&prefix) == status.prefix_sha256.as_ref() && status.offset <= size {
+                    let theirs = status.prefix(algo).ok_or_else(|| wrong_hash("upload_status", algo))?.to_string();
+                    let (prefix, full, _) = hash_local(local, status.offset, algo, progress)?;
+                    if prefix == theirs && status.offset <= size {
                         offset = status.offset;
                         full_hash = Some(full);
                     } else {
@@ -187,14 +212,17 @@ impl Session {
         summary.resumed_from = offset;
         let id = self.next_id();
         let wait = size - offset > SMALL_FILE || offset > 0 || opts.resume;
+        let (sha256, named, hash) = put_hash_fields(algo, full_hash.clone());
         let req = Request::Put {
             path: remote.into(),
             size,
             offset,
             upload_id,
-            sha256: full_hash.clone(),
+            sha256,
             overwrite: opts.overwrite,
             wait,
+            algo: named,
+            hash,
         };
         // With `wait`, the body follows the server's `ready` in a put_data
         // frame, so a refusal costs no bytes and leaves the stream framed.
@@ -215,7 +243,8 @@ impl Session {
         let hash_while_reading = full_hash.is_none();
         let path = local.to_path_buf();
         let (tx, mut rx) = mpsc::channel::<Bytes>(PIPE_DEPTH);
-        let reader = tokio::task::spawn_blocking(move || read_blocks(&path, offset, size, hash_while_reading, tx));
+        let hashing = hash_while_reading.then_some(algo);
+        let reader = tokio::task::spawn_blocking(move || read_blocks(&path, offset, size, hashing, tx));
         let mut sent = 0u64;
         while let Some(block) = rx.recv().await {
             self.wr.write_body(&block).await?;
@@ -226,17 +255,18 @@ impl Session {
         if sent != size - offset {
             return Err(ClientError::Local(format!("{} changed size while being sent", local.display())));
         }
-        let sha256 = full_hash.or(hashed).unwrap_or_default();
-        self.wr.send(&Request::PutEnd { sha256: sha256.clone() }.to_header(id, 0)).await?;
+        let hash = full_hash.or(hashed).unwrap_or_default();
+        self.wr.send(&put_end(algo, hash.clone()).to_header(id, 0)).await?;
         let answer = self.read_answer(id).await;
         progress.end();
         let answer: PutAnswer = answer?.decode()?;
-        if answer.sha256 != sha256 {
-            return Err(ClientError::Checksum { what: remote.into(), expected: sha256, actual: answer.sha256 });
+        let stored = answer.digest.get(algo).ok_or_else(|| wrong_hash("put", algo))?;
+        if stored != hash {
+            return Err(ClientError::Checksum { what: remote.into(), expected: hash, actual: stored.to_string() });
         }
         let _ = std::fs::remove_file(&state);
         summary.transferred = sent;
-        summary.sha256 = sha256;
+        summary.hash = hash;
         Ok(summary)
     }
 
@@ -250,6 +280,7 @@ impl Session {
         progress: &dyn Progress,
     ) -> Result<Vec<Result<(), ClientError>>, ClientError> {
         let first = self.reserve_ids(files.len() as u64);
+        let algo = self.hash_algo();
         let (rd, wr) = (&mut self.rd, &mut self.wr);
         let (ids_tx, mut ids_rx) = mpsc::unbounded_channel::<Option<u64>>();
         let writer = async {
@@ -263,7 +294,7 @@ impl Session {
                         continue;
                     }
                 };
-                let sha256 = hex::encode(Sha256::digest(&data));
+                let hash = algo.digest_hex(&data);
                 let req = Request::Put {
                     path: remote.clone(),
                     size: data.len() as u64,
@@ -272,10 +303,12 @@ impl Session {
                     sha256: None,
                     overwrite,
                     wait: false,
+                    algo: None,
+                    hash: None,
                 };
                 wr.queue_header(&req.to_header(id, data.len() as u64))?;
                 wr.write_body(&data).await?;
-                wr.queue_header(&Request::PutEnd { sha256 }.to_header(id, 0))?;
+                wr.queue_header(&put_end(algo, hash).to_header(id, 0))?;
                 if wr.queued() > 256 * 1024 {
                     wr.flush().await?;
                 }
@@ -321,22 +354,22 @@ impl Session {
             return Err(ClientError::Local(format!("{} already exists (use --force to overwrite)", local.display())));
         }
         let part = part_path(local);
-        let mut summary = TransferSummary::default();
+        let algo = self.hash_algo();
+        let mut summary = TransferSummary { algo, ..Default::default() };
         let mut offset = 0u64;
-        let mut prefix_hasher = Sha256::new();
+        let mut prefix_hasher = Hasher::new(algo);
         if opts.resume
             && let Ok(m) = std::fs::metadata(&part)
             && m.len() > 0
         {
             let have = m.len();
-            let server: HashAnswer =
-                self.request(&Request::Hash { path: remote.into(), length: Some(have) }).await?.decode()?;
-            let mut hasher = Sha256::new();
+            let (theirs, length) = self.hash_as(remote, Some(have), algo).await?;
+            let mut hasher = Hasher::new(algo);
             let mut f = std::fs::File::open(&part).map_err(|e| local_err("cannot open", &part, e))?;
             progress.begin(&part.display().to_string(), "hashing", have);
             hash_reader(&mut f, have, &mut hasher, progress).map_err(|e| local_err("cannot read", &part, e))?;
             progress.end();
-            if server.length == have && hex::encode(hasher.clone().finalize()) == server.sha256 {
+            if length == have && hasher.clone().finalize_hex() == theirs {
                 offset = have;
                 prefix_hasher = hasher;
             } else {
@@ -345,7 +378,8 @@ impl Session {
             }
         }
         let id = self.next_id();
-        self.wr.send(&Request::Get { path: remote.into(), offset }.to_header(id, 0)).await?;
+        let named = self.name_algo(algo);
+        self.wr.send(&Request::Get { path: remote.into(), offset, algo: named }.to_header(id, 0)).await?;
         let head = self.read_answer(id).await?;
         let body_len = head.body_len;
         let info: GetAnswer = head.decode()?;
@@ -375,7 +409,7 @@ impl Session {
                     result = file.write_all(&block);
                 }
             }
-            result.and_then(|_| file.sync_all()).map(|_| hex::encode(hasher.finalize()))
+            result.and_then(|_| file.sync_all()).map(|_| hasher.finalize_hex())
         });
         let mut received = 0u64;
         let mut stream_err = None;
@@ -401,8 +435,8 @@ impl Session {
         }
         let actual = written?.map_err(|e| local_err("cannot write", &part, e))?;
         let trailer = self.read_answer(id).await;
-        let expected = match trailer {
-            Ok(t) => t.decode::<GetTrailer>()?.sha256,
+        let expected = match trailer.and_then(|t| trailer_hash(&t, algo)) {
+            Ok(hex) => hex,
             Err(e) => {
                 let _ = std::fs::remove_file(&part);
                 return Err(e);
@@ -414,7 +448,7 @@ impl Session {
         }
         std::fs::rename(&part, local).map_err(|e| local_err("cannot rename into", local, e))?;
         summary.transferred = received;
-        summary.sha256 = actual;
+        summary.hash = actual;
         Ok(summary)
     }
 
@@ -426,10 +460,12 @@ impl Session {
         progress: &dyn Progress,
     ) -> Result<Vec<Result<(), ClientError>>, ClientError> {
         let first = self.reserve_ids(files.len() as u64);
+        let (algo, named) = (self.hash_algo(), self.name_algo(self.hash_algo()));
         let (rd, wr) = (&mut self.rd, &mut self.wr);
         let writer = async {
             for (i, (remote, _)) in files.iter().enumerate() {
-                wr.queue_header(&Request::Get { path: remote.clone(), offset: 0 }.to_header(first + i as u64, 0))?;
+                let get = Request::Get { path: remote.clone(), offset: 0, algo: named };
+                wr.queue_header(&get.to_header(first + i as u64, 0))?;
                 if wr.queued() > 64 * 1024 {
                     wr.flush().await?;
                 }
@@ -456,8 +492,8 @@ impl Session {
                 let trailer = rd.read_header().await?.ok_or_else(|| ClientError::protocol("connection closed"))?;
                 let (_, ok) = parse_response(&trailer);
                 let result = ok.map_err(ClientError::from).and_then(|_| {
-                    let expected = trailer.decode::<GetTrailer>()?.sha256;
-                    let actual = hex::encode(Sha256::digest(&data));
+                    let expected = trailer_hash(&trailer, algo)?;
+                    let actual = algo.digest_hex(&data);
                     if actual != expected {
                         return Err(ClientError::Checksum { what: remote.clone(), expected, actual });
                     }
@@ -472,6 +508,12 @@ impl Session {
         w?;
         r
     }
+}
+
+/// The whole file's hash in `algo` from a `get` trailer.
+fn trailer_hash(trailer: &ferry_proto::Header, algo: HashAlgo) -> Result<String, ClientError> {
+    let t: GetTrailer = trailer.decode()?;
+    t.digest.get(algo).map(str::to_string).ok_or_else(|| wrong_hash("get", algo))
 }
 
 /// `name` → `name.part`, beside it.
@@ -490,7 +532,7 @@ fn write_atomically(local: &Path, data: &[u8], overwrite: bool) -> Result<(), Cl
     std::fs::rename(&part, local).map_err(|e| local_err("cannot rename into", local, e))
 }
 
-fn hash_reader(f: &mut std::fs::File, len: u64, hasher: &mut Sha256, progress: &dyn Progress) -> std::io::Result<()> {
+fn hash_reader(f: &mut std::fs::File, len: u64, hasher: &mut Hasher, progress: &dyn Progress) -> std::io::Result<()> {
     let mut buf = vec![0u8; BLOCK];
     let mut left = len;
     while left > 0 {
@@ -506,18 +548,20 @@ fn hash_reader(f: &mut std::fs::File, len: u64, hasher: &mut Sha256, progress: &
 }
 
 /// Reads `offset..size` of a file into the channel in blocks; hashes the
-/// whole file when `hash` (the prefix included).
+/// whole file in `hash` when given (the prefix included).
 fn read_blocks(
     path: &Path,
     offset: u64,
     size: u64,
-    hash: bool,
+    hash: Option<HashAlgo>,
     tx: mpsc::Sender<Bytes>,
 ) -> Result<Option<String>, ClientError> {
     let mut f = std::fs::File::open(path).map_err(|e| local_err("cannot open", path, e))?;
-    let mut hasher = Sha256::new();
-    if hash && offset > 0 {
-        hash_reader(&mut f, offset, &mut hasher, &NoProgress).map_err(|e| local_err("cannot read", path, e))?;
+    let mut hasher = hash.map(Hasher::new);
+    if let Some(h) = hasher.as_mut()
+        && offset > 0
+    {
+        hash_reader(&mut f, offset, h, &NoProgress).map_err(|e| local_err("cannot read", path, e))?;
     }
     f.seek(SeekFrom::Start(offset)).map_err(|e| local_err("cannot seek", path, e))?;
     let mut left = size - offset;
@@ -526,15 +570,15 @@ fn read_blocks(
         // Read into spare capacity: no zeroing of a buffer about to be overwritten.
         let mut buf = Vec::with_capacity(want);
         let filled = (&mut f).take(want as u64).read_to_end(&mut buf).map_err(|e| local_err("cannot read", path, e))?;
-        if hash {
-            hasher.update(&buf);
+        if let Some(h) = hasher.as_mut() {
+            h.update(&buf);
         }
         left -= filled as u64;
         if filled == 0 || tx.blocking_send(Bytes::from(buf)).is_err() {
             break;
         }
     }
-    Ok(hash.then(|| hex::encode(hasher.finalize())))
+    Ok(hasher.map(Hasher::finalize_hex))
 }
 
 /// True for errors that a later `-c` may overcome (the connection broke).

@@ -502,7 +502,7 @@ async fn raw_login(
         conn.send(&req.to_header(id, 0)).await?;
         conn.read_header().await?.ok_or_else(|| anyhow::anyhow!("closed during login"))
     };
-    ask(Request::Hello { version: 1, client: "ferry-load".into() }, 1).await?;
+    ask(Request::Hello { version: 1, client: "ferry-load".into(), hashes: None }, 1).await?;
     let scram = ScramClient::new(user, password, &format!("{:016x}", Rng::new(seed).next_u64()))?;
     let first = ask(Request::AuthStart { mechanism: "SCRAM-SHA-256".into(), data: scram.client_first() }, 2).await?;
     let data = first.get_str("data").ok_or_else(|| anyhow::anyhow!("no SCRAM data: {first:?}"))?.to_string();

@@ -383,11 +383,13 @@ async fn client(sh: Arc<Shared>, idx: usize) {
             match classify(tokio::time::timeout(limit, s.get_file(&path, &out, &opts, &NoProgress)).await) {
                 Outcome::Done(sum) => {
                     inc(&sh.counters.downloads);
-                    let got = std::fs::read(&out).map(|d| sha256_hex(&d)).unwrap_or_default();
-                    if got != sum.sha256 {
+                    let data = std::fs::read(&out).unwrap_or_default();
+                    let got = sha256_hex(&data);
+                    let verified = sum.algo.digest_hex(&data);
+                    if verified != sum.hash {
                         sh.problem(format!(
-                            "{user}:{path}: downloaded bytes hash {got}, the transfer said {}",
-                            sum.sha256
+                            "{user}:{path}: downloaded bytes hash {verified} ({}), the transfer said {}",
+                            sum.algo, sum.hash
                         ));
                     }
                     match states.iter().flatten().find(|c| sh.hash_of(**c) == got) {
@@ -620,7 +622,7 @@ async fn check_contents(sh: &Shared) -> Result<(usize, usize, Vec<String>)> {
                     problems.push(format!("{user}:{path}: a {} where only files were made", e.kind));
                     continue;
                 }
-                let hash = s.hash(&path, None).await?;
+                let (hash, _) = s.hash_as(&path, None, ferry_client::HashAlgo::Sha256).await?;
                 checked += 1;
                 if !states.iter().flatten().any(|c| c.size == e.size && sh.hash_of(*c) == hash) {
                     problems.push(format!(

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::frame::Header;
+use crate::hash::HashAlgo;
 
 /// The protocol version spoken by this crate (see docs/PROTOCOL.md, "Handshake").
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -21,6 +22,11 @@ pub enum Request {
         version: u32,
         #[serde(default)]
         client: String,
+        /// The file hashes the client has, in its order of preference;
+        /// absent: SHA-256 only (docs/PROTOCOL.md, "Handshake"). Names, not
+        /// [`HashAlgo`], so that a newer client's unknown names are skipped.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        hashes: Option<Vec<String>>,
     },
     AuthStart {
         mechanism: String,
@@ -67,6 +73,8 @@ pub enum Request {
         offset: u64,
         #[serde(default)]
         upload_id: Option<String>,
+        /// The whole file's SHA-256 promised up front (an upload verified
+        /// with SHA-256 only).
         #[serde(default)]
         sha256: Option<String>,
         #[serde(default)]
@@ -75,12 +83,25 @@ pub enum Request {
         /// (quota, exists) costs no bytes on the wire.
         #[serde(default)]
         wait: bool,
+        /// The hash this upload is verified with; absent: the session's.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        algo: Option<HashAlgo>,
+        /// The whole file's hash in `algo`, promised up front.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        hash: Option<String>,
     },
     /// After a `ready` answer to a `put` with `wait`: carries the body.
     PutData,
-    /// Follows a `put` body: the SHA-256 of the whole file.
+    /// Follows a `put` body: the whole file's hash, as `hash` (in `algo`,
+    /// which must be the put's) or, for an upload verified with SHA-256,
+    /// as `sha256`.
     PutEnd {
-        sha256: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sha256: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        algo: Option<HashAlgo>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        hash: Option<String>,
     },
     /// Where a partial upload stands, to resume it.
     UploadStatus {
@@ -88,16 +109,25 @@ pub enum Request {
         size: u64,
         #[serde(default)]
         upload_id: Option<String>,
+        /// The hash of the prefix in the answer; absent: the session's.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        algo: Option<HashAlgo>,
     },
     Get {
         path: String,
         #[serde(default)]
         offset: u64,
+        /// The hash of the trailer; absent: the session's.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        algo: Option<HashAlgo>,
     },
     Hash {
         path: String,
         #[serde(default)]
         length: Option<u64>,
+        /// Absent: the session's.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        algo: Option<HashAlgo>,
     },
     Df,
     Exec {

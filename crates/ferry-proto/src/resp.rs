@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::hash::HashAlgo;
 use crate::msg::Entry;
 
 /// An answer with no fields (`mkdir`, `rmdir`, `mv`, `bye`).
@@ -16,8 +17,42 @@ pub struct Hello {
     pub version: u32,
     pub server: String,
     pub mechanisms: Vec<String>,
+    /// The file hashes the server offers.
     pub hashes: Vec<String>,
     pub max_header: usize,
+    /// The session's hash, picked from the client's `hashes`; absent from
+    /// a server before negotiation, which means SHA-256.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<String>,
+}
+
+/// A file hash as answers carry it: `algo` and `hash`, and for SHA-256 also
+/// `sha256`, the field clients before negotiation read.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Digest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub algo: Option<HashAlgo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+}
+
+impl Digest {
+    pub fn new(algo: HashAlgo, hex: String) -> Digest {
+        let sha256 = (algo == HashAlgo::Sha256).then(|| hex.clone());
+        Digest { algo: Some(algo), hash: Some(hex), sha256 }
+    }
+
+    /// The hex digest in `want`, if the answer carries one in it. An answer
+    /// without `algo` comes from a server before negotiation: SHA-256.
+    pub fn get(&self, want: HashAlgo) -> Option<&str> {
+        match self.algo.unwrap_or(HashAlgo::Sha256) {
+            algo if algo != want => None,
+            HashAlgo::Sha256 => self.hash.as_deref().or(self.sha256.as_deref()),
+            HashAlgo::Blake3 => self.hash.as_deref(),
+        }
+    }
 }
 
 /// `auth_start`, and `auth_finish` (which adds the user and the cwd).
@@ -76,7 +111,8 @@ pub struct DfAnswer {
 /// `hash`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HashAnswer {
-    pub sha256: String,
+    #[serde(flatten)]
+    pub digest: Digest,
     pub length: u64,
     pub size: u64,
 }
@@ -89,8 +125,25 @@ pub struct UploadStatus {
     pub upload_id: Option<String>,
     #[serde(default)]
     pub offset: u64,
+    /// The prefix's SHA-256, when that is the hash asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix_sha256: Option<String>,
+    /// The hash of `prefix_hash`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub algo: Option<HashAlgo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_hash: Option<String>,
+}
+
+impl UploadStatus {
+    /// The prefix's hex digest in `want`, if the answer carries one in it.
+    pub fn prefix(&self, want: HashAlgo) -> Option<&str> {
+        match self.algo.unwrap_or(HashAlgo::Sha256) {
+            algo if algo != want => None,
+            HashAlgo::Sha256 => self.prefix_hash.as_deref().or(self.prefix_sha256.as_deref()),
+            HashAlgo::Blake3 => self.prefix_hash.as_deref(),
+        }
+    }
 }
 
 /// A `put` with `wait` is ready for its `put_data`.
@@ -105,7 +158,8 @@ pub struct Ready {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PutAnswer {
     pub size: u64,
-    pub sha256: String,
+    #[serde(flatten)]
+    pub digest: Digest,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upload_id: Option<String>,
 }
@@ -123,5 +177,6 @@ pub struct GetAnswer {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GetTrailer {
     pub done: bool,
-    pub sha256: String,
+    #[serde(flatten)]
+    pub digest: Digest,
 }

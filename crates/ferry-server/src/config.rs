@@ -112,6 +112,18 @@ pub struct TransferConfig {
     pub partial_expiry_secs: u64,
     /// fsync uploads before they are renamed into place.
     pub fsync: bool,
+    /// The file hashes offered to clients (docs/PROTOCOL.md, "Handshake").
+    /// `sha256` is mandatory: every client has it. Without `blake3`, a
+    /// client that asks for BLAKE3 gets SHA-256 (or a refusal if it named
+    /// nothing else).
+    pub hashes: Vec<ferry_proto::HashAlgo>,
+}
+
+impl TransferConfig {
+    /// Whether the server offers `algo`.
+    pub fn offers(&self, algo: ferry_proto::HashAlgo) -> bool {
+        self.hashes.contains(&algo)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -190,7 +202,11 @@ impl Default for AuthConfig {
 
 impl Default for TransferConfig {
     fn default() -> Self {
-        TransferConfig { partial_expiry_secs: 7 * 24 * 3600, fsync: true }
+        TransferConfig {
+            partial_expiry_secs: 7 * 24 * 3600,
+            fsync: true,
+            hashes: vec![ferry_proto::HashAlgo::Blake3, ferry_proto::HashAlgo::Sha256],
+        }
     }
 }
 
@@ -268,6 +284,13 @@ impl ServerConfig {
         }
         positive("auth.ban_after", self.auth.ban_after as u64)?;
         positive("transfer.partial_expiry_secs", self.transfer.partial_expiry_secs)?;
+        // The stdlib Python client (and any client before negotiation) has only SHA-256.
+        if !self.transfer.offers(ferry_proto::HashAlgo::Sha256) {
+            return Err(ConfigError::Invalid {
+                key: "transfer.hashes",
+                problem: "must include \"sha256\" (every client has it)".into(),
+            });
+        }
         positive("exec.timeout_secs", self.exec.timeout_secs)?;
         positive("exec.max_per_user", self.exec.max_per_user as u64)?;
         positive("exec.max_total", self.exec.max_total as u64)?;
@@ -333,6 +356,12 @@ mod tests {
         assert!(err.contains("limits.max_unsent_bytes"), "{err}");
         let err = parse("listen = [\"not an address\"]\n").unwrap_err().to_string();
         assert!(err.contains("listen"), "{err}");
+        let err = parse("[transfer]\nhashes = [\"blake3\"]\n").unwrap_err().to_string();
+        assert!(err.contains("transfer.hashes") && err.contains("sha256"), "{err}");
+        let err = parse("[transfer]\nhashes = [\"md5\", \"sha256\"]\n").unwrap_err().to_string();
+        assert!(err.contains("md5"), "{err}");
+        let c = parse("[transfer]\nhashes = [\"sha256\"]\n").unwrap();
+        assert!(!c.transfer.offers(ferry_proto::HashAlgo::Blake3));
     }
 
     #[test]

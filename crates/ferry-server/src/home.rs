@@ -10,8 +10,9 @@
 //! - an upload is bound to an id claimed by one writer at a time; a resume
 //!   takes the claim over from a session that went silent (its writes stop
 //!   before the new writer starts);
-//! - a commit is verified against the hash the client sent, and the verified
-//!   hash is kept for downloads.
+//! - a commit is verified against the hash the client sent, in the
+//!   algorithm the front end asked for (SHA-256 or BLAKE3), and the verified
+//!   hash is kept for downloads, one per algorithm.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,7 +20,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use sha2::{Digest, Sha256};
+pub use ferry_proto::hash::HashAlgo;
+use ferry_proto::hash::Hasher;
 use tokio::sync::mpsc;
 
 use crate::quota::{FileLimitReached, QuotaExceeded, Reservation, Usage, UserQuota};
@@ -43,13 +45,13 @@ pub enum HomeError {
     UploadNotFound(String),
     #[error("partial upload holds {have} bytes, not {asked}")]
     OffsetMismatch { have: u64, asked: u64 },
-    #[error("checksum mismatch: expected {expected}, received data hashes to {actual}; nothing was committed")]
-    ChecksumMismatch { expected: String, actual: String },
+    #[error("checksum mismatch: expected {algo} {expected}, received data hashes to {actual}; nothing was committed")]
+    ChecksumMismatch { algo: HashAlgo, expected: String, actual: String },
     #[error("upload {0} is being written by another session")]
     Busy(String),
     #[error("upload {0} was taken over by a newer session")]
     TakenOver(String),
-    #[error("invalid sha256 {0:?}: expected 64 hex digits")]
+    #[error("invalid hash {0:?}: expected 64 hex digits")]
     BadHash(String),
     #[error("{0} changed while it was being read")]
     FileChanged(String),
@@ -59,13 +61,9 @@ pub enum HomeError {
     BadRange(String),
 }
 
-/// A SHA-256 as 64 hex digits, lowercased.
-pub fn validate_sha256(hex: &str) -> Result<String, HomeError> {
-    if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        Ok(hex.to_ascii_lowercase())
-    } else {
-        Err(HomeError::BadHash(hex.chars().take(80).collect()))
-    }
+/// A hash in `algo` as 64 hex digits, lowercased.
+pub fn validate_hash(algo: HashAlgo, hex: &str) -> Result<String, HomeError> {
+    algo.parse_hex(hex).ok_or_else(|| HomeError::BadHash(hex.chars().take(80).collect()))
 }
 
 fn is_upload_id(id: &str) -> bool {
@@ -109,19 +107,23 @@ pub struct UploadSpec {
     pub offset: u64,
     /// The partial to resume, or (with offset 0) the one to start over from.
     pub upload_id: Option<String>,
-    /// The hash promised up front; a commit hash that differs is a mismatch.
-    pub sha256: Option<String>,
+    /// The algorithm the upload is verified with (and its hash kept in).
+    pub algo: HashAlgo,
+    /// The hash promised up front, in `algo`; a commit hash that differs is
+    /// a mismatch.
+    pub hash: Option<String>,
     pub overwrite: bool,
     /// Keep the partial when the upload is dropped unfinished, for a resume.
     pub resumable: bool,
 }
 
-/// Where a partial upload stands: its id, length and the hash of its bytes.
+/// Where a partial upload stands: its id, length and the hash of its bytes
+/// (in the algorithm asked for).
 #[derive(Debug, Clone)]
 pub struct PartialStatus {
     pub upload_id: String,
     pub offset: u64,
-    pub prefix_sha256: String,
+    pub prefix_hash: String,
 }
 
 /// A committed upload.
@@ -129,8 +131,9 @@ pub struct PartialStatus {
 pub struct Committed {
     pub upload_id: String,
     pub size: u64,
-    /// The verified hash, when the data was hashed (always with a client hash).
-    pub sha256: Option<String>,
+    /// The verified hash in the upload's algorithm, when the data was
+    /// hashed (always with a client hash).
+    pub hash: Option<String>,
 }
 
 /// A small file to upload whole in a batch.
@@ -138,8 +141,10 @@ pub struct Committed {
 pub struct SmallPut {
     pub target: VirtualPath,
     pub data: Vec<u8>,
+    /// The algorithm of `hash` and `promised`.
+    pub algo: HashAlgo,
     /// The hash the client sent with the data.
-    pub sha256: String,
+    pub hash: String,
     /// The hash the client promised up front, if any.
     pub promised: Option<String>,
     pub overwrite: bool,
@@ -316,14 +321,19 @@ impl Home {
         self.rename(from, &to, overwrite).await
     }
 
-    /// The hex SHA-256 of the first `length` bytes (the whole file without),
-    /// the bytes hashed and the file's size.
-    pub async fn hash(&self, path: &VirtualPath, length: Option<u64>) -> Result<(String, u64, u64), HomeError> {
+    /// The hex hash in `algo` of the first `length` bytes (the whole file
+    /// without), the bytes hashed and the file's size.
+    pub async fn hash(
+        &self,
+        path: &VirtualPath,
+        length: Option<u64>,
+        algo: HashAlgo,
+    ) -> Result<(String, u64, u64), HomeError> {
         let file = self.open_regular(path).await?;
         let size = file.entry().size;
         let want = length.unwrap_or(size).min(size);
-        let (sha256, got) = file.hash_prefix(want).await.map_err(VfsError::from)?;
-        Ok((sha256, got, size))
+        let (hash, got) = file.hash_prefix(want, algo).await.map_err(VfsError::from)?;
+        Ok((hash, got, size))
     }
 
     async fn open_regular(&self, path: &VirtualPath) -> Result<Box<dyn FileRead>, HomeError> {
@@ -344,14 +354,17 @@ impl Home {
         Ok(Download { file, offset, path: path.clone() })
     }
 
-    /// Reads whole small files in one step (see [`Storage::read_small`]).
+    /// Reads whole small files in one step, each hashed in `algo` (see
+    /// [`Storage::read_small`]).
     pub async fn read_small(
         &self,
         paths: Vec<VirtualPath>,
         max_each: u64,
         budget: u64,
+        algo: HashAlgo,
     ) -> Vec<Result<Option<SmallFile>, HomeError>> {
-        self.storage.read_small(paths, max_each, budget).await.into_iter().map(|r| r.map_err(HomeError::from)).collect()
+        let read = self.storage.read_small(paths, max_each, budget, algo).await;
+        read.into_iter().map(|r| r.map_err(HomeError::from)).collect()
     }
 
     /// Uploads small files whole, each on its own (verified, within the
@@ -362,11 +375,11 @@ impl Home {
         let mut accepted = Vec::new();
         for put in puts {
             let checked = (|| {
-                let expected = validate_sha256(&put.sha256)?;
+                let expected = validate_hash(put.algo, &put.hash)?;
                 if let Some(p) = &put.promised
                     && !p.eq_ignore_ascii_case(&expected)
                 {
-                    return Err(HomeError::ChecksumMismatch { expected: p.clone(), actual: expected });
+                    return Err(HomeError::ChecksumMismatch { algo: put.algo, expected: p.clone(), actual: expected });
                 }
                 if put.target.is_root() {
                     return Err(VfsError::IsADirectory("/".into()).into());
@@ -385,10 +398,12 @@ impl Home {
         // One blocking step hashes the whole batch.
         let (meta, data): (Vec<_>, Vec<_>) = accepted
             .into_iter()
-            .map(|(i, put, expected, reservation)| ((i, put.target, expected, put.overwrite, reservation), put.data))
+            .map(|(i, put, expected, reservation)| {
+                ((i, put.target, expected, put.overwrite, reservation), (put.algo, put.data))
+            })
             .unzip();
         let hashed = tokio::task::spawn_blocking(move || {
-            let sums: Vec<String> = data.iter().map(|d| hex::encode(Sha256::digest(d))).collect();
+            let sums: Vec<String> = data.iter().map(|(algo, d)| algo.digest_hex(d)).collect();
             (data, sums)
         })
         .await;
@@ -400,23 +415,25 @@ impl Home {
         };
         let mut writes = Vec::new();
         let mut pending = Vec::new();
-        for (((i, target, expected, overwrite, reservation), data), actual) in meta.into_iter().zip(data).zip(sums) {
+        for (((i, target, expected, overwrite, reservation), (algo, data)), actual) in
+            meta.into_iter().zip(data).zip(sums)
+        {
             if actual != expected {
-                results[i] = Some(Err(HomeError::ChecksumMismatch { expected, actual }));
+                results[i] = Some(Err(HomeError::ChecksumMismatch { algo, expected, actual }));
                 continue;
             }
             pending.push((i, reservation, data.len() as u64, actual.clone()));
-            writes.push(SmallWrite { target, data, sha256: actual, overwrite });
+            writes.push(SmallWrite { target, data, algo, hash: actual, overwrite });
         }
         let written = self.storage.write_small(writes, self.settings.fsync).await;
-        for ((i, reservation, size, sha256), outcome) in pending.into_iter().zip(written) {
+        for ((i, reservation, size, hash), outcome) in pending.into_iter().zip(written) {
             results[i] = Some(match outcome {
                 Ok(replaced) => {
                     let (bytes, entry) = reservation;
                     bytes.settle(size);
                     entry.settle(1);
                     self.freed(replaced);
-                    Ok(sha256)
+                    Ok(hash)
                 }
                 Err(e) => Err(e.into()),
             });
@@ -448,7 +465,8 @@ impl Home {
         {
             return Err(HomeError::BadRange(format!("offset {} is past the size {size}", spec.offset)));
         }
-        let promised = spec.sha256.as_deref().map(validate_sha256).transpose()?;
+        let algo = spec.algo;
+        let promised = spec.hash.as_deref().map(|h| validate_hash(algo, h)).transpose()?;
         self.check_target(target, spec.overwrite).await?;
         let path = target.to_string();
         if spec.offset == 0 {
@@ -461,7 +479,10 @@ impl Home {
         let reserve = || -> Result<Option<Reservation>, HomeError> {
             Ok(spec.size.map(|size| self.quota.reserve(size - spec.offset)).transpose()?)
         };
-        let meta = PartialMeta { path, size: spec.size, sha256: promised.clone() };
+        let mut meta = PartialMeta { path, size: spec.size, ..PartialMeta::default() };
+        if let Some(p) = &promised {
+            meta.promise(algo, p.clone());
+        }
         let (id, claim, writer, hasher, meta) = if spec.offset == 0 {
             let reservation = reserve()?;
             // The partial is an entry from its creation (a scan counts it).
@@ -471,7 +492,7 @@ impl Home {
             *claim.claim.reservation() = reservation;
             let writer = self.storage.partial_create(&id, &meta).await?;
             entry.settle(1);
-            (id, claim, writer, Some(Sha256::new()), meta)
+            (id, claim, writer, Some(Hasher::new(algo)), meta)
         } else {
             let id = spec.upload_id.clone().filter(|id| is_upload_id(id));
             let id = id.ok_or_else(|| HomeError::UploadNotFound("(none)".into()))?;
@@ -479,7 +500,8 @@ impl Home {
             // that may be gone without having said so.
             let claim = self.claims.claim(&id, true).await?;
             let info = self.storage.partial_info(&id).await?.ok_or_else(|| HomeError::UploadNotFound(id.clone()))?;
-            let hash_conflict = matches!((&info.meta.sha256, &promised), (Some(a), Some(b)) if a != b);
+            // A promise in another algorithm cannot be compared: both stay bound.
+            let hash_conflict = matches!((info.meta.promised(algo), &promised), (Some(a), Some(b)) if a != b);
             if info.meta.path != meta.path || info.meta.size != meta.size || hash_conflict {
                 return Err(HomeError::UploadNotFound(id));
             }
@@ -489,8 +511,11 @@ impl Home {
             // Reserved once the claim is ours: a writer taken over has
             // withdrawn its reservation by now.
             *claim.claim.reservation() = reserve()?;
-            let meta = PartialMeta { sha256: info.meta.sha256.or(promised), ..meta };
-            let (hasher, hashed) = self.storage.partial_hash(&id, spec.offset).await?;
+            let mut meta = PartialMeta { path: meta.path, size: meta.size, ..info.meta };
+            if let Some(p) = promised {
+                meta.promise(algo, p);
+            }
+            let (hasher, hashed) = self.storage.partial_hash(&id, spec.offset, algo).await?;
             if hashed != spec.offset {
                 return Err(HomeError::OffsetMismatch { have: hashed, asked: spec.offset });
             }
@@ -539,6 +564,7 @@ impl Home {
         target: &VirtualPath,
         size: Option<u64>,
         upload_id: Option<&str>,
+        algo: HashAlgo,
     ) -> Result<Option<PartialStatus>, HomeError> {
         let path = target.to_string();
         let candidates = match upload_id.filter(|id| is_upload_id(id)) {
@@ -548,8 +574,8 @@ impl Home {
         let best =
             candidates.into_iter().filter(|p| p.meta.path == path && p.meta.size == size).max_by_key(|p| p.modified);
         let Some(best) = best else { return Ok(None) };
-        let (hasher, len) = self.storage.partial_hash(&best.id, best.len).await?;
-        Ok(Some(PartialStatus { upload_id: best.id, offset: len, prefix_sha256: hex::encode(hasher.finalize()) }))
+        let (hasher, len) = self.storage.partial_hash(&best.id, best.len, algo).await?;
+        Ok(Some(PartialStatus { upload_id: best.id, offset: len, prefix_hash: hasher.finalize_hex() }))
     }
 
     /// Removes partial uploads untouched for longer than the expiry (ones no
@@ -583,8 +609,9 @@ pub struct Upload {
     claim: ClaimGuard,
     /// Bytes held by the partial (the high-water mark), all counted in usage.
     len: u64,
-    /// SHA-256 of the first `hashed` bytes, while writes came in order.
-    hasher: Option<Sha256>,
+    /// The hash (in `spec.algo`) of the first `hashed` bytes, while writes
+    /// came in order.
+    hasher: Option<Hasher>,
     hashed: u64,
     finished: bool,
 }
@@ -681,29 +708,37 @@ impl Upload {
         self.write_at(self.len, data).await
     }
 
-    /// Verifies and commits. `sha256` is the hash the client sent at the
-    /// end, if any; a promised hash that differs from it, or data that does
-    /// not hash to it, is a mismatch and the partial is discarded.
-    pub async fn commit(mut self, sha256: Option<&str>) -> Result<Committed, HomeError> {
+    /// The algorithm this upload is verified with.
+    pub fn algo(&self) -> HashAlgo {
+        self.spec.algo
+    }
+
+    /// Verifies and commits. `hash` is the hash (in the upload's algorithm)
+    /// the client sent at the end, if any; a promised hash that differs from
+    /// it, or data that does not hash to it, is a mismatch and the partial
+    /// is discarded.
+    pub async fn commit(mut self, hash: Option<&str>) -> Result<Committed, HomeError> {
         self.check_claim()?;
         if let Some(size) = self.spec.size
             && self.len != size
         {
             return Err(HomeError::Incomplete { have: self.len, size });
         }
-        let expected = sha256.map(validate_sha256).transpose()?;
-        if let (Some(p), Some(e)) = (&self.meta.sha256, &expected)
+        let algo = self.spec.algo;
+        let expected = hash.map(|h| validate_hash(algo, h)).transpose()?;
+        let promised = self.meta.promised(algo).cloned();
+        if let (Some(p), Some(e)) = (&promised, &expected)
             && p != e
         {
-            let err = HomeError::ChecksumMismatch { expected: p.clone(), actual: e.clone() };
+            let err = HomeError::ChecksumMismatch { algo, expected: p.clone(), actual: e.clone() };
             return Err(self.fail(err).await);
         }
-        let expected = expected.or_else(|| self.meta.sha256.clone());
+        let expected = expected.or(promised);
         let actual = match self.hasher.take() {
-            Some(h) if self.hashed == self.len => Some(hex::encode(h.finalize())),
+            Some(h) if self.hashed == self.len => Some(h.finalize_hex()),
             // Written out of order: hash what landed when the client gave a hash to check.
-            _ if expected.is_some() => match self.home.storage.partial_hash(&self.id, self.len).await {
-                Ok((h, _)) => Some(hex::encode(h.finalize())),
+            _ if expected.is_some() => match self.home.storage.partial_hash(&self.id, self.len, algo).await {
+                Ok((h, _)) => Some(h.finalize_hex()),
                 Err(e) => return Err(self.fail(e.into()).await),
             },
             _ => None,
@@ -711,15 +746,16 @@ impl Upload {
         if let (Some(e), Some(a)) = (&expected, &actual)
             && e != a
         {
-            let err = HomeError::ChecksumMismatch { expected: e.clone(), actual: a.clone() };
+            let err = HomeError::ChecksumMismatch { algo, expected: e.clone(), actual: a.clone() };
             return Err(self.fail(err).await);
         }
         let Some(writer) = self.writer.take() else { return Err(HomeError::TakenOver(self.id.clone())) };
-        match writer.commit(&self.target, self.spec.overwrite, self.home.settings.fsync, actual.as_deref()).await {
+        let keep = actual.as_deref().map(|hex| (algo, hex));
+        match writer.commit(&self.target, self.spec.overwrite, self.home.settings.fsync, keep).await {
             Ok(replaced) => {
                 self.finished = true;
                 self.home.freed(replaced);
-                Ok(Committed { upload_id: self.id.clone(), size: self.len, sha256: actual })
+                Ok(Committed { upload_id: self.id.clone(), size: self.len, hash: actual })
             }
             // A failed commit must not leave a half-trusted partial behind.
             Err(e) => Err(self.fail(e.into()).await),
@@ -788,9 +824,9 @@ impl Download {
         self.len() == 0
     }
 
-    /// The hash kept with the file, if it still describes it.
-    pub fn recorded_sha256(&self) -> Option<String> {
-        self.file.recorded_sha256()
+    /// The hash in `algo` kept with the file, if it still describes it.
+    pub fn recorded_hash(&self, algo: HashAlgo) -> Option<String> {
+        self.file.recorded_hash(algo)
     }
 
     /// Up to `len` bytes at `offset` of the file as it was opened (fewer
@@ -805,12 +841,13 @@ impl Download {
     }
 
     /// Sends the bytes into `tx` in blocks and returns the whole file's
-    /// hash (the recorded one when there is one). A file that shrank or
-    /// changed while being read is `FileChanged`.
-    pub async fn stream(self, tx: mpsc::Sender<Bytes>) -> Result<String, HomeError> {
-        let recorded = self.file.recorded_sha256();
+    /// hash in `algo` (the recorded one when there is one). A file that
+    /// shrank or changed while being read is `FileChanged`.
+    pub async fn stream(self, tx: mpsc::Sender<Bytes>, algo: HashAlgo) -> Result<String, HomeError> {
+        let recorded = self.file.recorded_hash(algo);
         let path = self.path.to_string();
-        match self.file.stream(self.offset, recorded.is_none(), tx).await {
+        let hash = recorded.is_none().then_some(algo);
+        match self.file.stream(self.offset, hash, tx).await {
             Ok(hash) => hash.or(recorded).ok_or(HomeError::FileChanged(path)),
             Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(VfsError::Io(e).into()),
             Err(_) => Err(HomeError::FileChanged(path)),

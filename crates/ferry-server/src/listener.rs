@@ -377,7 +377,9 @@ mod tests {
         let mut admitted = Vec::new();
         for id in 1..=2 {
             let mut conn = Connection::new(TcpStream::connect(addr).await.unwrap(), FrameCodec::default());
-            conn.send(&Request::Hello { version: 1, client: "test".into() }.to_header(id, 0)).await.unwrap();
+            conn.send(&Request::Hello { version: 1, client: "test".into(), hashes: None }.to_header(id, 0))
+                .await
+                .unwrap();
             let hello = tokio::time::timeout(within, conn.read_header()).await.unwrap().unwrap().unwrap();
             assert_eq!(hello.fields["ok"], true, "{hello:?}");
             admitted.push(conn);
@@ -391,7 +393,9 @@ mod tests {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             let mut conn = Connection::new(TcpStream::connect(addr).await.unwrap(), FrameCodec::default());
-            conn.send(&Request::Hello { version: 1, client: "test".into() }.to_header(3, 0)).await.unwrap();
+            conn.send(&Request::Hello { version: 1, client: "test".into(), hashes: None }.to_header(3, 0))
+                .await
+                .unwrap();
             let answer = tokio::time::timeout(within, conn.read_header()).await.unwrap().unwrap().unwrap();
             if answer.fields["ok"] == true {
                 break;

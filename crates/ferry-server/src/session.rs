@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ferry_proto::hash::{HashAlgo, negotiate};
 use ferry_proto::msg::{MECHANISM, PROTOCOL_VERSION, error_header, ok_header};
 use ferry_proto::resp;
 use ferry_proto::{Connection, ErrorCode, FrameCodec, FrameError, Request, WireError};
@@ -61,6 +62,8 @@ pub struct Session {
     pub user: UserRecord,
     pub home: Arc<Home>,
     pub cwd: VirtualPath,
+    /// The file hash negotiated at hello: every transfer that names none uses it.
+    pub hash: HashAlgo,
 }
 
 /// Why a session ended, for the log.
@@ -108,9 +111,9 @@ pub async fn run(front: Arc<Framed>, stream: Stream, peer: String, ip: Option<Ip
         info!("session start");
         let mut conn = Connection::new(stream, FrameCodec::new(shared.config.limits.max_header_bytes));
         let end = match login_phase(&shared, &mut conn, ip).await {
-            Ok(user) => {
+            Ok((user, hash)) => {
                 admission.authenticated();
-                match open_session(&shared, user).await {
+                match open_session(&shared, user, hash).await {
                     Ok(mut session) => serve(&mut session, &mut conn).await,
                     Err(err) => {
                         warn!(code = %err.code, error = %err.message, "cannot open the user's home");
@@ -139,13 +142,13 @@ pub async fn run(front: Arc<Framed>, stream: Stream, peer: String, ip: Option<Ip
     .await
 }
 
-async fn open_session(core: &Arc<Core>, user: UserRecord) -> Result<Session, WireError> {
+async fn open_session(core: &Arc<Core>, user: UserRecord, hash: HashAlgo) -> Result<Session, WireError> {
     let home = core.open_home(&user).await?;
-    Ok(Session { core: Arc::clone(core), user, home, cwd: VirtualPath::root() })
+    Ok(Session { core: Arc::clone(core), user, home, cwd: VirtualPath::root(), hash })
 }
 
-/// Handshake and login. Returns the user on success.
-async fn login_phase(shared: &Arc<Core>, conn: &mut Conn, ip: Option<IpAddr>) -> Result<UserRecord, End> {
+/// Handshake and login. Returns the user and the negotiated hash on success.
+async fn login_phase(shared: &Arc<Core>, conn: &mut Conn, ip: Option<IpAddr>) -> Result<(UserRecord, HashAlgo), End> {
     let timeout = shared.config.login_timeout();
     let idle = shared.config.idle_timeout();
     let result = tokio::select! {
@@ -166,8 +169,13 @@ async fn login_phase(shared: &Arc<Core>, conn: &mut Conn, ip: Option<IpAddr>) ->
     }
 }
 
-async fn login_exchange(shared: &Arc<Core>, conn: &mut Conn, ip: Option<IpAddr>) -> Result<UserRecord, End> {
+async fn login_exchange(
+    shared: &Arc<Core>,
+    conn: &mut Conn,
+    ip: Option<IpAddr>,
+) -> Result<(UserRecord, HashAlgo), End> {
     let mut said_hello = false;
+    let mut hash = HashAlgo::Sha256;
     let mut failures = 0;
     let mut pending: Option<crate::auth::LoginAttempt> = None;
     let throttle_ip = ip.unwrap_or(IpAddr::from([127, 0, 0, 1]));
@@ -183,7 +191,7 @@ async fn login_exchange(shared: &Arc<Core>, conn: &mut Conn, ip: Option<IpAddr>)
             }
         };
         match req {
-            Request::Hello { version, .. } => {
+            Request::Hello { version, hashes, .. } => {
                 if version != PROTOCOL_VERSION {
                     let e = WireError::new(
                         ErrorCode::UnsupportedVersion,
@@ -192,13 +200,25 @@ async fn login_exchange(shared: &Arc<Core>, conn: &mut Conn, ip: Option<IpAddr>)
                     conn.send(&error_header(id, &e)).await?;
                     return Err(End::LoginRefused);
                 }
+                let offered = &shared.config.transfer.hashes;
+                let Some(picked) = negotiate(offered, hashes.as_deref()) else {
+                    let names: Vec<&str> = offered.iter().map(|a| a.as_str()).collect();
+                    let e = WireError::new(
+                        ErrorCode::BadRequest,
+                        format!("no file hash in common: this server offers {}", names.join(", ")),
+                    );
+                    conn.send(&error_header(id, &e)).await?;
+                    continue;
+                };
                 said_hello = true;
+                hash = picked;
                 let body = resp::Hello {
                     version: PROTOCOL_VERSION,
                     server: concat!("ferry/", env!("CARGO_PKG_VERSION")).to_string(),
                     mechanisms: vec![MECHANISM.to_string()],
-                    hashes: vec!["sha256".to_string()],
+                    hashes: offered.iter().map(|a| a.to_string()).collect(),
                     max_header: shared.config.limits.max_header_bytes,
+                    hash: Some(picked.to_string()),
                 };
                 conn.send(&ok_header(id, &body, 0)).await?;
             }
@@ -247,11 +267,11 @@ async fn login_exchange(shared: &Arc<Core>, conn: &mut Conn, ip: Option<IpAddr>)
                 tokio::time::sleep(attempt.delay()).await;
                 match attempt.finish(&data, Instant::now()) {
                     Ok((server_final, user)) => {
-                        info!(user = %user.name, "login succeeded");
+                        info!(user = %user.name, hash = %hash, "login succeeded");
                         let body =
                             resp::Auth { data: server_final, user: Some(user.name.clone()), cwd: Some("/".into()) };
                         conn.send(&ok_header(id, &body, 0)).await?;
-                        return Ok(user);
+                        return Ok((user, hash));
                     }
                     Err(err) => {
                         failures += 1;

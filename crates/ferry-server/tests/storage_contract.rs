@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use ferry_server::home::{Committed, Home, HomeError, HomeSettings, Remove, SmallPut, UploadSpec};
+use ferry_server::home::{Committed, HashAlgo, Home, HomeError, HomeSettings, Remove, SmallPut, UploadSpec};
 use ferry_server::quota::UserQuota;
 use ferry_server::storage::{Amount, EntryKind, FsStorage, MemStorage, PartialMeta, Storage, VfsError, VirtualPath};
 use sha2::{Digest, Sha256};
@@ -45,6 +45,10 @@ fn vp(s: &str) -> VirtualPath {
 
 fn sha(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
+}
+
+fn b3(data: &[u8]) -> String {
+    HashAlgo::Blake3.digest_hex(data)
 }
 
 /// splitmix64: small, seeded, good enough to shuffle and size test data.
@@ -145,6 +149,7 @@ async fn upload(home: &Arc<Home>, path: &str, data: &[u8], overwrite: bool) -> R
 }
 
 async fn upload_spec(home: &Arc<Home>, path: &str, data: &[u8], spec: UploadSpec) -> Result<Committed, HomeError> {
+    let spec_algo = spec.algo;
     let mut up = home.begin_upload(&vp(path), spec).await?;
     for chunk in data.chunks(64 * 1024) {
         if let Err(e) = up.write(Bytes::copy_from_slice(chunk)).await {
@@ -152,11 +157,17 @@ async fn upload_spec(home: &Arc<Home>, path: &str, data: &[u8], spec: UploadSpec
             return Err(e);
         }
     }
-    up.commit(Some(&sha(data))).await
+    let hash = spec_algo.digest_hex(data);
+    up.commit(Some(&hash)).await
 }
 
-/// The bytes from `offset` and the whole file's hash, through a download.
+/// The bytes from `offset` and the whole file's SHA-256, through a download.
 async fn download(home: &Home, path: &str, offset: u64) -> (Vec<u8>, String) {
+    download_in(home, path, offset, HashAlgo::Sha256).await
+}
+
+/// The bytes from `offset` and the whole file's hash in `algo`, through a download.
+async fn download_in(home: &Home, path: &str, offset: u64, algo: HashAlgo) -> (Vec<u8>, String) {
     let dl = home.open_download(&vp(path), offset).await.unwrap();
     let (tx, mut rx) = mpsc::channel::<Bytes>(4);
     let collect = async move {
@@ -166,8 +177,13 @@ async fn download(home: &Home, path: &str, offset: u64) -> (Vec<u8>, String) {
         }
         out
     };
-    let (hash, data) = tokio::join!(dl.stream(tx), collect);
+    let (hash, data) = tokio::join!(dl.stream(tx, algo), collect);
     (data, hash.unwrap())
+}
+
+/// The hash in `algo` the backend keeps with a file, if any.
+async fn recorded(home: &Home, path: &str, algo: HashAlgo) -> Option<String> {
+    home.open_download(&vp(path), 0).await.unwrap().recorded_hash(algo)
 }
 
 fn names(entries: &[ferry_server::storage::Entry]) -> Vec<&str> {
@@ -396,16 +412,19 @@ mod cases {
         fx.put("/f", &data).await;
         h.mkdir(&vp("/d"), false).await.unwrap();
 
-        assert_eq!(h.hash(&vp("/f"), None).await.unwrap(), (sha(&data), 300_000, 300_000));
-        assert_eq!(h.hash(&vp("/f"), Some(10)).await.unwrap(), (sha(&data[..10]), 10, 300_000));
-        assert_eq!(h.hash(&vp("/f"), Some(0)).await.unwrap(), (sha(b""), 0, 300_000));
-        assert_eq!(h.hash(&vp("/f"), Some(1 << 40)).await.unwrap(), (sha(&data), 300_000, 300_000));
-        let (hash, _, _) = h.hash(&vp("/f"), Some(262_145)).await.unwrap();
+        assert_eq!(h.hash(&vp("/f"), None, HashAlgo::Sha256).await.unwrap(), (sha(&data), 300_000, 300_000));
+        assert_eq!(h.hash(&vp("/f"), Some(10), HashAlgo::Sha256).await.unwrap(), (sha(&data[..10]), 10, 300_000));
+        assert_eq!(h.hash(&vp("/f"), Some(0), HashAlgo::Sha256).await.unwrap(), (sha(b""), 0, 300_000));
+        assert_eq!(h.hash(&vp("/f"), Some(1 << 40), HashAlgo::Sha256).await.unwrap(), (sha(&data), 300_000, 300_000));
+        let (hash, _, _) = h.hash(&vp("/f"), Some(262_145), HashAlgo::Sha256).await.unwrap();
         assert_eq!(hash, sha(&data[..262_145]), "across a read block");
 
-        assert_err!(h.hash(&vp("/d"), None).await, HomeError::Vfs(VfsError::IsADirectory(_)));
-        assert_err!(h.hash(&VirtualPath::root(), None).await, HomeError::Vfs(VfsError::IsADirectory(_)));
-        assert_err!(h.hash(&vp("/nope"), Some(3)).await, HomeError::Vfs(VfsError::NotFound(_)));
+        assert_err!(h.hash(&vp("/d"), None, HashAlgo::Sha256).await, HomeError::Vfs(VfsError::IsADirectory(_)));
+        assert_err!(
+            h.hash(&VirtualPath::root(), None, HashAlgo::Sha256).await,
+            HomeError::Vfs(VfsError::IsADirectory(_))
+        );
+        assert_err!(h.hash(&vp("/nope"), Some(3), HashAlgo::Sha256).await, HomeError::Vfs(VfsError::NotFound(_)));
     }
 
     pub async fn download_ranges(make: fn() -> Backend) {
@@ -442,7 +461,7 @@ mod cases {
         let over = UploadSpec { overwrite: true, ..spec(5) };
         assert_err!(h.begin_upload(&vp("/d"), over).await, HomeError::Vfs(VfsError::IsADirectory(_)));
         assert_err!(h.begin_upload(&VirtualPath::root(), spec(5)).await, HomeError::Vfs(VfsError::IsADirectory(_)));
-        let bad = UploadSpec { sha256: Some("xyz".into()), ..spec(5) };
+        let bad = UploadSpec { hash: Some("xyz".into()), ..spec(5) };
         assert_err!(h.begin_upload(&vp("/n"), bad).await, HomeError::BadHash(_));
         let past = UploadSpec { offset: 6, upload_id: Some("0".repeat(32)), ..spec(5) };
         assert_err!(h.begin_upload(&vp("/n"), past).await, HomeError::BadRange(_));
@@ -507,12 +526,12 @@ mod cases {
             assert_err!(up.commit(Some(&sha(b"other"))).await, HomeError::ChecksumMismatch { .. });
         }
         // A promised hash that differs from the trailer.
-        let promised = UploadSpec { sha256: Some(sha(b"promise")), ..spec() };
+        let promised = UploadSpec { hash: Some(sha(b"promise")), ..spec() };
         let mut up = h.begin_upload(&vp("/t"), promised).await.unwrap();
         up.write(Bytes::copy_from_slice(&data)).await.unwrap();
         assert_err!(up.commit(Some(&sha(&data))).await, HomeError::ChecksumMismatch { .. });
         // A promised hash the data does not match, no trailer.
-        let promised = UploadSpec { sha256: Some(sha(b"promise")), ..spec() };
+        let promised = UploadSpec { hash: Some(sha(b"promise")), ..spec() };
         let mut up = h.begin_upload(&vp("/t"), promised).await.unwrap();
         up.write(Bytes::copy_from_slice(&data)).await.unwrap();
         assert_err!(up.commit(None).await, HomeError::ChecksumMismatch { .. });
@@ -529,11 +548,11 @@ mod cases {
         fx.check_exact().await;
 
         // The promised hash, matched, commits (in either case of hex).
-        let promised = UploadSpec { sha256: Some(sha(&data).to_uppercase()), ..spec() };
+        let promised = UploadSpec { hash: Some(sha(&data).to_uppercase()), ..spec() };
         let mut up = h.begin_upload(&vp("/t"), promised).await.unwrap();
         up.write(Bytes::copy_from_slice(&data)).await.unwrap();
         let c = up.commit(None).await.unwrap();
-        assert_eq!(c.sha256, Some(sha(&data)));
+        assert_eq!(c.hash, Some(sha(&data)));
         fx.check_exact().await;
     }
 
@@ -553,7 +572,7 @@ mod cases {
         assert_eq!(fx.stored().await, 100_000, "partial data counts");
         assert_eq!(h.usage().used, 100_000);
         let c = up.commit(Some(&sha(&data))).await.unwrap();
-        assert_eq!((c.size, c.sha256), (100_000, Some(sha(&data))));
+        assert_eq!((c.size, c.hash), (100_000, Some(sha(&data))));
         assert_eq!(names(&h.list(&VirtualPath::root()).await.unwrap()), ["t"]);
         assert_eq!(fx.partials().await, 0);
         let (got, hash) = download(h, "/t", 0).await;
@@ -603,11 +622,11 @@ mod cases {
             let up = Arc::into_inner(up).expect("every task is done").into_inner();
             assert_eq!(up.len(), data.len() as u64);
             let c = up.commit(Some(&sha(&data))).await.unwrap();
-            assert_eq!((c.size, c.sha256), (data.len() as u64, Some(sha(&data))));
+            assert_eq!((c.size, c.hash), (data.len() as u64, Some(sha(&data))));
             let (got, hash) = download(&fx.home, target, 0).await;
             assert!(got == data, "{target}: bytes differ");
             assert_eq!(hash, sha(&data));
-            assert_eq!(fx.home.hash(&vp(target), None).await.unwrap().0, sha(&data));
+            assert_eq!(fx.home.hash(&vp(target), None, HashAlgo::Sha256).await.unwrap().0, sha(&data));
             fx.check_exact().await;
         }
         assert_eq!(fx.home.usage().used, 2 << 20);
@@ -659,7 +678,7 @@ mod cases {
         let data = Rng(12).bytes(300_000);
         let size = Some(data.len() as u64);
         let half = 150_001u64;
-        let spec = UploadSpec { size, resumable: true, sha256: Some(sha(&data)), ..Default::default() };
+        let spec = UploadSpec { size, resumable: true, hash: Some(sha(&data)), ..Default::default() };
         let mut up = h.begin_upload(&vp("/r"), spec.clone()).await.unwrap();
         for c in data[..half as usize].chunks(20_000) {
             up.write(Bytes::copy_from_slice(c)).await.unwrap();
@@ -671,14 +690,18 @@ mod cases {
         fx.check_exact().await;
         assert!(!fx.exists("/r").await);
 
-        let st = h.upload_status(&vp("/r"), size, None).await.unwrap().expect("found by path and size");
+        let st =
+            h.upload_status(&vp("/r"), size, None, HashAlgo::Sha256).await.unwrap().expect("found by path and size");
         assert_eq!((st.upload_id.as_str(), st.offset), (id.as_str(), half));
-        assert_eq!(st.prefix_sha256, sha(&data[..half as usize]));
-        let by_id = h.upload_status(&vp("/r"), size, Some(&id)).await.unwrap().expect("found by id");
+        assert_eq!(st.prefix_hash, sha(&data[..half as usize]));
+        let by_id = h.upload_status(&vp("/r"), size, Some(&id), HashAlgo::Sha256).await.unwrap().expect("found by id");
         assert_eq!(by_id.offset, half);
-        assert!(h.upload_status(&vp("/r"), Some(1), None).await.unwrap().is_none(), "another size");
-        assert!(h.upload_status(&vp("/other"), size, None).await.unwrap().is_none(), "another path");
-        assert!(h.upload_status(&vp("/other"), size, Some(&id)).await.unwrap().is_none(), "id of another path");
+        assert!(h.upload_status(&vp("/r"), Some(1), None, HashAlgo::Sha256).await.unwrap().is_none(), "another size");
+        assert!(h.upload_status(&vp("/other"), size, None, HashAlgo::Sha256).await.unwrap().is_none(), "another path");
+        assert!(
+            h.upload_status(&vp("/other"), size, Some(&id), HashAlgo::Sha256).await.unwrap().is_none(),
+            "id of another path"
+        );
 
         // A wrong offset, another path, another size: refused, the partial stays.
         for wrong in [half - 1, half + 1] {
@@ -692,9 +715,12 @@ mod cases {
         assert_err!(h.begin_upload(&vp("/elsewhere"), resume.clone()).await, HomeError::UploadNotFound(_));
         let resized = UploadSpec { size: Some(300_001), ..resume.clone() };
         assert_err!(h.begin_upload(&vp("/r"), resized).await, HomeError::UploadNotFound(_));
-        let other_hash = UploadSpec { sha256: Some(sha(b"x")), ..resume.clone() };
+        let other_hash = UploadSpec { hash: Some(sha(b"x")), ..resume.clone() };
         assert_err!(h.begin_upload(&vp("/r"), other_hash).await, HomeError::UploadNotFound(_));
-        assert_eq!(h.upload_status(&vp("/r"), size, Some(&id)).await.unwrap().map(|s| s.offset), Some(half));
+        assert_eq!(
+            h.upload_status(&vp("/r"), size, Some(&id), HashAlgo::Sha256).await.unwrap().map(|s| s.offset),
+            Some(half)
+        );
         fx.check_exact().await;
 
         let mut up = h.begin_upload(&vp("/r"), resume).await.unwrap();
@@ -707,8 +733,83 @@ mod cases {
         assert!(got == data, "bytes identical after the resume");
         assert_eq!(hash, sha(&data));
         assert_eq!(fx.partials().await, 0);
-        assert!(h.upload_status(&vp("/r"), size, None).await.unwrap().is_none());
+        assert!(h.upload_status(&vp("/r"), size, None, HashAlgo::Sha256).await.unwrap().is_none());
         fx.assert_exact(300_000);
+        fx.check_exact().await;
+    }
+
+    /// BLAKE3 end to end (issue 17, item 1): uploads verified with it, a
+    /// digest of the other algorithm refused, resumes under it (also of an
+    /// upload started with SHA-256), and one kept hash per algorithm.
+    pub async fn blake3_uploads_resumes_and_one_hash_per_algorithm(make: fn() -> Backend) {
+        let fx = fixture(make, None).await;
+        let h = &fx.home;
+        let data = Rng(31).bytes(300_000);
+        let size = Some(data.len() as u64);
+        let b3spec = UploadSpec { size, algo: HashAlgo::Blake3, resumable: true, ..Default::default() };
+
+        let c = upload_spec(h, "/b", &data, b3spec.clone()).await.unwrap();
+        assert_eq!(c.hash, Some(b3(&data)));
+        assert_eq!(h.hash(&vp("/b"), None, HashAlgo::Blake3).await.unwrap(), (b3(&data), 300_000, 300_000));
+        assert_eq!(h.hash(&vp("/b"), Some(10), HashAlgo::Blake3).await.unwrap().0, b3(&data[..10]));
+        assert_eq!(h.hash(&vp("/b"), None, HashAlgo::Sha256).await.unwrap().0, sha(&data));
+
+        // The commit kept the BLAKE3 (where the medium keeps hashes), never
+        // as the SHA-256; a SHA-256 download keeps its own beside it.
+        let kept_b3 = recorded(h, "/b", HashAlgo::Blake3).await;
+        assert!(kept_b3.is_none() || kept_b3 == Some(b3(&data)), "{kept_b3:?}");
+        assert_eq!(recorded(h, "/b", HashAlgo::Sha256).await, None);
+        assert_eq!(download_in(h, "/b", 0, HashAlgo::Sha256).await.1, sha(&data));
+        assert_eq!(download_in(h, "/b", 5, HashAlgo::Blake3).await, (data[5..].to_vec(), b3(&data)));
+        let kept_sha = recorded(h, "/b", HashAlgo::Sha256).await;
+        assert!(kept_sha.is_none() || kept_sha == Some(sha(&data)), "{kept_sha:?}");
+        assert_eq!(recorded(h, "/b", HashAlgo::Blake3).await, kept_b3, "one slot per algorithm");
+        // A replaced file keeps no hash of the old one.
+        let other = Rng(32).bytes(1000);
+        upload_spec(h, "/b", &other, UploadSpec { overwrite: true, size: Some(1000), ..Default::default() })
+            .await
+            .unwrap();
+        assert_eq!(recorded(h, "/b", HashAlgo::Blake3).await, None);
+        assert_eq!(download_in(h, "/b", 0, HashAlgo::Blake3).await.1, b3(&other));
+
+        // A SHA-256 digest given for a BLAKE3 upload: a mismatch, nothing committed.
+        let mut up = h.begin_upload(&vp("/m"), b3spec.clone()).await.unwrap();
+        up.write(Bytes::copy_from_slice(&data)).await.unwrap();
+        assert_err!(up.commit(Some(&sha(&data))).await, HomeError::ChecksumMismatch { algo: HashAlgo::Blake3, .. });
+        assert!(!fx.exists("/m").await);
+        assert_eq!(fx.partials().await, 0);
+
+        // Resume under BLAKE3: the prefix is told in the algorithm asked for.
+        let half = 123_457u64;
+        let promised = UploadSpec { hash: Some(b3(&data)), ..b3spec.clone() };
+        let mut up = h.begin_upload(&vp("/r"), promised.clone()).await.unwrap();
+        up.write(Bytes::copy_from_slice(&data[..half as usize])).await.unwrap();
+        let id = up.id().to_string();
+        drop(up);
+        let st = h.upload_status(&vp("/r"), size, None, HashAlgo::Blake3).await.unwrap().unwrap();
+        assert_eq!((st.offset, st.prefix_hash), (half, b3(&data[..half as usize])));
+        let st = h.upload_status(&vp("/r"), size, None, HashAlgo::Sha256).await.unwrap().unwrap();
+        assert_eq!(st.prefix_hash, sha(&data[..half as usize]));
+        let resume = UploadSpec { offset: half, upload_id: Some(id.clone()), ..promised.clone() };
+        let conflict = UploadSpec { hash: Some(b3(b"x")), ..resume.clone() };
+        assert_err!(h.begin_upload(&vp("/r"), conflict).await, HomeError::UploadNotFound(_));
+        let mut up = h.begin_upload(&vp("/r"), resume).await.unwrap();
+        up.write(Bytes::copy_from_slice(&data[half as usize..])).await.unwrap();
+        assert_eq!(up.commit(Some(&b3(&data))).await.unwrap().hash, Some(b3(&data)));
+
+        // Started with SHA-256, resumed with BLAKE3: the prefix is hashed again
+        // in BLAKE3, and the SHA-256 promise stays bound beside it.
+        let sha_spec = UploadSpec { size, resumable: true, hash: Some(sha(&data)), ..Default::default() };
+        let mut up = h.begin_upload(&vp("/x"), sha_spec).await.unwrap();
+        up.write(Bytes::copy_from_slice(&data[..half as usize])).await.unwrap();
+        let id = up.id().to_string();
+        drop(up);
+        let resume = UploadSpec { offset: half, upload_id: Some(id), ..promised };
+        let mut up = h.begin_upload(&vp("/x"), resume).await.unwrap();
+        up.write(Bytes::copy_from_slice(&data[half as usize..])).await.unwrap();
+        up.commit(Some(&b3(&data))).await.unwrap();
+        assert_eq!(download_in(h, "/x", 0, HashAlgo::Sha256).await, (data.clone(), sha(&data)));
+        assert_eq!(fx.partials().await, 0);
         fx.check_exact().await;
     }
 
@@ -727,7 +828,7 @@ mod cases {
         let c = upload_spec(h, "/f", &data, spec).await.unwrap();
         assert_ne!(c.upload_id, old);
         assert_eq!(fx.partials().await, 0);
-        assert!(h.upload_status(&vp("/f"), Some(100_000), Some(&old)).await.unwrap().is_none());
+        assert!(h.upload_status(&vp("/f"), Some(100_000), Some(&old), HashAlgo::Sha256).await.unwrap().is_none());
         fx.assert_exact(100_000);
         fx.check_exact().await;
     }
@@ -818,7 +919,7 @@ mod cases {
         fx.assert_exact(total);
         fx.check_exact().await;
         for (path, data) in &kept {
-            assert_eq!(fx.home.hash(&vp(path), None).await.unwrap().0, sha(data), "{path}");
+            assert_eq!(fx.home.hash(&vp(path), None, HashAlgo::Sha256).await.unwrap().0, sha(data), "{path}");
         }
 
         // Removes, renames with overwrite, uploads and small puts over shared names.
@@ -855,7 +956,8 @@ mod cases {
                     };
                     let put = SmallPut {
                         target: vp(&format!("/small-{}", (t + k) % 4)),
-                        sha256: sha(&small),
+                        algo: HashAlgo::Sha256,
+                        hash: sha(&small),
                         data: small,
                         promised: None,
                         overwrite: true,
@@ -891,7 +993,8 @@ mod cases {
         let put = SmallPut {
             target: vp("/t"),
             data: vec![4u8; 50],
-            sha256: sha(&[4u8; 50]),
+            algo: HashAlgo::Sha256,
+            hash: sha(&[4u8; 50]),
             promised: None,
             overwrite: true,
         };
@@ -929,17 +1032,18 @@ mod cases {
         let h = &fx.home;
         h.mkdir(&vp("/d"), false).await.unwrap();
         fx.put("/exists", b"old").await;
-        let put = |path: &str, data: &[u8], sha256: String, overwrite: bool| SmallPut {
+        let put = |path: &str, data: &[u8], hash: String, overwrite: bool| SmallPut {
             target: vp(path),
             data: data.to_vec(),
-            sha256,
+            algo: HashAlgo::Sha256,
+            hash,
             promised: None,
             overwrite,
         };
         let files: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 100 * (usize::from(i) + 1)]).collect();
         let mut batch: Vec<SmallPut> =
             files.iter().enumerate().map(|(i, d)| put(&format!("/s{i}"), d, sha(d), false)).collect();
-        batch[2].sha256 = sha(b"something else");
+        batch[2].hash = sha(b"something else");
         let results = h.put_small(batch).await;
         assert_eq!(results.len(), 5);
         for (i, r) in results.iter().enumerate() {
@@ -984,9 +1088,9 @@ mod cases {
 
         // Reads: whole files, refusals, and what is too large for one step.
         let paths = ["/s0", "/s2", "/d", "/s4", "/s3", "/s1", "/exists/x"].map(vp).to_vec();
-        let r = h.read_small(paths, 450, 650).await;
+        let r = h.read_small(paths, 450, 650, HashAlgo::Sha256).await;
         assert_eq!(r.len(), 7);
-        let got = |i: usize| r[i].as_ref().unwrap().as_ref().map(|f| (f.data.clone(), f.sha256.clone(), f.entry.size));
+        let got = |i: usize| r[i].as_ref().unwrap().as_ref().map(|f| (f.data.clone(), f.hash.clone(), f.entry.size));
         assert_eq!(got(0), Some((files[0].clone(), sha(&files[0]), 100)));
         assert_err!(&r[1], HomeError::Vfs(VfsError::NotFound(_)));
         assert_err!(&r[2], HomeError::Vfs(VfsError::IsADirectory(_)));
@@ -1043,20 +1147,22 @@ mod cases {
         let id = "0123456789abcdef0123456789abcdef";
         // Bound to a path no upload through the home touches (a fresh start
         // there would discard it).
-        let meta = PartialMeta { path: "/raw".into(), size: Some(10), sha256: None };
+        let meta = PartialMeta { path: "/raw".into(), size: Some(10), ..PartialMeta::default() };
         let mut w = s.partial_create(id, &meta).await.unwrap();
         w.write_at(5, Bytes::from_static(b"fghij")).await.unwrap();
         w.write_at(0, Bytes::from_static(b"abcde")).await.unwrap();
         let info = s.partial_info(id).await.unwrap().expect("created");
         assert_eq!((info.len, info.meta.clone()), (10, meta.clone()));
         assert_eq!(s.usage().await.unwrap().bytes, 10, "partial data counts, bookkeeping does not");
-        let (h, n) = s.partial_hash(id, 4).await.unwrap();
-        assert_eq!((hex::encode(h.finalize()), n), (sha(b"abcd"), 4));
-        let (h, n) = s.partial_hash(id, 100).await.unwrap();
-        assert_eq!((hex::encode(h.finalize()), n), (sha(b"abcdefghij"), 10));
+        let (h, n) = s.partial_hash(id, 4, HashAlgo::Sha256).await.unwrap();
+        assert_eq!((h.finalize_hex(), n), (sha(b"abcd"), 4));
+        let (h, n) = s.partial_hash(id, 100, HashAlgo::Sha256).await.unwrap();
+        assert_eq!((h.finalize_hex(), n), (sha(b"abcdefghij"), 10));
+        let (h, n) = s.partial_hash(id, 100, HashAlgo::Blake3).await.unwrap();
+        assert_eq!((h.finalize_hex(), n), (b3(b"abcdefghij"), 10));
 
         // A fresh id that is taken is refused, and the partial keeps its meta.
-        let other = PartialMeta { path: "/other".into(), size: None, sha256: None };
+        let other = PartialMeta { path: "/other".into(), ..PartialMeta::default() };
         assert_err!(s.partial_create(id, &other).await, VfsError::AlreadyExists(_));
         let info = s.partial_info(id).await.unwrap().expect("still there");
         assert_eq!((info.len, info.meta), (10, meta.clone()));
@@ -1072,14 +1178,17 @@ mod cases {
 
         // Commit: refuses an existing target without overwrite.
         fx.put("/t", b"xyz").await;
-        let freed = w.commit(&vp("/t"), true, false, Some(&sha(b"abcdefghij"))).await.unwrap();
+        let freed = w.commit(&vp("/t"), true, false, Some((HashAlgo::Sha256, &sha(b"abcdefghij")))).await.unwrap();
         assert_eq!((freed.bytes, freed.files), (3, 1));
         assert!(s.partial_info(id).await.unwrap().is_none());
         assert_eq!(s.stat(&vp("/t")).await.unwrap().size, 10);
         // The verified hash is kept with the file where the medium can keep it.
-        if let Some(kept) = s.open_read(&vp("/t")).await.unwrap().recorded_sha256() {
+        let opened = s.open_read(&vp("/t")).await.unwrap();
+        if let Some(kept) = opened.recorded_hash(HashAlgo::Sha256) {
             assert_eq!(kept, sha(b"abcdefghij"));
         }
+        // One slot per algorithm: the SHA-256 is no BLAKE3.
+        assert_eq!(opened.recorded_hash(HashAlgo::Blake3), None);
 
         let id2 = "fedcba9876543210fedcba9876543210";
         let mut w = s.partial_create(id2, &meta).await.unwrap();
@@ -1118,6 +1227,7 @@ macro_rules! contract_suite {
                 random_offsets_from_several_tasks,
                 unknown_size_counts_as_it_grows,
                 resume_after_an_abandoned_upload,
+                blake3_uploads_resumes_and_one_hash_per_algorithm,
                 fresh_start_replaces_old_partials,
                 takeover_of_a_held_upload,
                 takeover_near_the_quota,

@@ -100,6 +100,17 @@ impl TestServer {
         Ok(self.connect(user).await?.login(password).await?)
     }
 
+    /// Logs in offering only `hashes` at hello (`[Sha256]`: a client without BLAKE3).
+    pub async fn login_offering(
+        &self,
+        user: &str,
+        password: &str,
+        hashes: &[ferry_client::HashAlgo],
+    ) -> Result<Session> {
+        let opts = ConnectOptions { hashes: hashes.to_vec(), ..self.connect_options() };
+        Ok(Client::connect(&self.remote(user), &opts).await?.login(password).await?)
+    }
+
     /// A logged-in plaintext connection that speaks raw frames, for what the
     /// client library never sends (the server must run with
     /// `insecure_plaintext`).
@@ -253,6 +264,17 @@ pub async fn login_raw_at(
     user: &str,
     password: &str,
 ) -> Result<ferry_proto::Connection<tokio::net::TcpStream>> {
+    Ok(login_raw_offering(addr, user, password, None).await?.0)
+}
+
+/// Like [`login_raw_at`], offering `hashes` at hello (`None`: the field is
+/// left out); also returns the hello answer, which names the session's hash.
+pub async fn login_raw_offering(
+    addr: SocketAddr,
+    user: &str,
+    password: &str,
+    hashes: Option<&[&str]>,
+) -> Result<(ferry_proto::Connection<tokio::net::TcpStream>, ferry_proto::Header)> {
     use ferry_proto::scram::ScramClient;
     use ferry_proto::{Connection, FrameCodec, Header, Request};
     let tcp = tokio::net::TcpStream::connect(addr).await?;
@@ -261,7 +283,11 @@ pub async fn login_raw_at(
         conn.send(&req.to_header(id, 0)).await?;
         conn.read_header().await?.context("the server closed the connection during login")
     }
-    ask(&mut conn, Request::Hello { version: 1, client: "testkit".into() }, 1).await?;
+    let hashes = hashes.map(|h| h.iter().map(|n| n.to_string()).collect());
+    let hello = ask(&mut conn, Request::Hello { version: 1, client: "testkit".into(), hashes }, 1).await?;
+    if hello.fields["ok"] != true {
+        bail!("hello refused: {hello:?}");
+    }
     let scram = ScramClient::new(user, password, "abcdefghijklmnop")?;
     let first =
         ask(&mut conn, Request::AuthStart { mechanism: "SCRAM-SHA-256".into(), data: scram.client_first() }, 2).await?;
@@ -270,7 +296,7 @@ pub async fn login_raw_at(
     if done.fields["ok"] != true {
         bail!("login refused: {done:?}");
     }
-    Ok(conn)
+    Ok((conn, hello))
 }
 
 /// `ferry user add NAME --data DATA --password-stdin [extra]` through the binary.
@@ -314,7 +340,12 @@ pub fn write_random_file(path: &Path, len: u64, seed: u64) -> Result<()> {
 }
 
 pub fn sha256_file(path: &Path) -> Result<String> {
-    let (_, full, _) = ferry_client::hash_local(path, 0, &ferry_client::NoProgress)?;
+    hash_file(path, ferry_client::HashAlgo::Sha256)
+}
+
+/// The hex hash of a local file in `algo`.
+pub fn hash_file(path: &Path, algo: ferry_client::HashAlgo) -> Result<String> {
+    let (_, full, _) = ferry_client::hash_local(path, 0, algo, &ferry_client::NoProgress)?;
     Ok(full)
 }
 

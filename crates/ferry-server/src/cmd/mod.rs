@@ -36,15 +36,16 @@ pub async fn dispatch(
         Request::Rmdir { path } => fs::rmdir(session, conn, id, path).await,
         Request::Mv { from, to, overwrite } => fs::mv(session, conn, id, from, to, overwrite).await,
         Request::Df => fs::df(session, conn, id),
-        Request::Put { path, size, offset, upload_id, sha256, overwrite, wait } => {
-            let args = transfer::PutArgs { path, size, offset, upload_id, sha256, overwrite, wait, body_len };
+        Request::Put { path, size, offset, upload_id, sha256, overwrite, wait, algo, hash } => {
+            let args =
+                transfer::PutArgs { path, size, offset, upload_id, sha256, overwrite, wait, algo, hash, body_len };
             transfer::put(session, conn, id, args).await
         }
-        Request::UploadStatus { path, size, upload_id } => {
-            transfer::upload_status(session, conn, id, path, size, upload_id).await
+        Request::UploadStatus { path, size, upload_id, algo } => {
+            transfer::upload_status(session, conn, id, path, size, upload_id, algo).await
         }
-        Request::Get { path, offset } => transfer::get(session, conn, id, path, offset).await,
-        Request::Hash { path, length } => transfer::hash(session, conn, id, path, length).await,
+        Request::Get { path, offset, algo } => transfer::get(session, conn, id, path, offset, algo).await,
+        Request::Hash { path, length, algo } => transfer::hash(session, conn, id, path, length, algo).await,
         Request::Exec { argv } => exec::exec(session, conn, id, argv).await,
         Request::Hello { .. } | Request::AuthStart { .. } | Request::AuthFinish { .. } => {
             Err(Reply::Wire(WireError::new(ErrorCode::BadRequest, "already logged in")))

@@ -1,6 +1,10 @@
 //! put, get, hash and upload_status: translation between frames and the
 //! home's uploads and downloads.
 //!
+//! Each of them hashes in the algorithm the request names (`algo`), or else
+//! the one negotiated at hello; answers carry `algo` and `hash`, and for
+//! SHA-256 also the `sha256` fields that clients before negotiation read.
+//!
 //! File data moves between the socket and the home through a small bounded
 //! channel, so network I/O (and TLS) runs beside the disk work and hashing,
 //! and memory stays bounded by the channel whatever the file size.
@@ -8,8 +12,9 @@
 use std::time::Instant;
 
 use bytes::Bytes;
+use ferry_proto::hash::HashAlgo;
 use ferry_proto::msg::{error_header, ok_header};
-use ferry_proto::resp;
+use ferry_proto::resp::{self, Digest};
 use ferry_proto::{ErrorCode, FrameError, Request, WireError};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -34,7 +39,81 @@ pub struct PutArgs {
     pub sha256: Option<String>,
     pub overwrite: bool,
     pub wait: bool,
+    pub algo: Option<HashAlgo>,
+    pub hash: Option<String>,
     pub body_len: u64,
+}
+
+impl PutArgs {
+    /// The algorithm this upload is verified with, and the hash promised
+    /// up front in it.
+    fn hashing(&self, session: &Session) -> Result<(HashAlgo, Option<String>), WireError> {
+        let algo = algo_for(session, self.algo)?;
+        Ok((algo, claimed(algo, self.hash.clone(), self.sha256.clone())?))
+    }
+}
+
+/// The hash a request names (`algo`), or else the session's. One the
+/// server does not offer is refused: nothing is hashed in it.
+fn algo_for(session: &Session, asked: Option<HashAlgo>) -> Result<HashAlgo, WireError> {
+    let offered = &session.core.config.transfer.hashes;
+    match asked {
+        None => Ok(session.hash),
+        Some(a) if offered.contains(&a) => Ok(a),
+        Some(a) => {
+            let names: Vec<&str> = offered.iter().map(|o| o.as_str()).collect();
+            Err(WireError::new(
+                ErrorCode::BadRequest,
+                format!("this server does not offer {a}; it offers {}", names.join(", ")),
+            ))
+        }
+    }
+}
+
+/// The hash a request carries for an upload verified with `algo`: `hash`,
+/// or `sha256` when that is the algorithm. A `sha256` for a BLAKE3 upload
+/// (a client that negotiated BLAKE3 but hashed with SHA-256) is refused
+/// rather than compared, so that the error says what went wrong.
+fn claimed(algo: HashAlgo, hash: Option<String>, sha256: Option<String>) -> Result<Option<String>, WireError> {
+    match (hash, sha256) {
+        (hash, None) => Ok(hash),
+        (None, Some(s)) if algo == HashAlgo::Sha256 => Ok(Some(s)),
+        (Some(h), Some(s)) if algo == HashAlgo::Sha256 && h.eq_ignore_ascii_case(&s) => Ok(Some(h)),
+        (Some(_), Some(_)) if algo == HashAlgo::Sha256 => {
+            Err(WireError::new(ErrorCode::BadRequest, "`hash` and `sha256` differ; nothing was committed"))
+        }
+        (_, Some(_)) => Err(WireError::new(
+            ErrorCode::BadRequest,
+            format!(
+                "this upload is verified with {algo} (the session's hash, or the put's `algo`), \
+                 but a `sha256` was sent: send the {algo} hash as `hash`; nothing was committed"
+            ),
+        )),
+    }
+}
+
+/// The hash fields of a `put_end`, read before the upload's algorithm is
+/// applied to them.
+struct PutEnd {
+    sha256: Option<String>,
+    algo: Option<HashAlgo>,
+    hash: Option<String>,
+}
+
+impl PutEnd {
+    /// The whole file's hash for an upload verified with `algo`.
+    fn hash_for(self, algo: HashAlgo) -> Result<String, WireError> {
+        if let Some(named) = self.algo.filter(|named| *named != algo) {
+            return Err(WireError::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "put_end carries a {named} hash, but this upload is verified with {algo}; nothing was committed"
+                ),
+            ));
+        }
+        claimed(algo, self.hash, self.sha256)?
+            .ok_or_else(|| WireError::new(ErrorCode::BadRequest, "put_end carries no hash (`hash` or `sha256`)"))
+    }
 }
 
 /// Uploads up to this size that ask for no `ready` take the small-file path
@@ -106,15 +185,16 @@ pub async fn put(session: &mut Session, conn: &mut Conn, id: u64, a: PutArgs) ->
         warn!(path = %target, bytes = upload.len(), "upload cut; partial kept for resume");
         return Err(Reply::Stream(e));
     }
-    let end_hash = read_put_end(conn, id).await?;
+    let end = read_put_end(conn, id).await?;
     written?;
-    let committed = upload.commit(Some(&end_hash?)).await?;
+    let algo = upload.algo();
+    let committed = upload.commit(Some(&end.and_then(|e| e.hash_for(algo))?)).await?;
     let ms = started.elapsed().as_millis() as u64;
-    info!(path = %target, bytes = committed.size, ms, "upload committed");
+    info!(path = %target, bytes = committed.size, ms, %algo, "upload committed");
     let body = resp::PutAnswer {
         size: committed.size,
         // Always there: a framed put sends its hash, so the data was verified.
-        sha256: committed.sha256.unwrap_or_default(),
+        digest: Digest::new(algo, committed.hash.unwrap_or_default()),
         upload_id: Some(committed.upload_id),
     };
     conn.queue_header(&ok_header(id, &body, 0))?;
@@ -148,7 +228,7 @@ async fn put_small(session: &mut Session, conn: &mut Conn, id: u64, a: PutArgs) 
     for (id, item) in batch {
         match item {
             Ok(put) => {
-                slots.push((answers.len(), put.data.len() as u64, put.target.clone()));
+                slots.push((answers.len(), put.data.len() as u64, put.target.clone(), put.algo));
                 answers.push((id, None));
                 puts.push(put);
             }
@@ -156,19 +236,19 @@ async fn put_small(session: &mut Session, conn: &mut Conn, id: u64, a: PutArgs) 
         }
     }
     let outcomes = session.home.put_small(puts).await;
-    for ((i, size, target), outcome) in slots.into_iter().zip(outcomes) {
+    for ((i, size, target, algo), outcome) in slots.into_iter().zip(outcomes) {
         answers[i].1 = Some(match outcome {
-            Ok(sha256) => {
-                info!(path = %target, bytes = size, "upload committed");
-                Ok((size, sha256))
+            Ok(hash) => {
+                info!(path = %target, bytes = size, %algo, "upload committed");
+                Ok((size, Digest::new(algo, hash)))
             }
             Err(e) => Err(e.into()),
         });
     }
     for (id, answer) in answers {
         match answer.unwrap_or_else(|| Err(WireError::new(ErrorCode::Internal, "lost outcome"))) {
-            Ok((size, sha256)) => {
-                conn.queue_header(&ok_header(id, &resp::PutAnswer { size, sha256, upload_id: None }, 0))?
+            Ok((size, digest)) => {
+                conn.queue_header(&ok_header(id, &resp::PutAnswer { size, digest, upload_id: None }, 0))?
             }
             Err(e) => conn.queue_header(&error_header(id, &e))?,
         }
@@ -177,13 +257,15 @@ async fn put_small(session: &mut Session, conn: &mut Conn, id: u64, a: PutArgs) 
 }
 
 /// A small put's answer: its size and hash, or the error.
-type SmallAnswer = Result<(u64, String), WireError>;
+type SmallAnswer = Result<(u64, Digest), WireError>;
 
 /// The arguments of a header that is a small put, else `None`.
 fn small_put_args(h: &ferry_proto::Header) -> Option<(u64, PutArgs)> {
     let (id, req) = Request::from_header(h);
-    let Ok(Request::Put { path, size, offset, upload_id, sha256, overwrite, wait }) = req else { return None };
-    let a = PutArgs { path, size, offset, upload_id, sha256, overwrite, wait, body_len: h.body_len };
+    let Ok(Request::Put { path, size, offset, upload_id, sha256, overwrite, wait, algo, hash }) = req else {
+        return None;
+    };
+    let a = PutArgs { path, size, offset, upload_id, sha256, overwrite, wait, algo, hash, body_len: h.body_len };
     is_small_put(&a).then_some((id, a))
 }
 
@@ -198,9 +280,11 @@ async fn read_small(
     let idle = session.core.config.idle_timeout();
     let data = tokio::time::timeout(idle, conn.read_body_to_vec(SMALL_PUT)).await.unwrap_or_else(|_| Err(stalled()))?;
     let end = read_put_end(conn, id).await?;
-    let put = end.and_then(|sha256| {
+    let put = end.and_then(|end| {
+        let (algo, promised) = a.hashing(session)?;
+        let hash = end.hash_for(algo)?;
         let target = resolve(session, &a.path)?;
-        Ok(SmallPut { target, data, sha256, promised: a.sha256, overwrite: a.overwrite })
+        Ok(SmallPut { target, data, algo, hash, promised, overwrite: a.overwrite })
     });
     Ok((id, put))
 }
@@ -231,25 +315,27 @@ async fn begin_put(session: &mut Session, a: &PutArgs) -> Result<Upload, WireErr
             "body_len must equal size - offset (0 with wait: the body follows ready in put_data)",
         ));
     }
+    let (algo, promised) = a.hashing(session)?;
     let target = resolve(session, &a.path)?;
     let spec = UploadSpec {
         size: Some(a.size),
         offset: a.offset,
         upload_id: a.upload_id.clone(),
-        sha256: a.sha256.clone(),
+        algo,
+        hash: promised,
         overwrite: a.overwrite,
         resumable: true,
     };
     Ok(session.home.begin_upload(&target, spec).await?)
 }
 
-/// Reads the `put_end` frame that follows a put's body; its hash, or an error
-/// answer when the client sent something else.
-async fn read_put_end(conn: &mut Conn, id: u64) -> Result<Result<String, WireError>, FrameError> {
+/// Reads the `put_end` frame that follows a put's body; its hash fields, or
+/// an error answer when the client sent something else.
+async fn read_put_end(conn: &mut Conn, id: u64) -> Result<Result<PutEnd, WireError>, FrameError> {
     let Some(header) = conn.read_header().await? else { return Err(FrameError::Truncated) };
     conn.skip_body().await?;
     match Request::from_header(&header) {
-        (end_id, Ok(Request::PutEnd { sha256 })) if end_id == id => Ok(Ok(sha256)),
+        (end_id, Ok(Request::PutEnd { sha256, algo, hash })) if end_id == id => Ok(Ok(PutEnd { sha256, algo, hash })),
         _ => Ok(Err(WireError::new(ErrorCode::BadRequest, "a put body must be followed by its put_end"))),
     }
 }
@@ -261,16 +347,27 @@ pub async fn upload_status(
     path: String,
     size: u64,
     upload_id: Option<String>,
+    algo: Option<HashAlgo>,
 ) -> Result<(), Reply> {
+    let algo = algo_for(session, algo)?;
     let target = resolve(session, &path)?;
-    let body = match session.home.upload_status(&target, Some(size), upload_id.as_deref()).await? {
+    let body = match session.home.upload_status(&target, Some(size), upload_id.as_deref(), algo).await? {
         Some(s) => resp::UploadStatus {
             found: true,
             upload_id: Some(s.upload_id),
             offset: s.offset,
-            prefix_sha256: Some(s.prefix_sha256),
+            prefix_sha256: (algo == HashAlgo::Sha256).then(|| s.prefix_hash.clone()),
+            algo: Some(algo),
+            prefix_hash: Some(s.prefix_hash),
         },
-        None => resp::UploadStatus { found: false, upload_id: None, offset: 0, prefix_sha256: None },
+        None => resp::UploadStatus {
+            found: false,
+            upload_id: None,
+            offset: 0,
+            prefix_sha256: None,
+            algo: None,
+            prefix_hash: None,
+        },
     };
     conn.queue_header(&ok_header(id, &body, 0))?;
     Ok(())
@@ -280,29 +377,40 @@ pub async fn upload_status(
 /// (a pipelining client sends many): one step reads a run of small files, as
 /// `put_small` does for uploads, and the others take the streaming path.
 /// Answers go out in request order.
-pub async fn get(session: &mut Session, conn: &mut Conn, id: u64, path: String, offset: u64) -> Result<(), Reply> {
-    if offset != 0 || conn.peek_header().and_then(|h| whole_get_args(&h)).is_none() {
-        return get_one(session, conn, id, path, offset).await;
+pub async fn get(
+    session: &mut Session,
+    conn: &mut Conn,
+    id: u64,
+    path: String,
+    offset: u64,
+    algo: Option<HashAlgo>,
+) -> Result<(), Reply> {
+    // A batch holds gets that ask for the same hash.
+    let joins = |h: ferry_proto::Header| whole_get_args(&h).filter(|(_, _, a)| *a == algo);
+    let resolved = algo_for(session, algo);
+    let Ok(hashed_in) = resolved else { return get_one(session, conn, id, path, offset, algo).await };
+    if offset != 0 || conn.peek_header().and_then(&joins).is_none() {
+        return get_one(session, conn, id, path, offset, algo).await;
     }
-    let mut batch = vec![(id, path)];
+    let mut batch = vec![(id, path, algo)];
     while batch.len() < SMALL_BATCH_FILES {
-        let Some(next) = conn.peek_header().and_then(|h| whole_get_args(&h)) else { break };
+        let Some(next) = conn.peek_header().and_then(&joins) else { break };
         let _ = conn.read_header().await?;
         batch.push(next);
     }
-    let targets: Vec<_> = batch.iter().map(|(_, p)| resolve(session, p)).collect();
+    let targets: Vec<_> = batch.iter().map(|(_, p, _)| resolve(session, p)).collect();
     let paths: Vec<_> = targets.iter().filter_map(|t| t.as_ref().ok().cloned()).collect();
-    let mut reads = session.home.read_small(paths, SMALL_PUT, SMALL_BATCH_BYTES as u64).await.into_iter();
+    let mut reads = session.home.read_small(paths, SMALL_PUT, SMALL_BATCH_BYTES as u64, hashed_in).await.into_iter();
     let idle = session.core.config.idle_timeout();
-    for ((id, path), target) in batch.into_iter().zip(targets) {
+    for ((id, path, _), target) in batch.into_iter().zip(targets) {
         let step = match target {
             Err(e) => Err(e),
             Ok(_) => reads.next().unwrap_or_else(|| Err(lost())).map_err(WireError::from),
         };
         let answered = match step {
-            Ok(Some(small)) => write_within(idle, send_small(conn, id, small)).await.map_err(Reply::from),
+            Ok(Some(small)) => write_within(idle, send_small(conn, id, small, hashed_in)).await.map_err(Reply::from),
             // Too large for the batch: streamed on its own turn.
-            Ok(None) => get_one(session, conn, id, path, 0).await,
+            Ok(None) => get_one(session, conn, id, path, 0, algo).await,
             Err(e) => Err(e.into()),
         };
         match answered {
@@ -318,36 +426,45 @@ fn lost() -> HomeError {
     VfsError::Io(std::io::Error::other("lost outcome")).into()
 }
 
-/// The id and path of a header that is a whole-file get without a body,
-/// else `None`.
-fn whole_get_args(h: &ferry_proto::Header) -> Option<(u64, String)> {
+/// The id, path and asked hash of a header that is a whole-file get
+/// without a body, else `None`.
+fn whole_get_args(h: &ferry_proto::Header) -> Option<(u64, String, Option<HashAlgo>)> {
     if h.body_len != 0 {
         return None;
     }
     match Request::from_header(h) {
-        (id, Ok(Request::Get { path, offset: 0 })) => Some((id, path)),
+        (id, Ok(Request::Get { path, offset: 0, algo })) => Some((id, path, algo)),
         _ => None,
     }
 }
 
 /// Answers a get with a small file read whole: header, body, trailer.
-async fn send_small(conn: &mut Conn, id: u64, small: SmallFile) -> Result<(), FrameError> {
+async fn send_small(conn: &mut Conn, id: u64, small: SmallFile, algo: HashAlgo) -> Result<(), FrameError> {
     let len = small.data.len();
     let mtime = small.entry.mtime;
     conn.queue_header(&ok_header(id, &resp::GetAnswer { size: len as u64, offset: 0, mtime }, len as u64))?;
     conn.write_body(&small.data).await?;
-    conn.queue_header(&ok_header(id, &resp::GetTrailer { done: true, sha256: small.sha256 }, 0))
+    let trailer = resp::GetTrailer { done: true, digest: Digest::new(algo, small.hash) };
+    conn.queue_header(&ok_header(id, &trailer, 0))
 }
 
 /// One get: a small whole file in one step, anything else streamed.
-async fn get_one(session: &mut Session, conn: &mut Conn, id: u64, path: String, offset: u64) -> Result<(), Reply> {
+async fn get_one(
+    session: &mut Session,
+    conn: &mut Conn,
+    id: u64,
+    path: String,
+    offset: u64,
+    algo: Option<HashAlgo>,
+) -> Result<(), Reply> {
     let started = Instant::now();
+    let algo = algo_for(session, algo)?;
     let target = resolve(session, &path)?;
     let idle = session.core.config.idle_timeout();
     if offset == 0 {
-        let small = session.home.read_small(vec![target.clone()], SMALL_PUT, SMALL_BATCH_BYTES as u64).await;
+        let small = session.home.read_small(vec![target.clone()], SMALL_PUT, SMALL_BATCH_BYTES as u64, algo).await;
         match small.into_iter().next() {
-            Some(Ok(Some(small))) => return Ok(write_within(idle, send_small(conn, id, small)).await?),
+            Some(Ok(Some(small))) => return Ok(write_within(idle, send_small(conn, id, small, algo)).await?),
             Some(Err(e)) => return Err(e.into()),
             _ => {}
         }
@@ -355,7 +472,7 @@ async fn get_one(session: &mut Session, conn: &mut Conn, id: u64, path: String, 
     let download = session.home.open_download(&target, offset).await?;
     let (size, mtime, body_len) = (download.entry().size, download.entry().mtime, download.len());
     conn.queue_header(&ok_header(id, &resp::GetAnswer { size, offset, mtime }, body_len))?;
-    let (mut sent, outcome) = send_download(session, conn, download).await?;
+    let (mut sent, outcome) = send_download(session, conn, download, algo).await?;
     // The header promised `body_len` bytes: if the file shrank, keep the
     // stream framed with zeros and say so in the trailer rather than lie.
     if sent < body_len {
@@ -367,8 +484,8 @@ async fn get_one(session: &mut Session, conn: &mut Conn, id: u64, path: String, 
         }
     }
     match outcome {
-        Ok(sha256) if sent == body_len => {
-            conn.queue_header(&ok_header(id, &resp::GetTrailer { done: true, sha256 }, 0))?;
+        Ok(hash) if sent == body_len => {
+            conn.queue_header(&ok_header(id, &resp::GetTrailer { done: true, digest: Digest::new(algo, hash) }, 0))?;
             info!(path = %target, bytes = body_len, ms = started.elapsed().as_millis() as u64, "download sent");
         }
         _ => {
@@ -380,25 +497,26 @@ async fn get_one(session: &mut Session, conn: &mut Conn, id: u64, path: String, 
 }
 
 /// Sends a download's body: by sendfile(2) when the file is local, its hash
-/// is recorded and the connection is plaintext TCP (no copy through user
-/// space); else block by block from the home. Returns the bytes sent and the
-/// whole file's hash.
+/// in `algo` is recorded and the connection is plaintext TCP (no copy
+/// through user space); else block by block from the home. Returns the
+/// bytes sent and the whole file's hash in `algo`.
 async fn send_download(
     session: &Session,
     conn: &mut Conn,
     download: Download,
+    algo: HashAlgo,
 ) -> Result<(u64, Result<String, HomeError>), FrameError> {
     let body_len = download.len();
     let idle = session.core.config.idle_timeout();
     if plain_tcp(conn)
-        && let (Some(sha256), Some(file)) = (download.recorded_sha256(), download.local_file())
+        && let (Some(hash), Some(file)) = (download.recorded_hash(algo), download.local_file())
     {
         write_within(idle, conn.flush()).await?;
         let sent = send_file(conn, file, download.offset(), body_len, idle).await?;
-        return Ok((sent, Ok(sha256)));
+        return Ok((sent, Ok(hash)));
     }
     let (tx, mut rx) = mpsc::channel::<Bytes>(PIPE_DEPTH);
-    let reader = tokio::spawn(download.stream(tx));
+    let reader = tokio::spawn(download.stream(tx, algo));
     let mut sent = 0u64;
     while let Some(block) = rx.recv().await {
         sent += block.len() as u64;
@@ -450,9 +568,11 @@ pub async fn hash(
     id: u64,
     path: String,
     length: Option<u64>,
+    algo: Option<HashAlgo>,
 ) -> Result<(), Reply> {
+    let algo = algo_for(session, algo)?;
     let target = resolve(session, &path)?;
-    let (sha256, length, size) = session.home.hash(&target, length).await?;
-    conn.queue_header(&ok_header(id, &resp::HashAnswer { sha256, length, size }, 0))?;
+    let (hash, length, size) = session.home.hash(&target, length, algo).await?;
+    conn.queue_header(&ok_header(id, &resp::HashAnswer { digest: Digest::new(algo, hash), length, size }, 0))?;
     Ok(())
 }

@@ -35,6 +35,7 @@ use serde::Deserialize;
 
 use crate::config::ConfigError;
 use crate::core::Core;
+use crate::home::HashAlgo;
 pub use storage::{FtpUser, HomeStorage};
 
 /// `[ftp]` in the configuration.
@@ -211,7 +212,7 @@ impl SiteCommandHandler<HomeStorage, FtpUser> for Sha256Site {
             Ok(vp) => vp,
             Err(e) => return Reply::new(ReplyCode::FileError, &e.to_string()),
         };
-        match user.home.hash(&vp, None).await {
+        match user.home.hash(&vp, None, HashAlgo::Sha256).await {
             Ok((sha256, _, _)) => Reply::new(ReplyCode::FileStatus, &format!("{sha256}  {vp}")),
             Err(e) => Reply::new(ReplyCode::FileError, &e.to_string()),
         }

@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use unftp_core::auth::UserDetail;
 use unftp_core::storage::{Error, ErrorKind, FEATURE_RESTART, Fileinfo, Metadata, Permissions, Result, StorageBackend};
 
-use crate::home::{Home, HomeError, Remove, Upload, UploadSpec};
+use crate::home::{HashAlgo, Home, HomeError, Remove, Upload, UploadSpec};
 use crate::storage::READ_BLOCK;
 use crate::vfs::{Entry, EntryKind, VfsError, VirtualPath};
 
@@ -170,7 +170,7 @@ impl StorageBackend<FtpUser> for HomeStorage {
         let vp = resolve(path.as_ref())?;
         let download = user.home.open_download(&vp, start_pos).await.map_err(to_ftp)?;
         let (tx, mut rx) = mpsc::channel::<Bytes>(4);
-        let streaming = tokio::spawn(download.stream(tx));
+        let streaming = tokio::spawn(download.stream(tx, HashAlgo::Sha256));
         let mut sent = 0u64;
         while let Some(block) = rx.recv().await {
             // On a write error `rx` drops and the read ends with a broken pipe.
@@ -197,7 +197,7 @@ impl StorageBackend<FtpUser> for HomeStorage {
         let (mut writer, reader) = tokio::io::duplex(READ_BLOCK);
         tokio::spawn(async move {
             let (tx, mut rx) = mpsc::channel::<Bytes>(4);
-            let streaming = tokio::spawn(download.stream(tx));
+            let streaming = tokio::spawn(download.stream(tx, HashAlgo::Sha256));
             while let Some(block) = rx.recv().await {
                 if writer.write_all(&block).await.is_err() {
                     break;
@@ -282,7 +282,7 @@ async fn keep_prefix(home: &Home, vp: &VirtualPath, keep: u64, upload: &mut Uplo
     }
     let (tx, mut rx) = mpsc::channel::<Bytes>(4);
     // Dropping `rx` once the prefix is copied ends this read (broken pipe).
-    tokio::spawn(download.stream(tx));
+    tokio::spawn(download.stream(tx, HashAlgo::Sha256));
     let mut left = keep;
     while left > 0 {
         let Some(mut block) = rx.recv().await else { break };

@@ -5,7 +5,8 @@
 //! Partial uploads live in the hidden `/.ferry-partial` folder of the home
 //! (same filesystem, so the commit is an atomic rename), as `<id>.part` with
 //! a `<id>.json` sidecar holding its [`PartialMeta`]. The hash verified at
-//! commit is kept in an xattr bound to the file's size and mtime.
+//! commit is kept in an xattr bound to the file's size and mtime, one xattr
+//! per algorithm (`user.ferry.sha256`, `user.ferry.blake3`).
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
@@ -16,7 +17,7 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use bytes::Bytes;
 use cap_std::fs::Dir;
-use sha2::{Digest, Sha256};
+use ferry_proto::hash::{HashAlgo, Hasher};
 use tokio::sync::mpsc;
 
 use super::{
@@ -104,9 +105,15 @@ fn sidecars(dir: &Dir) -> Amount {
     total
 }
 
-/// The extended attribute holding a file's SHA-256 as verified, with the
-/// size and modification time it belongs to.
-const HASH_XATTR: &str = "user.ferry.sha256";
+/// The extended attribute holding a file's hash in `algo` as verified, with
+/// the size and modification time it belongs to. One per algorithm, so that
+/// SHA-256 and BLAKE3 clients of the same file are each served from cache.
+fn hash_xattr(algo: HashAlgo) -> &'static str {
+    match algo {
+        HashAlgo::Sha256 => "user.ferry.sha256",
+        HashAlgo::Blake3 => "user.ferry.blake3",
+    }
+}
 
 fn mtime_ns(m: &std::fs::Metadata) -> i128 {
     use std::os::unix::fs::MetadataExt;
@@ -115,24 +122,47 @@ fn mtime_ns(m: &std::fs::Metadata) -> i128 {
 
 /// Records a verified hash. Best effort: a filesystem without user xattrs
 /// simply has no cache.
-fn record_hash(file: &std::fs::File, sha256: &str) {
+fn record_hash(file: &std::fs::File, algo: HashAlgo, hex: &str) {
     let Ok(m) = file.metadata() else { return };
-    let value = format!("{sha256} {} {}", m.len(), mtime_ns(&m));
-    let _ = rustix::fs::fsetxattr(file, HASH_XATTR, value.as_bytes(), rustix::fs::XattrFlags::empty());
+    let value = format!("{hex} {} {}", m.len(), mtime_ns(&m));
+    let _ = rustix::fs::fsetxattr(file, hash_xattr(algo), value.as_bytes(), rustix::fs::XattrFlags::empty());
 }
 
-/// The recorded hash, if the file still has the size and mtime it had then.
-/// The client verifies every byte against it, so a file changed behind our
-/// back is caught, never passed off.
-fn recorded_hash(file: &std::fs::File) -> Option<String> {
-    let m = file.metadata().ok()?;
+/// The recorded hash in `algo`, if the file still has the size and mtime it
+/// had then. The client verifies every byte against it, so a file changed
+/// behind our back is caught, never passed off.
+fn recorded_hash(file: &std::fs::File, m: &std::fs::Metadata, algo: HashAlgo) -> Option<String> {
     let mut buf = [0u8; 160];
-    let n = rustix::fs::fgetxattr(file, HASH_XATTR, &mut buf[..]).ok()?;
+    let n = rustix::fs::fgetxattr(file, hash_xattr(algo), &mut buf[..]).ok()?;
     let text = std::str::from_utf8(&buf[..n]).ok()?;
     let mut parts = text.split(' ');
     let (hash, size, mtime) = (parts.next()?, parts.next()?.parse::<u64>().ok()?, parts.next()?.parse::<i128>().ok()?);
-    let valid = hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit());
-    (size == m.len() && mtime == mtime_ns(&m) && valid).then(|| hash.to_string())
+    let hash = algo.parse_hex(hash)?;
+    (size == m.len() && mtime == mtime_ns(m)).then_some(hash)
+}
+
+/// The recorded hashes of a file just opened, one slot per algorithm.
+#[derive(Debug, Default)]
+struct Recorded {
+    sha256: Option<String>,
+    blake3: Option<String>,
+}
+
+impl Recorded {
+    fn read(file: &std::fs::File) -> Recorded {
+        let Ok(m) = file.metadata() else { return Recorded::default() };
+        Recorded {
+            sha256: recorded_hash(file, &m, HashAlgo::Sha256),
+            blake3: recorded_hash(file, &m, HashAlgo::Blake3),
+        }
+    }
+
+    fn get(&self, algo: HashAlgo) -> Option<String> {
+        match algo {
+            HashAlgo::Sha256 => self.sha256.clone(),
+            HashAlgo::Blake3 => self.blake3.clone(),
+        }
+    }
 }
 
 /// Refuses a target that is a directory, or that exists without `overwrite`.
@@ -167,7 +197,7 @@ fn write_one(jail: &Jail, w: &SmallWrite, fsync: bool) -> Result<Amount, VfsErro
         if fsync {
             file.sync_all()?;
         }
-        record_hash(&file, &w.sha256);
+        record_hash(&file, w.algo, &w.hash);
         Ok(replaced(jail.rename_from_internal(dir, &name, &w.target, w.overwrite)?))
     })();
     if result.is_err() {
@@ -176,7 +206,13 @@ fn write_one(jail: &Jail, w: &SmallWrite, fsync: bool) -> Result<Amount, VfsErro
     result
 }
 
-fn read_one(jail: &Jail, path: &VirtualPath, max_each: u64, budget: &mut u64) -> Result<Option<SmallFile>, VfsError> {
+fn read_one(
+    jail: &Jail,
+    path: &VirtualPath,
+    max_each: u64,
+    budget: &mut u64,
+    algo: HashAlgo,
+) -> Result<Option<SmallFile>, VfsError> {
     let (file, entry) = jail.open_read(path)?;
     if entry.size > max_each || entry.size > *budget {
         return Ok(None);
@@ -184,8 +220,8 @@ fn read_one(jail: &Jail, path: &VirtualPath, max_each: u64, budget: &mut u64) ->
     let mut data = Vec::with_capacity(entry.size as usize);
     file.take(entry.size).read_to_end(&mut data)?;
     *budget -= data.len() as u64;
-    let sha256 = hex::encode(Sha256::digest(&data));
-    Ok(Some(SmallFile { entry: Entry { size: data.len() as u64, ..entry }, data, sha256 }))
+    let hash = algo.digest_hex(&data);
+    Ok(Some(SmallFile { entry: Entry { size: data.len() as u64, ..entry }, data, hash }))
 }
 
 #[async_trait]
@@ -265,7 +301,7 @@ impl Storage for FsStorage {
         let p = path.clone();
         self.run(move |j| {
             let (file, entry) = j.open_read(&p)?;
-            let recorded = recorded_hash(&file);
+            let recorded = Recorded::read(&file);
             Ok(Box::new(FsRead { file, entry, recorded }) as Box<dyn FileRead>)
         })
         .await
@@ -276,12 +312,13 @@ impl Storage for FsStorage {
         paths: Vec<VirtualPath>,
         max_each: u64,
         budget: u64,
+        algo: HashAlgo,
     ) -> Vec<Result<Option<SmallFile>, VfsError>> {
         let count = paths.len();
         let read = self
             .run(move |j| {
                 let mut budget = budget;
-                Ok(paths.iter().map(|p| read_one(j, p, max_each, &mut budget)).collect::<Vec<_>>())
+                Ok(paths.iter().map(|p| read_one(j, p, max_each, &mut budget, algo)).collect::<Vec<_>>())
             })
             .await;
         read.unwrap_or_else(|e| (0..count).map(|_| Err(VfsError::Io(std::io::Error::other(e.to_string())))).collect())
@@ -353,7 +390,7 @@ impl Storage for FsStorage {
                     None => {
                         let Ok(m) = entry.metadata() else { continue };
                         let modified = m.modified().map(|t| t.into_std()).unwrap_or(SystemTime::UNIX_EPOCH);
-                        let meta = PartialMeta { path: String::new(), size: None, sha256: None };
+                        let meta = PartialMeta::default();
                         out.push(PartialInfo { id: id.to_string(), meta, len: m.len(), modified });
                     }
                 }
@@ -363,12 +400,12 @@ impl Storage for FsStorage {
         .await
     }
 
-    async fn partial_hash(&self, id: &str, len: u64) -> Result<(Sha256, u64), VfsError> {
+    async fn partial_hash(&self, id: &str, len: u64, algo: HashAlgo) -> Result<(Hasher, u64), VfsError> {
         check_id(id)?;
         let id = id.to_string();
         self.run(move |j| {
             let mut file = partials(j)?.open(format!("{id}.part"))?.into_std();
-            let mut hasher = Sha256::new();
+            let mut hasher = Hasher::new(algo);
             let got = hash_reader(&mut file, len, &mut hasher)?;
             Ok((hasher, got))
         })
@@ -416,10 +453,10 @@ impl PartialWrite for FsPartial {
         target: &VirtualPath,
         overwrite: bool,
         fsync: bool,
-        sha256: Option<&str>,
+        hash: Option<(HashAlgo, &str)>,
     ) -> Result<Amount, VfsError> {
         let target = target.clone();
-        let sha256 = sha256.map(str::to_string);
+        let hash = hash.map(|(algo, hex)| (algo, hex.to_string()));
         let file = self.file()?.try_clone()?;
         let FsPartial { jail, id, .. } = *self;
         tokio::task::spawn_blocking(move || {
@@ -429,8 +466,8 @@ impl PartialWrite for FsPartial {
             if fsync {
                 file.sync_all()?;
             }
-            if let Some(h) = &sha256 {
-                record_hash(&file, h);
+            if let Some((algo, hex)) = &hash {
+                record_hash(&file, *algo, hex);
             }
             let dir = partials(&jail)?;
             let freed = jail.rename_from_internal(dir, &format!("{id}.part"), &target, overwrite)?;
@@ -445,7 +482,7 @@ impl PartialWrite for FsPartial {
 struct FsRead {
     file: std::fs::File,
     entry: Entry,
-    recorded: Option<String>,
+    recorded: Recorded,
 }
 
 #[async_trait]
@@ -454,8 +491,8 @@ impl FileRead for FsRead {
         &self.entry
     }
 
-    fn recorded_sha256(&self) -> Option<String> {
-        self.recorded.clone()
+    fn recorded_hash(&self, algo: HashAlgo) -> Option<String> {
+        self.recorded.get(algo)
     }
 
     fn local_file(&self) -> Option<&std::fs::File> {
@@ -465,7 +502,7 @@ impl FileRead for FsRead {
     async fn stream(
         self: Box<Self>,
         offset: u64,
-        hash: bool,
+        hash: Option<HashAlgo>,
         tx: mpsc::Sender<Bytes>,
     ) -> std::io::Result<Option<String>> {
         let size = self.entry.size;
@@ -498,12 +535,12 @@ impl FileRead for FsRead {
         .unwrap_or_else(|_| Err(std::io::Error::other("read failed")))
     }
 
-    async fn hash_prefix(self: Box<Self>, len: u64) -> std::io::Result<(String, u64)> {
+    async fn hash_prefix(self: Box<Self>, len: u64, algo: HashAlgo) -> std::io::Result<(String, u64)> {
         let mut file = self.file;
         tokio::task::spawn_blocking(move || {
-            let mut hasher = Sha256::new();
+            let mut hasher = Hasher::new(algo);
             let got = hash_reader(&mut file, len, &mut hasher)?;
-            Ok((hex::encode(hasher.finalize()), got))
+            Ok((hasher.finalize_hex(), got))
         })
         .await
         .unwrap_or_else(|_| Err(std::io::Error::other("hashing failed")))
@@ -511,18 +548,21 @@ impl FileRead for FsRead {
 }
 
 /// Reads `offset..size` of the file in blocks into the channel, hashing the
-/// whole file (the prefix too) when asked.
+/// whole file (the prefix too) in `hash` when asked.
 fn read_blocks(
     mut file: std::fs::File,
     offset: u64,
     size: u64,
-    hash: bool,
+    hash: Option<HashAlgo>,
     tx: mpsc::Sender<Bytes>,
 ) -> std::io::Result<Option<String>> {
-    let mut hasher = Sha256::new();
+    let mut hasher = hash.map(Hasher::new);
     let before = file.metadata()?;
     file.seek(SeekFrom::Start(0))?;
-    if hash && offset > 0 && hash_reader(&mut file, offset, &mut hasher)? < offset {
+    if let Some(h) = hasher.as_mut()
+        && offset > 0
+        && hash_reader(&mut file, offset, h)? < offset
+    {
         return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
     }
     file.seek(SeekFrom::Start(offset))?;
@@ -532,8 +572,8 @@ fn read_blocks(
         // Read into spare capacity: no zeroing of a buffer about to be overwritten.
         let mut buf = Vec::with_capacity(want);
         let filled = (&mut file).take(want as u64).read_to_end(&mut buf)?;
-        if hash {
-            hasher.update(&buf);
+        if let Some(h) = hasher.as_mut() {
+            h.update(&buf);
         }
         left -= filled as u64;
         if tx.blocking_send(Bytes::from(buf)).is_err() {
@@ -543,10 +583,9 @@ fn read_blocks(
             return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
         }
     }
-    if !hash {
-        return Ok(None);
-    }
-    let sha256 = hex::encode(hasher.finalize());
+    let Some(hasher) = hasher else { return Ok(None) };
+    let algo = hasher.algo();
+    let hex = hasher.finalize_hex();
     // Every byte was read: later downloads can skip the hashing, unless the
     // file changed during the read.
     if before.len() == size
@@ -554,7 +593,7 @@ fn read_blocks(
         && now.len() == before.len()
         && mtime_ns(&now) == mtime_ns(&before)
     {
-        record_hash(&file, &sha256);
+        record_hash(&file, algo, &hex);
     }
-    Ok(Some(sha256))
+    Ok(Some(hex))
 }

@@ -9,7 +9,7 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use sha2::{Digest, Sha256};
+use ferry_proto::hash::{HashAlgo, Hasher};
 use tokio::sync::mpsc;
 
 use super::{
@@ -20,7 +20,37 @@ use super::{
 #[derive(Debug, Clone)]
 enum Node {
     Dir { mtime: i64 },
-    File { data: Bytes, mtime: i64, sha256: Option<String> },
+    File { data: Bytes, mtime: i64, hashes: Hashes },
+}
+
+/// The hashes kept with a file, one per algorithm, as the disk backend keeps
+/// one xattr per algorithm. A replaced file is a new node: none carry over.
+#[derive(Debug, Clone, Default)]
+struct Hashes {
+    sha256: Option<String>,
+    blake3: Option<String>,
+}
+
+impl Hashes {
+    fn one(algo: HashAlgo, hex: String) -> Hashes {
+        let mut h = Hashes::default();
+        h.set(algo, hex);
+        h
+    }
+
+    fn get(&self, algo: HashAlgo) -> Option<String> {
+        match algo {
+            HashAlgo::Sha256 => self.sha256.clone(),
+            HashAlgo::Blake3 => self.blake3.clone(),
+        }
+    }
+
+    fn set(&mut self, algo: HashAlgo, hex: String) {
+        match algo {
+            HashAlgo::Sha256 => self.sha256 = Some(hex),
+            HashAlgo::Blake3 => self.blake3 = Some(hex),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -140,8 +170,8 @@ impl Tree {
     }
 
     /// Puts a complete file in place; what it replaced.
-    fn place(&mut self, target: &VirtualPath, data: Bytes, sha256: Option<String>) -> Amount {
-        let node = Node::File { data, mtime: now_secs(), sha256 };
+    fn place(&mut self, target: &VirtualPath, data: Bytes, hashes: Hashes) -> Amount {
+        let node = Node::File { data, mtime: now_secs(), hashes };
         match self.nodes.insert(target.clone(), node) {
             Some(Node::File { data, .. }) => Amount::file(data.len() as u64),
             _ => Amount::default(),
@@ -288,10 +318,10 @@ impl Storage for MemStorage {
         let t = self.lock();
         match t.get(path)? {
             Node::Dir { .. } => Err(VfsError::IsADirectory(path.to_string())),
-            node @ Node::File { data, sha256, .. } => Ok(Box::new(MemRead {
+            node @ Node::File { data, hashes, .. } => Ok(Box::new(MemRead {
                 entry: entry(path, node),
                 data: data.clone(),
-                sha256: sha256.clone(),
+                hashes: hashes.clone(),
                 storage: self.clone(),
                 path: path.clone(),
             })),
@@ -303,6 +333,7 @@ impl Storage for MemStorage {
         paths: Vec<VirtualPath>,
         max_each: u64,
         budget: u64,
+        algo: HashAlgo,
     ) -> Vec<Result<Option<SmallFile>, VfsError>> {
         let t = self.lock();
         let mut budget = budget;
@@ -316,8 +347,8 @@ impl Storage for MemStorage {
                         return Ok(None);
                     }
                     budget -= len;
-                    let sha256 = hex::encode(Sha256::digest(data));
-                    Ok(Some(SmallFile { entry: entry(p, node), data: data.to_vec(), sha256 }))
+                    let hash = algo.digest_hex(data);
+                    Ok(Some(SmallFile { entry: entry(p, node), data: data.to_vec(), hash }))
                 }
             })
             .collect()
@@ -329,7 +360,7 @@ impl Storage for MemStorage {
             .into_iter()
             .map(|w| {
                 t.check_target(&w.target, w.overwrite)?;
-                Ok(t.place(&w.target, Bytes::from(w.data), Some(w.sha256)))
+                Ok(t.place(&w.target, Bytes::from(w.data), Hashes::one(w.algo, w.hash)))
             })
             .collect()
     }
@@ -358,11 +389,11 @@ impl Storage for MemStorage {
         Ok(self.lock().partials.iter().map(|(id, p)| info(id, p)).collect())
     }
 
-    async fn partial_hash(&self, id: &str, len: u64) -> Result<(Sha256, u64), VfsError> {
+    async fn partial_hash(&self, id: &str, len: u64, algo: HashAlgo) -> Result<(Hasher, u64), VfsError> {
         let mut t = self.lock();
         let p = t.partial(id)?;
         let n = len.min(p.data.len() as u64);
-        let mut hasher = Sha256::new();
+        let mut hasher = Hasher::new(algo);
         hasher.update(&p.data[..n as usize]);
         Ok((hasher, n))
     }
@@ -398,20 +429,21 @@ impl PartialWrite for MemPartialWrite {
         target: &VirtualPath,
         overwrite: bool,
         _fsync: bool,
-        sha256: Option<&str>,
+        hash: Option<(HashAlgo, &str)>,
     ) -> Result<Amount, VfsError> {
         let mut t = self.storage.lock();
         t.partial(&self.id)?;
         t.check_target(target, overwrite)?;
         let p = t.partials.remove(&self.id).ok_or_else(|| VfsError::NotFound(format!("upload {:?}", self.id)))?;
-        Ok(t.place(target, Bytes::from(p.data), sha256.map(str::to_string)))
+        let hashes = hash.map(|(algo, hex)| Hashes::one(algo, hex.to_string())).unwrap_or_default();
+        Ok(t.place(target, Bytes::from(p.data), hashes))
     }
 }
 
 struct MemRead {
     entry: Entry,
     data: Bytes,
-    sha256: Option<String>,
+    hashes: Hashes,
     storage: MemStorage,
     path: VirtualPath,
 }
@@ -422,8 +454,8 @@ impl FileRead for MemRead {
         &self.entry
     }
 
-    fn recorded_sha256(&self) -> Option<String> {
-        self.sha256.clone()
+    fn recorded_hash(&self, algo: HashAlgo) -> Option<String> {
+        self.hashes.get(algo)
     }
 
     fn local_file(&self) -> Option<&std::fs::File> {
@@ -433,7 +465,7 @@ impl FileRead for MemRead {
     async fn stream(
         self: Box<Self>,
         offset: u64,
-        hash: bool,
+        hash: Option<HashAlgo>,
         tx: mpsc::Sender<Bytes>,
     ) -> std::io::Result<Option<String>> {
         let start = (offset as usize).min(self.data.len());
@@ -443,19 +475,17 @@ impl FileRead for MemRead {
                 return Err(std::io::ErrorKind::BrokenPipe.into());
             }
         }
-        if !hash {
-            return Ok(None);
-        }
-        let sha256 = hex::encode(Sha256::digest(&self.data));
+        let Some(algo) = hash else { return Ok(None) };
+        let hex = algo.digest_hex(&self.data);
         // Kept with the file, as the disk backend keeps it in an xattr,
         // unless the file was replaced meanwhile.
         let mut t = self.storage.lock();
-        if let Some(Node::File { data, sha256: kept, .. }) = t.nodes.get_mut(&self.path)
+        if let Some(Node::File { data, hashes, .. }) = t.nodes.get_mut(&self.path)
             && data.as_ptr() == self.data.as_ptr()
         {
-            *kept = Some(sha256.clone());
+            hashes.set(algo, hex.clone());
         }
-        Ok(Some(sha256))
+        Ok(Some(hex))
     }
 
     async fn read_at(&self, offset: u64, len: usize) -> std::io::Result<Bytes> {
@@ -464,8 +494,8 @@ impl FileRead for MemRead {
         Ok(self.data.slice(start..end))
     }
 
-    async fn hash_prefix(self: Box<Self>, len: u64) -> std::io::Result<(String, u64)> {
+    async fn hash_prefix(self: Box<Self>, len: u64, algo: HashAlgo) -> std::io::Result<(String, u64)> {
         let n = len.min(self.data.len() as u64);
-        Ok((hex::encode(Sha256::digest(&self.data[..n as usize])), n))
+        Ok((algo.digest_hex(&self.data[..n as usize]), n))
     }
 }

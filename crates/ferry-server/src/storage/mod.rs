@@ -21,8 +21,8 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use ferry_proto::hash::{HashAlgo, Hasher};
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
 use tokio::sync::mpsc;
 
 pub use crate::vfs::{Entry, EntryKind, VfsError, VirtualPath};
@@ -60,14 +60,36 @@ impl std::ops::Add for Amount {
 }
 
 /// What a partial upload is bound to, kept by the backend with the partial.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PartialMeta {
     /// The target, as a virtual path.
     pub path: String,
     /// The final size, when the client said it.
     pub size: Option<u64>,
-    /// The hash the client promised up front, if it did.
+    /// The SHA-256 the client promised up front, if it did.
     pub sha256: Option<String>,
+    /// The BLAKE3 the client promised up front, if it did. A resume may use
+    /// another algorithm than the start, so both may be bound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blake3: Option<String>,
+}
+
+impl PartialMeta {
+    /// The hash promised in `algo`, if any.
+    pub fn promised(&self, algo: HashAlgo) -> Option<&String> {
+        match algo {
+            HashAlgo::Sha256 => self.sha256.as_ref(),
+            HashAlgo::Blake3 => self.blake3.as_ref(),
+        }
+    }
+
+    /// Binds the partial to `hex`, promised in `algo`.
+    pub fn promise(&mut self, algo: HashAlgo, hex: String) {
+        match algo {
+            HashAlgo::Sha256 => self.sha256 = Some(hex),
+            HashAlgo::Blake3 => self.blake3 = Some(hex),
+        }
+    }
 }
 
 /// A partial upload as the backend holds it.
@@ -85,7 +107,8 @@ pub struct PartialInfo {
 pub struct SmallFile {
     pub entry: Entry,
     pub data: Vec<u8>,
-    pub sha256: String,
+    /// The hex hash of `data`, in the algorithm asked for.
+    pub hash: String,
 }
 
 /// A small file to write whole and commit at once, already verified.
@@ -93,7 +116,9 @@ pub struct SmallFile {
 pub struct SmallWrite {
     pub target: VirtualPath,
     pub data: Vec<u8>,
-    pub sha256: String,
+    /// The verified hash to keep with the file, and its algorithm.
+    pub algo: HashAlgo,
+    pub hash: String,
     pub overwrite: bool,
 }
 
@@ -134,13 +159,15 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     async fn open_read(&self, path: &VirtualPath) -> Result<Box<dyn FileRead>, VfsError>;
 
     /// Reads whole files of at most `max_each` bytes, within `budget` bytes
-    /// in all, in one step; `None` for a regular file too large for either
-    /// (the caller streams it). One result per path, in order.
+    /// in all, in one step, each hashed in `algo`; `None` for a regular file
+    /// too large for either (the caller streams it). One result per path,
+    /// in order.
     async fn read_small(
         &self,
         paths: Vec<VirtualPath>,
         max_each: u64,
         budget: u64,
+        algo: HashAlgo,
     ) -> Vec<Result<Option<SmallFile>, VfsError>>;
 
     /// Writes whole files, each atomically (never visible unless complete),
@@ -160,9 +187,9 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     /// Every partial upload of the home.
     async fn partial_list(&self) -> Result<Vec<PartialInfo>, VfsError>;
 
-    /// A hasher fed with the partial's first `len` bytes (fewer if it holds
-    /// fewer: the count is returned).
-    async fn partial_hash(&self, id: &str, len: u64) -> Result<(Sha256, u64), VfsError>;
+    /// A hasher of `algo` fed with the partial's first `len` bytes (fewer
+    /// if it holds fewer: the count is returned).
+    async fn partial_hash(&self, id: &str, len: u64, algo: HashAlgo) -> Result<(Hasher, u64), VfsError>;
 
     /// Removes a partial upload; returns what it freed (its data bytes, and
     /// one file if it existed).
@@ -175,14 +202,14 @@ pub trait PartialWrite: Send + Sync {
     async fn write_at(&mut self, offset: u64, data: Bytes) -> Result<(), VfsError>;
 
     /// Makes the partial the file at `target`, atomically: the target
-    /// appears whole or not at all. `sha256`, when given, is the verified
+    /// appears whole or not at all. `hash`, when given, is the verified
     /// hash to keep with the file. Returns what a replacement freed.
     async fn commit(
         self: Box<Self>,
         target: &VirtualPath,
         overwrite: bool,
         fsync: bool,
-        sha256: Option<&str>,
+        hash: Option<(HashAlgo, &str)>,
     ) -> Result<Amount, VfsError>;
 }
 
@@ -191,21 +218,23 @@ pub trait PartialWrite: Send + Sync {
 pub trait FileRead: Send + Sync {
     fn entry(&self) -> &Entry;
 
-    /// The hash kept with the file, if it still describes it.
-    fn recorded_sha256(&self) -> Option<String>;
+    /// The hash in `algo` kept with the file, if it still describes it
+    /// (one is kept per algorithm).
+    fn recorded_hash(&self, algo: HashAlgo) -> Option<String>;
 
     /// The local file, where there is one (so the framed front end can
     /// `sendfile` it on plaintext connections).
     fn local_file(&self) -> Option<&std::fs::File>;
 
     /// Sends bytes `offset..size` into `tx` in blocks. With `hash`, hashes
-    /// the whole file (the prefix too) and returns the hex SHA-256 (and
-    /// records it when the file did not change during the read). Fails with
-    /// `UnexpectedEof` if the file shrank, `BrokenPipe` if `tx` closed.
+    /// the whole file (the prefix too) in that algorithm and returns the
+    /// hex digest (and records it when the file did not change during the
+    /// read). Fails with `UnexpectedEof` if the file shrank, `BrokenPipe`
+    /// if `tx` closed.
     async fn stream(
         self: Box<Self>,
         offset: u64,
-        hash: bool,
+        hash: Option<HashAlgo>,
         tx: mpsc::Sender<Bytes>,
     ) -> std::io::Result<Option<String>>;
 
@@ -213,16 +242,15 @@ pub trait FileRead: Send + Sync {
     /// past it. For front ends that read at random offsets (SFTP).
     async fn read_at(&self, offset: u64, len: usize) -> std::io::Result<Bytes>;
 
-    /// The hex SHA-256 of the first `len` bytes, and how many there were.
-    async fn hash_prefix(self: Box<Self>, len: u64) -> std::io::Result<(String, u64)>;
+    /// The hex hash in `algo` of the first `len` bytes, and how many there were.
+    async fn hash_prefix(self: Box<Self>, len: u64, algo: HashAlgo) -> std::io::Result<(String, u64)>;
 }
 
 /// Blocks of file data, read and sent in this size.
 pub const READ_BLOCK: usize = 256 * 1024;
 
 /// Reads `len` bytes from the start of `r` into the hasher; returns how many there were.
-pub(crate) fn hash_reader(r: &mut impl std::io::Read, len: u64, hasher: &mut Sha256) -> std::io::Result<u64> {
-    use sha2::Digest;
+pub(crate) fn hash_reader(r: &mut impl std::io::Read, len: u64, hasher: &mut Hasher) -> std::io::Result<u64> {
     let mut buf = vec![0u8; READ_BLOCK.min(len.max(1) as usize)];
     let mut left = len;
     while left > 0 {
