@@ -45,40 +45,27 @@ pub struct PipeArgs {
     hash: PipeHash,
 }
 
-enum Hasher {
-    None,
-    Sha256(Box<sha2::Sha256>),
-    Blake3(Box<blake3::Hasher>),
-}
+/// The pipe's hash on one end: ferry's own streaming hasher, or none.
+struct Hasher(Option<ferry_proto::hash::Hasher>);
 
 impl Hasher {
     fn new(kind: PipeHash) -> Self {
-        use sha2::Digest;
-        match kind {
-            PipeHash::None => Self::None,
-            PipeHash::Sha256 => Self::Sha256(Box::new(sha2::Sha256::new())),
-            PipeHash::Blake3 => Self::Blake3(Box::new(blake3::Hasher::new())),
-        }
+        use ferry_proto::hash::{HashAlgo, Hasher as H};
+        Self(match kind {
+            PipeHash::None => None,
+            PipeHash::Sha256 => Some(H::new(HashAlgo::Sha256)),
+            PipeHash::Blake3 => Some(H::new(HashAlgo::Blake3)),
+        })
     }
 
     fn update(&mut self, data: &[u8]) {
-        use sha2::Digest;
-        match self {
-            Self::None => {}
-            Self::Sha256(h) => h.update(data),
-            Self::Blake3(h) => {
-                h.update(data);
-            }
+        if let Some(h) = &mut self.0 {
+            h.update(data);
         }
     }
 
     fn finish(self) -> String {
-        use sha2::Digest;
-        match self {
-            Self::None => String::new(),
-            Self::Sha256(h) => hex::encode(h.finalize()),
-            Self::Blake3(h) => h.finalize().to_hex().to_string(),
-        }
+        self.0.map(|h| h.finalize_hex()).unwrap_or_default()
     }
 }
 
