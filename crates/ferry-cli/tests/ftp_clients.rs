@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use ferry_testkit::{ServerProcess, add_user_cli, sha256_file, write_random_file};
+use ferry_testkit::{ServerProcess, add_user_cli, connect_from, sha256_file, write_random_file};
 
 const PW: &str = "ftp-secret-15";
 
@@ -417,7 +417,8 @@ fn issue15_data_connection_from_another_address_is_refused() {
     let port = pasv_port(&raw.cmd("PASV"));
     // Another host (127.0.0.2 is another address on the loopback) races to
     // the announced port: it is closed and gets nothing.
-    let mut thief = connect_from("127.0.0.2", port).expect("connect from 127.0.0.2");
+    let mut thief =
+        connect_from([127, 0, 0, 2].into(), SocketAddr::from(([127, 0, 0, 1], port))).expect("connect from 127.0.0.2");
     thief.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
     let mut stolen = Vec::new();
     let _ = thief.read_to_end(&mut stolen);
@@ -430,18 +431,4 @@ fn issue15_data_connection_from_another_address_is_refused() {
     data.read_to_end(&mut got).unwrap();
     assert_eq!(got, b"for alice only");
     assert!(raw.reply().starts_with("226"));
-}
-
-/// A connection to 127.0.0.1:`port` from the source address `from`
-/// (std has no bind-before-connect; a tokio socket does).
-fn connect_from(from: &str, port: u16) -> Option<std::net::TcpStream> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
-    let stream = rt.block_on(async {
-        let s = tokio::net::TcpSocket::new_v4().ok()?;
-        s.bind(format!("{from}:0").parse().ok()?).ok()?;
-        let stream = s.connect(SocketAddr::from(([127, 0, 0, 1], port))).await.ok()?;
-        stream.into_std().ok()
-    })?;
-    stream.set_nonblocking(false).ok()?;
-    Some(stream)
 }
