@@ -3,10 +3,15 @@
 //! as the framed protocol. russh runs the SSH transport; `session.rs` serves
 //! SFTP over `Home`; `exec.rs` runs commands; `proto.rs` is the SFTP codec.
 //!
-//! Admission: a permit before `accept` (`sftp.max_connections`), the login
-//! timeout (`limits.login_timeout_secs`) and idle timeout
-//! (`limits.idle_timeout_secs`); connections and their channels are tracked
-//! by the core's tracker, so shutdown drains them like framed sessions.
+//! Admission: a permit before `accept` (`sftp.max_connections`), then a
+//! seat from the core's gate, as for the framed protocol and FTP
+//! (`admission.rs`: `limits.max_connections` in all, and
+//! `limits.max_unauthenticated_per_ip` per address until login); a refused
+//! peer reads why in a line before the SSH banner. The login timeout
+//! (`limits.login_timeout_secs`) covers the version exchange, key exchange
+//! and authentication; the idle timeout (`limits.idle_timeout_secs`) the
+//! rest. Connections and their channels are tracked by the core's tracker,
+//! so shutdown drains them like framed sessions.
 //!
 //! Algorithms: curve25519 key exchange, an ed25519 host key, AEAD ciphers
 //! (chacha20-poly1305, AES-GCM) first, AES-CTR with SHA-2 MACs for older
@@ -32,6 +37,7 @@ use tokio::sync::{Semaphore, oneshot};
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::admission::{Admission, Refusal};
 use crate::auth::{AuthError, Decision, UserRecord};
 use crate::core::Core;
 
@@ -142,13 +148,30 @@ async fn accept_loop(core: Arc<Core>, listener: TcpListener, config: Arc<russh::
                 continue;
             }
         };
+        let admission = match core.admission.admit(peer.ip()) {
+            Ok(a) => a,
+            Err(refusal) => {
+                refuse_connection(&socket, peer, refusal);
+                continue;
+            }
+        };
         let core2 = Arc::clone(&core);
         let config = Arc::clone(&config);
         core.tracker.spawn(async move {
-            connection(core2, config, socket, peer).await;
+            connection(core2, config, socket, peer, admission).await;
             drop(permit);
         });
     }
+}
+
+/// Tells a refused peer why in a line before the banner (RFC 4253, section
+/// 4.2: lines before the version string are allowed; OpenSSH shows them
+/// with `-v`, and its error names the closed connection), then closes.
+/// One non-blocking write into a fresh socket's empty buffer: no task, no
+/// wait, whatever the peer does.
+fn refuse_connection(socket: &tokio::net::TcpStream, peer: SocketAddr, refusal: Refusal) {
+    debug!(%peer, reason = refusal.message(), "SSH connection refused");
+    let _ = socket.try_write(format!("ferry: {}\r\n", refusal.message()).as_bytes());
 }
 
 async fn connection(
@@ -156,6 +179,7 @@ async fn connection(
     config: Arc<russh::server::Config>,
     socket: tokio::net::TcpStream,
     peer: SocketAddr,
+    mut admission: Admission,
 ) {
     let (authed_tx, authed_rx) = oneshot::channel();
     let channels = TaskTracker::new();
@@ -196,6 +220,7 @@ async fn connection(
                     // The handler is gone: the session is ending.
                     continue;
                 }
+                admission.authenticated();
             }
             _ = &mut login_timer, if authed_rx.is_some() => {
                 info!(%peer, "SSH login timed out");
