@@ -25,7 +25,7 @@ mod session;
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -123,11 +123,30 @@ pub async fn start(core: Arc<Core>) -> Result<SshRunning> {
     let config = Arc::new(ssh_config(&core, host.key));
     info!(%addr, %fingerprint, "SSH/SFTP listening");
     let tracker = core.tracker.clone();
-    tracker.spawn(accept_loop(core, listener, config));
+    let budgets = Arc::new(HandleBudgets::default());
+    tracker.spawn(accept_loop(core, listener, config, budgets));
     Ok(SshRunning { addr, fingerprint, generated_key: host.generated })
 }
 
-async fn accept_loop(core: Arc<Core>, listener: TcpListener, config: Arc<russh::server::Config>) {
+/// Each user's budget of open SFTP handles, shared by their sessions
+/// (`sftp.max_handles_per_user`). One entry per user who opened SFTP since
+/// the start: bounded by the user store.
+#[derive(Default)]
+struct HandleBudgets(Mutex<HashMap<String, Arc<Semaphore>>>);
+
+impl HandleBudgets {
+    fn of(&self, user: &str, max: usize) -> Arc<Semaphore> {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(map.entry(user.to_string()).or_insert_with(|| Arc::new(Semaphore::new(max))))
+    }
+}
+
+async fn accept_loop(
+    core: Arc<Core>,
+    listener: TcpListener,
+    config: Arc<russh::server::Config>,
+    budgets: Arc<HandleBudgets>,
+) {
     let permits = Arc::new(Semaphore::new(core.config.sftp.max_connections));
     loop {
         // The permit first: over the cap, connections wait in the backlog.
@@ -157,8 +176,9 @@ async fn accept_loop(core: Arc<Core>, listener: TcpListener, config: Arc<russh::
         };
         let core2 = Arc::clone(&core);
         let config = Arc::clone(&config);
+        let budgets = Arc::clone(&budgets);
         core.tracker.spawn(async move {
-            connection(core2, config, socket, peer, admission).await;
+            connection(core2, config, socket, peer, admission, budgets).await;
             drop(permit);
         });
     }
@@ -180,11 +200,13 @@ async fn connection(
     socket: tokio::net::TcpStream,
     peer: SocketAddr,
     mut admission: Admission,
+    budgets: Arc<HandleBudgets>,
 ) {
     let (authed_tx, authed_rx) = oneshot::channel();
     let channels = TaskTracker::new();
     let handler = SshHandler {
         core: Arc::clone(&core),
+        budgets,
         peer,
         user: None,
         authed: Some(authed_tx),
@@ -245,6 +267,7 @@ async fn connection(
 
 struct SshHandler {
     core: Arc<Core>,
+    budgets: Arc<HandleBudgets>,
     peer: SocketAddr,
     user: Option<UserRecord>,
     authed: Option<oneshot::Sender<()>>,
@@ -476,10 +499,13 @@ impl russh::server::Handler for SshHandler {
         };
         session.channel_success(channel.id())?;
         info!(user = %user.name, peer = %self.peer, "sftp session started");
+        let sftp = &self.core.config.sftp;
         let settings = session::Settings {
             user: user.name.clone(),
-            max_handles: self.core.config.sftp.max_handles,
-            keep_cut_uploads: self.core.config.sftp.keep_cut_uploads,
+            max_handles: sftp.max_handles,
+            user_handles: self.budgets.of(&user.name, sftp.max_handles_per_user),
+            keep_cut_uploads: sftp.keep_cut_uploads,
+            write_timeout: self.core.config.idle_timeout(),
         };
         let shutdown = self.core.shutdown.clone();
         let (handle, id) = (session.handle(), channel.id());
