@@ -643,3 +643,57 @@ fn issue14_the_server_wide_cap_counts_ssh_and_framed_connections_together() {
     }
     assert!(freed, "a seat freed by SSH was not usable by the framed protocol");
 }
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() { out.extend(walk(&p)) } else { out.push(p) }
+    }
+    out.sort();
+    out
+}
+
+/// Issue 14: lftp's `sftp://` mirrors a tree up (`mirror -R`) and down
+/// (`mirror`); both copies are the original byte for byte, and so is what
+/// the framed `ferry get -r` reads back.
+#[test]
+fn issue14_lftp_sftp_mirror_both_ways() {
+    require!("lftp", "ssh", "ssh-keygen");
+    let site = Site::start(&[], None);
+    let tree = site.path("tree");
+    std::fs::create_dir_all(tree.join("sub/deeper")).unwrap();
+    write_random_file(&tree.join("big.bin"), 2 * 1024 * 1024 + 3, 1).unwrap();
+    for i in 0..20 {
+        write_random_file(&tree.join(format!("sub/small{i}.txt")), 100 + i * 37, i).unwrap();
+    }
+    write_random_file(&tree.join("sub/deeper/with space.bin"), 70_000, 99).unwrap();
+    std::fs::write(tree.join("sub/empty"), b"").unwrap();
+    let back = site.path("back");
+    let ssh = format!(
+        "ssh -a -x -i {} -o IdentitiesOnly=yes -o BatchMode=yes -o StrictHostKeyChecking=no \
+         -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR",
+        site.key.display()
+    );
+    let script = format!(
+        "set sftp:connect-program \"{ssh}\"; set net:max-retries 1; set net:timeout 20; \
+         open -u {USER}, sftp://127.0.0.1:{}; mirror -R {} /tree; mirror /tree {}",
+        site.port(),
+        tree.display(),
+        back.display()
+    );
+    let out = Command::new("lftp").args(["-c", &script]).stdin(Stdio::null()).output().unwrap();
+    ok(&out);
+    let framed = site.path("framed");
+    ok(&site.ferry(&["get", "-r", &site.framed("tree"), framed.to_str().unwrap()]));
+    let files = walk(&tree);
+    assert_eq!(files.len(), 23);
+    for file in &files {
+        let rel = file.strip_prefix(&tree).unwrap();
+        same(file, &site.home().join("tree").join(rel));
+        same(file, &back.join(rel));
+        same(file, &framed.join(rel));
+    }
+    // Nothing more came down than went up.
+    assert_eq!(walk(&back).len(), files.len());
+}
