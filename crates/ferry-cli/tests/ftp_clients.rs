@@ -432,3 +432,124 @@ fn issue15_data_connection_from_another_address_is_refused() {
     assert_eq!(got, b"for alice only");
     assert!(raw.reply().starts_with("226"));
 }
+
+/// A control connection from `from` and the server's first line (its
+/// greeting, or the refusal).
+fn greeted_from(from: [u8; 4], ftp: SocketAddr) -> (Raw, String) {
+    let stream = connect_from(from.into(), ftp).unwrap();
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
+    let mut raw = Raw { reader: std::io::BufReader::new(stream.try_clone().unwrap()), stream };
+    let first = raw.reply();
+    (raw, first)
+}
+
+/// True once the server has closed the control connection (end of stream
+/// or reset); false if it still is open after `within`.
+fn closed_by_server(raw: &mut Raw, within: std::time::Duration) -> bool {
+    use std::io::Read;
+    let deadline = std::time::Instant::now() + within;
+    let mut buf = [0u8; 1024];
+    while std::time::Instant::now() < deadline {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        raw.stream.set_read_timeout(Some(left.max(std::time::Duration::from_millis(1)))).unwrap();
+        match raw.reader.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                return false;
+            }
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+/// Issue 15: control connections that have not logged in are held to
+/// `limits.max_unauthenticated_per_ip` per address (the rest get `421` and
+/// the reason), other addresses still get in, and the login deadline closes
+/// what has not logged in, even one that keeps talking; a logged-in
+/// connection stays.
+#[test]
+fn issue15_unauthenticated_connections_are_capped_per_address_and_cut_at_the_login_deadline() {
+    const CAP: usize = 4;
+    const LOGIN_SECS: u64 = 10;
+    let tmp = tempfile::tempdir().unwrap();
+    let limits = format!("[limits]\nmax_unauthenticated_per_ip = {CAP}\nlogin_timeout_secs = {LOGIN_SECS}\n");
+    let s = FtpServer::start(tmp.path(), true, "1GiB", &limits);
+    let started = std::time::Instant::now();
+    let mut held = Vec::new();
+    for _ in 0..CAP {
+        let (raw, first) = greeted_from([127, 0, 0, 1], s.ftp);
+        assert!(first.starts_with("220"), "admitted connection got {first:?}");
+        held.push(raw);
+    }
+    for _ in 0..20 {
+        let (mut raw, first) = greeted_from([127, 0, 0, 1], s.ftp);
+        assert_eq!(first, "421 too many connections from your address that have not logged in");
+        assert!(closed_by_server(&mut raw, std::time::Duration::from_secs(10)), "a refused connection was kept");
+    }
+    // Another address is not starved, and its login lifts the deadline.
+    let (mut other, first) = greeted_from([127, 0, 0, 2], s.ftp);
+    assert!(first.starts_with("220"), "{first}");
+    assert!(other.cmd("USER alice").starts_with("331"));
+    assert!(other.cmd(&format!("PASS {PW}")).starts_with("230"));
+    // One of the held connections keeps talking: the deadline is no idle timeout.
+    let mut chatty = held.pop().unwrap();
+    let talker = std::thread::spawn(move || {
+        use std::io::Write;
+        for _ in 0..(LOGIN_SECS * 4 + 60) {
+            // A failed write or an empty reply: the server closed it.
+            if chatty.stream.write_all(b"NOOP\r\n").is_err() || !chatty.reply().starts_with("200") {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(250));
+        }
+        false
+    });
+    for raw in &mut held {
+        let within = std::time::Duration::from_secs(LOGIN_SECS + 30);
+        assert!(closed_by_server(raw, within), "a connection that never logged in was kept");
+    }
+    assert!(talker.join().unwrap(), "a talking connection that never logged in was kept");
+    assert!(started.elapsed() >= std::time::Duration::from_secs(LOGIN_SECS), "cut before the deadline");
+    // The logged-in one stays, and the freed seats are usable again.
+    assert!(other.cmd("NOOP").starts_with("200"), "a logged-in connection was cut at the login deadline");
+    let mut admitted = false;
+    for _ in 0..100 {
+        if greeted_from([127, 0, 0, 1], s.ftp).1.starts_with("220") {
+            admitted = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(admitted, "seats were not freed after the login deadline");
+}
+
+/// Issue 15: the server-wide cap (`limits.max_connections`) holds for FTP
+/// too, and is shared with the framed protocol.
+#[test]
+fn issue15_the_server_wide_cap_counts_ftp_and_framed_connections_together() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = FtpServer::start(tmp.path(), true, "1GiB", "[limits]\nmax_connections = 3\n");
+    let mut held = Vec::new();
+    for i in 0..3u8 {
+        let (raw, first) = greeted_from([127, 0, 0, 10 + i], s.ftp);
+        assert!(first.starts_with("220"), "{first}");
+        held.push(raw);
+    }
+    let (_, first) = greeted_from([127, 0, 0, 20], s.ftp);
+    assert_eq!(first, "421 server is at its connection limit");
+    let o = s.ferry_get("alice", "/nothing", &tmp.path().join("x"), true);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("connection limit"), "{}", String::from_utf8_lossy(&o.stderr));
+    drop(held.pop());
+    let mut freed = false;
+    for _ in 0..100 {
+        if greeted_from([127, 0, 0, 20], s.ftp).1.starts_with("220") {
+            freed = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(freed, "the freed seat never came back");
+}

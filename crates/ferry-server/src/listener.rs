@@ -115,7 +115,7 @@ pub async fn start(core: Arc<Core>) -> Result<Running> {
     Ok(Running { tcp_addrs, fingerprint, ssh: None, ftp_addr: None, shutdown, done })
 }
 
-fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
+pub(crate) fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
     // A restarted server binds at once even with connections in TIME_WAIT.
     socket.set_reuseaddr(true)?;
