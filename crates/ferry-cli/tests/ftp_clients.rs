@@ -553,3 +553,54 @@ fn issue15_the_server_wide_cap_counts_ftp_and_framed_connections_together() {
     }
     assert!(freed, "the freed seat never came back");
 }
+
+/// Issue 15: a data connection that fails its TLS handshake (plaintext,
+/// garbage, closed at once) under PROT P. libunftp 0.24 unwraps that
+/// handshake (datachan.rs; upstream issue bolcom/libunftp#375): the panic
+/// stays in that transfer's task. The server keeps serving: other
+/// sessions, the framed protocol, and that session's own control
+/// connection (ftp/mod.rs, "Data channels", says what it loses).
+#[test]
+fn issue15_failed_data_tls_handshakes_harm_no_other_session() {
+    if skip("python3") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let s = FtpServer::start(tmp.path(), false, "1GiB", "");
+    std::fs::write(s.home("alice").join("good.txt"), b"good").unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../clients/python/hostile_ftp.py");
+    let o = Command::new("python3")
+        .arg(&script)
+        .args(["--port", &s.ftp.port().to_string(), "--user", "alice", "--password", PW])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(o.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&o.stderr));
+    eprintln!("failed data handshakes:\n{stdout}");
+    let attempts: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(attempts.len(), 3);
+    for a in &attempts {
+        assert!(a["first"].as_str().unwrap().starts_with("150"), "{a}");
+        // The session's own control connection still answers.
+        assert!(a["noop_after"].as_str().unwrap().starts_with("200"), "{a}");
+    }
+    // Nothing of the failed upload landed.
+    assert!(!s.home("alice").join("bad.bin").exists());
+    // The server is up and serves everyone: FTPS up and down...
+    if have("curl") {
+        let src = tmp.path().join("after.bin");
+        write_random_file(&src, 200_000, 3).unwrap();
+        ok(&curl("bob", true, &["-T", src.to_str().unwrap(), &s.url("/after.bin")]), "curl upload after");
+        let down = tmp.path().join("after_down.bin");
+        ok(&curl("bob", true, &["-o", down.to_str().unwrap(), &s.url("/after.bin")]), "curl download after");
+        same_file(&src, &down);
+    }
+    // ...and the framed protocol.
+    let back = tmp.path().join("good_back.txt");
+    ok(&s.ferry_get("alice", "/good.txt", &back, false), "ferry get after");
+    assert_eq!(std::fs::read(&back).unwrap(), b"good");
+    // A canary: libunftp still panics there. When it no longer does, this
+    // fails: drop it and the note in ftp/mod.rs.
+    assert!(s.log().contains("panicked"), "no panic in the log: has libunftp fixed its data-channel unwrap?");
+}
