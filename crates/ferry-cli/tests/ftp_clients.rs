@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use ferry_testkit::{ServerProcess, add_user_cli, sha256_file, write_random_file};
+use ferry_testkit::{ServerProcess, add_user_cli, connect_from, sha256_file, write_random_file};
 
 const PW: &str = "ftp-secret-15";
 
@@ -417,7 +417,8 @@ fn issue15_data_connection_from_another_address_is_refused() {
     let port = pasv_port(&raw.cmd("PASV"));
     // Another host (127.0.0.2 is another address on the loopback) races to
     // the announced port: it is closed and gets nothing.
-    let mut thief = connect_from("127.0.0.2", port).expect("connect from 127.0.0.2");
+    let mut thief =
+        connect_from([127, 0, 0, 2].into(), SocketAddr::from(([127, 0, 0, 1], port))).expect("connect from 127.0.0.2");
     thief.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
     let mut stolen = Vec::new();
     let _ = thief.read_to_end(&mut stolen);
@@ -432,16 +433,174 @@ fn issue15_data_connection_from_another_address_is_refused() {
     assert!(raw.reply().starts_with("226"));
 }
 
-/// A connection to 127.0.0.1:`port` from the source address `from`
-/// (std has no bind-before-connect; a tokio socket does).
-fn connect_from(from: &str, port: u16) -> Option<std::net::TcpStream> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
-    let stream = rt.block_on(async {
-        let s = tokio::net::TcpSocket::new_v4().ok()?;
-        s.bind(format!("{from}:0").parse().ok()?).ok()?;
-        let stream = s.connect(SocketAddr::from(([127, 0, 0, 1], port))).await.ok()?;
-        stream.into_std().ok()
-    })?;
-    stream.set_nonblocking(false).ok()?;
-    Some(stream)
+/// A control connection from `from` and the server's first line (its
+/// greeting, or the refusal).
+fn greeted_from(from: [u8; 4], ftp: SocketAddr) -> (Raw, String) {
+    let stream = connect_from(from.into(), ftp).unwrap();
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
+    let mut raw = Raw { reader: std::io::BufReader::new(stream.try_clone().unwrap()), stream };
+    let first = raw.reply();
+    (raw, first)
+}
+
+/// True once the server has closed the control connection (end of stream
+/// or reset); false if it still is open after `within`.
+fn closed_by_server(raw: &mut Raw, within: std::time::Duration) -> bool {
+    use std::io::Read;
+    let deadline = std::time::Instant::now() + within;
+    let mut buf = [0u8; 1024];
+    while std::time::Instant::now() < deadline {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        raw.stream.set_read_timeout(Some(left.max(std::time::Duration::from_millis(1)))).unwrap();
+        match raw.reader.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                return false;
+            }
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+/// Issue 15: control connections that have not logged in are held to
+/// `limits.max_unauthenticated_per_ip` per address (the rest get `421` and
+/// the reason), other addresses still get in, and the login deadline closes
+/// what has not logged in, even one that keeps talking; a logged-in
+/// connection stays.
+#[test]
+fn issue15_unauthenticated_connections_are_capped_per_address_and_cut_at_the_login_deadline() {
+    const CAP: usize = 4;
+    const LOGIN_SECS: u64 = 10;
+    let tmp = tempfile::tempdir().unwrap();
+    let limits = format!("[limits]\nmax_unauthenticated_per_ip = {CAP}\nlogin_timeout_secs = {LOGIN_SECS}\n");
+    let s = FtpServer::start(tmp.path(), true, "1GiB", &limits);
+    let started = std::time::Instant::now();
+    let mut held = Vec::new();
+    for _ in 0..CAP {
+        let (raw, first) = greeted_from([127, 0, 0, 1], s.ftp);
+        assert!(first.starts_with("220"), "admitted connection got {first:?}");
+        held.push(raw);
+    }
+    for _ in 0..20 {
+        let (mut raw, first) = greeted_from([127, 0, 0, 1], s.ftp);
+        assert_eq!(first, "421 too many connections from your address that have not logged in");
+        assert!(closed_by_server(&mut raw, std::time::Duration::from_secs(10)), "a refused connection was kept");
+    }
+    // Another address is not starved, and its login lifts the deadline.
+    let (mut other, first) = greeted_from([127, 0, 0, 2], s.ftp);
+    assert!(first.starts_with("220"), "{first}");
+    assert!(other.cmd("USER alice").starts_with("331"));
+    assert!(other.cmd(&format!("PASS {PW}")).starts_with("230"));
+    // One of the held connections keeps talking: the deadline is no idle timeout.
+    let mut chatty = held.pop().unwrap();
+    let talker = std::thread::spawn(move || {
+        use std::io::Write;
+        for _ in 0..(LOGIN_SECS * 4 + 60) {
+            // A failed write or an empty reply: the server closed it.
+            if chatty.stream.write_all(b"NOOP\r\n").is_err() || !chatty.reply().starts_with("200") {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(250));
+        }
+        false
+    });
+    for raw in &mut held {
+        let within = std::time::Duration::from_secs(LOGIN_SECS + 30);
+        assert!(closed_by_server(raw, within), "a connection that never logged in was kept");
+    }
+    assert!(talker.join().unwrap(), "a talking connection that never logged in was kept");
+    assert!(started.elapsed() >= std::time::Duration::from_secs(LOGIN_SECS), "cut before the deadline");
+    // The logged-in one stays, and the freed seats are usable again.
+    assert!(other.cmd("NOOP").starts_with("200"), "a logged-in connection was cut at the login deadline");
+    let mut admitted = false;
+    for _ in 0..100 {
+        if greeted_from([127, 0, 0, 1], s.ftp).1.starts_with("220") {
+            admitted = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(admitted, "seats were not freed after the login deadline");
+}
+
+/// Issue 15: the server-wide cap (`limits.max_connections`) holds for FTP
+/// too, and is shared with the framed protocol.
+#[test]
+fn issue15_the_server_wide_cap_counts_ftp_and_framed_connections_together() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = FtpServer::start(tmp.path(), true, "1GiB", "[limits]\nmax_connections = 3\n");
+    let mut held = Vec::new();
+    for i in 0..3u8 {
+        let (raw, first) = greeted_from([127, 0, 0, 10 + i], s.ftp);
+        assert!(first.starts_with("220"), "{first}");
+        held.push(raw);
+    }
+    let (_, first) = greeted_from([127, 0, 0, 20], s.ftp);
+    assert_eq!(first, "421 server is at its connection limit");
+    let o = s.ferry_get("alice", "/nothing", &tmp.path().join("x"), true);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("connection limit"), "{}", String::from_utf8_lossy(&o.stderr));
+    drop(held.pop());
+    let mut freed = false;
+    for _ in 0..100 {
+        if greeted_from([127, 0, 0, 20], s.ftp).1.starts_with("220") {
+            freed = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(freed, "the freed seat never came back");
+}
+
+/// Issue 15: a data connection that fails its TLS handshake (plaintext,
+/// garbage, closed at once) under PROT P. libunftp 0.24 unwraps that
+/// handshake (datachan.rs; upstream issue bolcom/libunftp#375): the panic
+/// stays in that transfer's task. The server keeps serving: other
+/// sessions, the framed protocol, and that session's own control
+/// connection (ftp/mod.rs, "Data channels", says what it loses).
+#[test]
+fn issue15_failed_data_tls_handshakes_harm_no_other_session() {
+    if skip("python3") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let s = FtpServer::start(tmp.path(), false, "1GiB", "");
+    std::fs::write(s.home("alice").join("good.txt"), b"good").unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../clients/python/hostile_ftp.py");
+    let o = Command::new("python3")
+        .arg(&script)
+        .args(["--port", &s.ftp.port().to_string(), "--user", "alice", "--password", PW])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(o.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&o.stderr));
+    eprintln!("failed data handshakes:\n{stdout}");
+    let attempts: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(attempts.len(), 3);
+    for a in &attempts {
+        assert!(a["first"].as_str().unwrap().starts_with("150"), "{a}");
+        // The session's own control connection still answers.
+        assert!(a["noop_after"].as_str().unwrap().starts_with("200"), "{a}");
+    }
+    // Nothing of the failed upload landed.
+    assert!(!s.home("alice").join("bad.bin").exists());
+    // The server is up and serves everyone: FTPS up and down...
+    if have("curl") {
+        let src = tmp.path().join("after.bin");
+        write_random_file(&src, 200_000, 3).unwrap();
+        ok(&curl("bob", true, &["-T", src.to_str().unwrap(), &s.url("/after.bin")]), "curl upload after");
+        let down = tmp.path().join("after_down.bin");
+        ok(&curl("bob", true, &["-o", down.to_str().unwrap(), &s.url("/after.bin")]), "curl download after");
+        same_file(&src, &down);
+    }
+    // ...and the framed protocol.
+    let back = tmp.path().join("good_back.txt");
+    ok(&s.ferry_get("alice", "/good.txt", &back, false), "ferry get after");
+    assert_eq!(std::fs::read(&back).unwrap(), b"good");
+    // A canary: libunftp still panics there. When it no longer does, this
+    // fails: drop it and the note in ftp/mod.rs.
+    assert!(s.log().contains("panicked"), "no panic in the log: has libunftp fixed its data-channel unwrap?");
 }

@@ -3,10 +3,13 @@
 //! exec policy as the framed protocol. A test skips, saying why, only when
 //! its client program is missing (`.ci/run` installs them).
 
+use std::io::Read;
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
-use ferry_testkit::{ServerProcess, add_user_cli, write_random_file};
+use ferry_testkit::{ServerProcess, add_user_cli, connect_from, write_random_file};
 use tempfile::TempDir;
 
 const USER: &str = "alice";
@@ -493,4 +496,204 @@ fn paramiko_random_offsets_and_parallel_writes() {
         .output()
         .unwrap();
     ok(&out);
+}
+
+const LOCAL: [u8; 4] = [127, 0, 0, 1];
+/// Another peer: all of 127.0.0.0/8 is loopback on Linux.
+const OTHER: [u8; 4] = [127, 0, 0, 2];
+
+/// What the server sends first on a fresh connection (its SSH banner, or
+/// the line saying why it refused), up to the first line end; empty if it
+/// closed without a word.
+fn first_line(s: &mut TcpStream) -> String {
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    // Bounded: a line longer than this is no SSH banner.
+    while line.len() < 1024 {
+        match s.read(&mut byte) {
+            Ok(1) if byte[0] == b'\n' => break,
+            Ok(1) => line.push(byte[0]),
+            _ => break,
+        }
+    }
+    text(&line).trim_end().to_string()
+}
+
+/// True once the server has closed `s` (end of stream or reset), reading
+/// and dropping whatever it sends first; false if it is still open after `within`.
+fn closed_by_server(s: &mut TcpStream, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        s.set_read_timeout(Some(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1))))
+            .unwrap();
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                return false;
+            }
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+/// Issue 14: half-open SSH connections from one address are held to
+/// `limits.max_unauthenticated_per_ip` (further ones are refused with a
+/// line saying why), other addresses still get in and log in, and the
+/// login deadline cuts what never logs in, which frees the seats.
+#[test]
+fn issue14_half_open_ssh_connections_are_capped_per_address_and_cut_at_the_login_deadline() {
+    const CAP: usize = 4;
+    const LOGIN_SECS: u64 = 10;
+    let config = format!("[limits]\nmax_unauthenticated_per_ip = {CAP}\nlogin_timeout_secs = {LOGIN_SECS}\n");
+    let site = Site::start(&[], Some(&config));
+    let addr = site.server.sftp_addr.expect("sftp enabled");
+    let started = Instant::now();
+    let mut held = Vec::new();
+    for _ in 0..CAP {
+        let mut s = connect_from(LOCAL.into(), addr).unwrap();
+        let banner = first_line(&mut s);
+        assert!(banner.starts_with("SSH-2.0-ferry"), "admitted connection got {banner:?}");
+        held.push(s);
+    }
+    // The flood goes on: every further connection from that address is
+    // refused at once, told why (well within the login deadline).
+    for _ in 0..20 {
+        let mut s = connect_from(LOCAL.into(), addr).unwrap();
+        let line = first_line(&mut s);
+        assert_eq!(line, "ferry: too many connections from your address that have not logged in");
+        assert!(closed_by_server(&mut s, Duration::from_secs(10)), "a refused connection was kept open");
+    }
+    // Another address is not starved.
+    let mut other = connect_from(OTHER.into(), addr).unwrap();
+    assert!(first_line(&mut other).starts_with("SSH-2.0-ferry"));
+    drop(other);
+    if have("sftp") && have("ssh-keygen") {
+        std::fs::write(site.path("o.txt"), "from another address").unwrap();
+        let mut child = Command::new("sftp")
+            .args(site.ssh_opts())
+            .args(["-o", "BindAddress=127.0.0.2", "-P", &site.port(), "-b", "-"])
+            .arg(format!("{USER}@127.0.0.1"))
+            .current_dir(site.tmp.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(b"put o.txt o.txt\n").unwrap();
+        ok(&child.wait_with_output().unwrap());
+        assert_eq!(std::fs::read_to_string(site.home().join("o.txt")).unwrap(), "from another address");
+    } else {
+        eprintln!("SKIPPED (login part): sftp is not installed (.ci/run installs it)");
+    }
+    // The login deadline cuts the silent ones...
+    for s in &mut held {
+        assert!(
+            closed_by_server(s, Duration::from_secs(LOGIN_SECS + 30)),
+            "a connection that never logged in was kept"
+        );
+    }
+    assert!(started.elapsed() >= Duration::from_secs(LOGIN_SECS), "cut before the login deadline");
+    // ...and their seats are free again (the server frees a seat as it ends
+    // the connection: a few tries, bounded).
+    let mut admitted = false;
+    for _ in 0..100 {
+        let mut s = connect_from(LOCAL.into(), addr).unwrap();
+        if first_line(&mut s).starts_with("SSH-2.0-ferry") {
+            admitted = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(admitted, "seats were not freed after the login deadline");
+}
+
+/// The server-wide cap (`limits.max_connections`) counts the SSH and the
+/// framed front end together: one seat each, whichever port.
+#[test]
+fn issue14_the_server_wide_cap_counts_ssh_and_framed_connections_together() {
+    let site = Site::start(&[], Some("[limits]\nmax_connections = 3\n"));
+    let addr = site.server.sftp_addr.expect("sftp enabled");
+    let mut held = Vec::new();
+    for i in 0..3u8 {
+        // From three addresses: the per-address cap plays no part.
+        let mut s = connect_from([127, 0, 0, 10 + i].into(), addr).unwrap();
+        assert!(first_line(&mut s).starts_with("SSH-2.0-ferry"));
+        held.push(s);
+    }
+    let mut s = connect_from([127, 0, 0, 20].into(), addr).unwrap();
+    assert_eq!(first_line(&mut s), "ferry: server is at its connection limit");
+    // The framed listener shares the seats.
+    let out = site.ferry(&["ls", &site.framed("")]);
+    assert!(!out.status.success(), "the framed login got a fourth seat");
+    assert!(text(&out.stderr).contains("connection limit"), "{}", text(&out.stderr));
+    drop(held.pop());
+    let mut freed = false;
+    for _ in 0..100 {
+        let out = site.ferry(&["ls", &site.framed("")]);
+        if out.status.success() {
+            freed = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(freed, "a seat freed by SSH was not usable by the framed protocol");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() { out.extend(walk(&p)) } else { out.push(p) }
+    }
+    out.sort();
+    out
+}
+
+/// Issue 14: lftp's `sftp://` mirrors a tree up (`mirror -R`) and down
+/// (`mirror`); both copies are the original byte for byte, and so is what
+/// the framed `ferry get -r` reads back.
+#[test]
+fn issue14_lftp_sftp_mirror_both_ways() {
+    require!("lftp", "ssh", "ssh-keygen");
+    let site = Site::start(&[], None);
+    let tree = site.path("tree");
+    std::fs::create_dir_all(tree.join("sub/deeper")).unwrap();
+    write_random_file(&tree.join("big.bin"), 2 * 1024 * 1024 + 3, 1).unwrap();
+    for i in 0..20 {
+        write_random_file(&tree.join(format!("sub/small{i}.txt")), 100 + i * 37, i).unwrap();
+    }
+    write_random_file(&tree.join("sub/deeper/with space.bin"), 70_000, 99).unwrap();
+    std::fs::write(tree.join("sub/empty"), b"").unwrap();
+    let back = site.path("back");
+    let ssh = format!(
+        "ssh -a -x -i {} -o IdentitiesOnly=yes -o BatchMode=yes -o StrictHostKeyChecking=no \
+         -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR",
+        site.key.display()
+    );
+    let script = format!(
+        "set sftp:connect-program \"{ssh}\"; set net:max-retries 1; set net:timeout 20; \
+         open -u {USER}, sftp://127.0.0.1:{}; mirror -R {} /tree; mirror /tree {}",
+        site.port(),
+        tree.display(),
+        back.display()
+    );
+    let out = Command::new("lftp").args(["-c", &script]).stdin(Stdio::null()).output().unwrap();
+    ok(&out);
+    let framed = site.path("framed");
+    ok(&site.ferry(&["get", "-r", &site.framed("tree"), framed.to_str().unwrap()]));
+    let files = walk(&tree);
+    assert_eq!(files.len(), 23);
+    for file in &files {
+        let rel = file.strip_prefix(&tree).unwrap();
+        same(file, &site.home().join("tree").join(rel));
+        same(file, &back.join(rel));
+        same(file, &framed.join(rel));
+    }
+    // Nothing more came down than went up.
+    assert_eq!(walk(&back).len(), files.len());
 }

@@ -50,6 +50,9 @@ pub struct SftpConfig {
     pub max_connections: usize,
     /// Open files and directories per SFTP session.
     pub max_handles: usize,
+    /// Open files and directories of one user across all their SFTP
+    /// sessions: each may hold a file descriptor of the server's.
+    pub max_handles_per_user: usize,
     /// A cut upload (connection lost before the file was closed) is
     /// committed under its final name with the bytes that arrived, so that
     /// `reput` can finish it. Off: uploads are atomic, a cut one vanishes.
@@ -63,6 +66,7 @@ impl Default for SftpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_SFTP_PORT)),
             max_connections: 1024,
             max_handles: 256,
+            max_handles_per_user: 1024,
             keep_cut_uploads: false,
         }
     }
@@ -309,6 +313,7 @@ impl ServerConfig {
         }
         positive("sftp.max_connections", self.sftp.max_connections as u64)?;
         positive("sftp.max_handles", self.sftp.max_handles as u64)?;
+        positive("sftp.max_handles_per_user", self.sftp.max_handles_per_user as u64)?;
         self.ftp.validate()?;
         Ok(())
     }

@@ -1,7 +1,8 @@
 //! `Core`: what every front end shares (framed protocol now; SFTP and FTP
 //! beside it): configuration, user store, authenticator, quotas, the open
-//! homes, exec limits, the server's certificate and the shutdown signal.
-//! Admission and the TLS acceptor belong to each listener, not here.
+//! homes, exec limits, the server's certificate, the shutdown signal and
+//! admission (one gate for every front end). TLS acceptors belong to each
+//! listener, not here.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use std::sync::Weak;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admission::Gate;
 use crate::auth::{Authenticator, SqliteUserStore, Throttle, ThrottleConfig, UserRecord, UserStore};
 use crate::config::ServerConfig;
 use crate::exec::ExecLimits;
@@ -29,6 +31,8 @@ pub struct Core {
     /// The server's certificate and its fingerprint; `None` when plaintext.
     pub tls: Option<(Arc<rustls::ServerConfig>, String)>,
     pub exec: ExecLimits,
+    /// Seats for connections, on every front end (`admission.rs`).
+    pub admission: Gate,
     /// Open homes by user, shared by all of a user's sessions.
     homes: tokio::sync::Mutex<HashMap<String, Weak<Home>>>,
     pub shutdown: CancellationToken,
@@ -76,6 +80,7 @@ impl Core {
         };
         let core = Core {
             exec: ExecLimits::new(config.exec.max_total),
+            admission: Gate::new(config.limits.max_connections, config.limits.max_unauthenticated_per_ip),
             homes: Default::default(),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),

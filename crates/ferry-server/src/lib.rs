@@ -6,6 +6,7 @@
 //! core takes no wire types; `cmd/` is the only layer that sees both.
 //! docs/DESIGN.md maps every file.
 
+pub mod admission;
 pub mod auth;
 mod cmd;
 pub mod config;

@@ -1,35 +1,34 @@
 //! The framed protocol's listener: bind with `SO_REUSEADDR`, admit a
 //! connection only with a permit, refuse the rest cleanly, run the TLS
 //! handshake under the login timeout, and drain sessions on shutdown within a
-//! grace period. Admission and the TLS acceptor are this front end's own
-//! state ([`Framed`]); everything shared with other front ends is in `Core`.
+//! grace period. The TLS acceptor is this front end's own state
+//! ([`Framed`]); admission (`admission.rs`) and everything else shared with
+//! other front ends is in `Core`.
 
-use std::collections::HashMap;
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use ferry_proto::msg::error_header;
 use ferry_proto::{Connection, ErrorCode, FrameCodec, WireError};
 use tokio::net::{TcpListener, TcpSocket, TcpStream, UnixListener};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::admission::{Admission, Refusal};
 use crate::core::Core;
 use crate::stream::Stream;
 
-/// The framed-protocol front end's state: the core, and its own admission
-/// counters and TLS acceptor.
+/// The framed-protocol front end's state: the core, its TLS acceptor and
+/// the budget of refusals being told.
 pub struct Framed {
     pub core: Arc<Core>,
     tls: Option<TlsAcceptor>,
-    connections: Arc<Semaphore>,
     refusals: Arc<Semaphore>,
-    unauth: Arc<UnauthCounts>,
     session_ids: AtomicU64,
 }
 
@@ -65,9 +64,7 @@ impl Running {
 pub async fn start(core: Arc<Core>) -> Result<Running> {
     let shared = Arc::new(Framed {
         tls: core.tls.as_ref().map(|(config, _)| TlsAcceptor::from(Arc::clone(config))),
-        connections: Arc::new(Semaphore::new(core.config.limits.max_connections)),
         refusals: Arc::new(Semaphore::new(64)),
-        unauth: Arc::new(UnauthCounts::default()),
         session_ids: AtomicU64::new(0),
         core,
     });
@@ -118,7 +115,7 @@ pub async fn start(core: Arc<Core>) -> Result<Running> {
     Ok(Running { tcp_addrs, fingerprint, ssh: None, ftp_addr: None, shutdown, done })
 }
 
-fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
+pub(crate) fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
     // A restarted server binds at once even with connections in TIME_WAIT.
     socket.set_reuseaddr(true)?;
@@ -142,7 +139,7 @@ async fn accept_tcp(shared: Arc<Framed>, listener: TcpListener) {
             }
         };
         let _ = socket.set_nodelay(true);
-        match shared.admit(peer.ip()) {
+        match shared.core.admission.admit(peer.ip()) {
             Ok(admission) => {
                 let shared2 = Arc::clone(&shared);
                 shared.core.tracker.spawn(async move { serve_tcp(shared2, socket, peer, admission).await });
@@ -191,7 +188,7 @@ async fn accept_unix(shared: Arc<Framed>, listener: UnixListener) {
                 continue;
             }
         };
-        let Ok(admission) = shared.admit_local() else { continue };
+        let Ok(admission) = shared.core.admission.admit_local() else { continue };
         let shared2 = Arc::clone(&shared);
         shared.core.tracker.spawn(async move {
             crate::session::run(shared2, Stream::Unix(socket), "unix".into(), None, admission).await
@@ -201,7 +198,8 @@ async fn accept_unix(shared: Arc<Framed>, listener: UnixListener) {
 
 /// Tells a refused peer why, then closes. Bounded: when even the refusal
 /// budget is spent, the socket is simply dropped.
-fn refuse(shared: &Arc<Framed>, socket: TcpStream, peer: SocketAddr, err: WireError) {
+fn refuse(shared: &Arc<Framed>, socket: TcpStream, peer: SocketAddr, refusal: Refusal) {
+    let err = WireError::new(ErrorCode::TooManyConnections, refusal.message());
     let Ok(permit) = Arc::clone(&shared.refusals).try_acquire_owned() else {
         return;
     };
@@ -229,88 +227,7 @@ async fn send_refusal(stream: Stream, err: &WireError) {
     let _ = conn.shutdown().await;
 }
 
-/// A connection's seat: the global permit and, until login, its place in the
-/// per-address count of unauthenticated connections.
-pub struct Admission {
-    _permit: OwnedSemaphorePermit,
-    unauth: Option<(Arc<UnauthCounts>, IpAddr)>,
-}
-
-impl Admission {
-    /// The connection logged in: it no longer counts as unauthenticated.
-    pub fn authenticated(&mut self) {
-        if let Some((counts, ip)) = self.unauth.take() {
-            counts.leave(ip);
-        }
-    }
-}
-
-impl Drop for Admission {
-    fn drop(&mut self) {
-        self.authenticated();
-    }
-}
-
-/// The key a peer is counted under for the unauthenticated-connection cap,
-/// as the login throttle keys it (auth/throttle.rs): IPv4 as is (IPv4-mapped
-/// IPv6 included, so a dual-stack listener does not lump every IPv4 peer
-/// together), IPv6 cut to its /64, the usual size of one site's network, so
-/// one host cannot multiply the cap by walking its own prefix (issue 12, item 7).
-fn unauth_key(ip: IpAddr) -> IpAddr {
-    match ip.to_canonical() {
-        IpAddr::V4(v4) => IpAddr::V4(v4),
-        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from_bits(v6.to_bits() & !((1u128 << 64) - 1))),
-    }
-}
-
-/// Unauthenticated connections per [`unauth_key`].
-#[derive(Default)]
-pub struct UnauthCounts(Mutex<HashMap<IpAddr, usize>>);
-
-impl UnauthCounts {
-    fn enter(&self, ip: IpAddr, max: usize) -> bool {
-        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let n = map.entry(ip).or_insert(0);
-        if *n >= max {
-            return false;
-        }
-        *n += 1;
-        true
-    }
-
-    fn leave(&self, ip: IpAddr) {
-        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = map.get_mut(&ip) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&ip);
-            }
-        }
-    }
-}
-
 impl Framed {
-    fn admit(&self, ip: IpAddr) -> Result<Admission, WireError> {
-        let permit = Arc::clone(&self.connections)
-            .try_acquire_owned()
-            .map_err(|_| WireError::new(ErrorCode::TooManyConnections, "server is at its connection limit"))?;
-        let key = unauth_key(ip);
-        if !self.unauth.enter(key, self.core.config.limits.max_unauthenticated_per_ip) {
-            return Err(WireError::new(
-                ErrorCode::TooManyConnections,
-                "too many connections from your address that have not logged in",
-            ));
-        }
-        Ok(Admission { _permit: permit, unauth: Some((Arc::clone(&self.unauth), key)) })
-    }
-
-    fn admit_local(&self) -> Result<Admission, WireError> {
-        let permit = Arc::clone(&self.connections)
-            .try_acquire_owned()
-            .map_err(|_| WireError::new(ErrorCode::TooManyConnections, "server is at its connection limit"))?;
-        Ok(Admission { _permit: permit, unauth: None })
-    }
-
     pub fn next_session_id(&self) -> u64 {
         self.session_ids.fetch_add(1, Ordering::Relaxed) + 1
     }
@@ -319,38 +236,6 @@ impl Framed {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn unauth_key_groups_ipv6_by_64_and_keeps_ipv4_apart() {
-        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
-        let b: IpAddr = "2001:db8:1:2:ffff:1:2:3".parse().unwrap();
-        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
-        assert_eq!(unauth_key(a), unauth_key(b));
-        assert_eq!(unauth_key(a), "2001:db8:1:2::".parse::<IpAddr>().unwrap());
-        assert_ne!(unauth_key(a), unauth_key(other));
-        let v4: IpAddr = "192.0.2.7".parse().unwrap();
-        let v4_other: IpAddr = "192.0.2.8".parse().unwrap();
-        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
-        let mapped_other: IpAddr = "::ffff:192.0.2.8".parse().unwrap();
-        assert_eq!(unauth_key(v4), v4);
-        assert_eq!(unauth_key(mapped), v4, "IPv4-mapped counts as IPv4");
-        assert_ne!(unauth_key(mapped), unauth_key(mapped_other), "not one /64 for all of IPv4");
-        assert_ne!(unauth_key(v4), unauth_key(v4_other));
-        let loopback: IpAddr = "::1".parse().unwrap();
-        assert_eq!(unauth_key(loopback), IpAddr::V6(Ipv6Addr::UNSPECIFIED));
-    }
-
-    #[test]
-    fn one_64_shares_one_count() {
-        let counts = UnauthCounts::default();
-        let first = unauth_key("2001:db8::1".parse().unwrap());
-        let second = unauth_key("2001:db8::2:3:4".parse().unwrap());
-        assert!(counts.enter(first, 2));
-        assert!(counts.enter(second, 2));
-        assert!(!counts.enter(first, 2), "the third from the same /64 is over the cap");
-        counts.leave(second);
-        assert!(counts.enter(first, 2), "a seat freed in the /64 is usable by any of it");
-    }
 
     /// Over real sockets on ::1 (the only IPv6 address loopback has, so the
     /// /64 grouping itself is covered by the tests above): the cap holds for

@@ -13,11 +13,12 @@ use ferry_proto::resp;
 use ferry_proto::{Connection, ErrorCode, FrameCodec, FrameError, Request, WireError};
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::admission::Admission;
 use crate::auth::{AuthError, UserRecord};
 use crate::cmd;
 use crate::core::Core;
 use crate::home::Home;
-use crate::listener::{Admission, Framed};
+use crate::listener::Framed;
 use crate::stream::Stream;
 use crate::vfs::VirtualPath;
 

@@ -339,6 +339,20 @@ pub fn write_random_file(path: &Path, len: u64, seed: u64) -> Result<()> {
     Ok(())
 }
 
+/// A blocking TCP connection to `to` from the local address `from` (on
+/// Linux all of 127.0.0.0/8 is loopback: 127.0.0.2 is another peer to the
+/// server). std has no bind-before-connect; a tokio socket does.
+pub fn connect_from(from: std::net::IpAddr, to: SocketAddr) -> std::io::Result<std::net::TcpStream> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let stream = rt.block_on(async {
+        let s = if from.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+        s.bind(SocketAddr::new(from, 0))?;
+        s.connect(to).await?.into_std()
+    })?;
+    stream.set_nonblocking(false)?;
+    Ok(stream)
+}
+
 pub fn sha256_file(path: &Path) -> Result<String> {
     hash_file(path, ferry_client::HashAlgo::Sha256)
 }

@@ -3,10 +3,11 @@
 //! protocol's SCRAM logins (one failure count per address). Anonymous login
 //! is refused, and so is any password sent in the clear when TLS is required.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use async_trait::async_trait;
+use tokio::sync::oneshot;
 use unftp_core::auth::{
     AuthenticationError, Authenticator, ChannelEncryptionState, Credentials, Principal, UserDetailError,
     UserDetailProvider,
@@ -67,9 +68,19 @@ impl Authenticator for FtpAuthenticator {
 }
 
 /// Turns the authenticated name into an [`FtpUser`] holding the user's
-/// home, opened (or shared) through the core.
+/// home, opened (or shared) through the core. One per control connection:
+/// the first user it provides is that connection's login, which it
+/// reports to the front end (which then lifts the login deadline and the
+/// unauthenticated count).
 pub struct FtpUsers {
-    pub core: Arc<Core>,
+    core: Arc<Core>,
+    logged_in: Mutex<Option<oneshot::Sender<()>>>,
+}
+
+impl FtpUsers {
+    pub fn new(core: Arc<Core>, logged_in: oneshot::Sender<()>) -> FtpUsers {
+        FtpUsers { core, logged_in: Mutex::new(Some(logged_in)) }
+    }
 }
 
 impl std::fmt::Debug for FtpUsers {
@@ -95,6 +106,9 @@ impl UserDetailProvider for FtpUsers {
             .open_home(&record)
             .await
             .map_err(|e| UserDetailError::ImplPropagated("cannot open the home".into(), Some(Box::new(e))))?;
+        if let Some(tx) = self.logged_in.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = tx.send(());
+        }
         Ok(FtpUser { name: record.name, home })
     }
 }

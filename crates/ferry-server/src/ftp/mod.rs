@@ -7,11 +7,27 @@
 //!   on the control and the data channel; plaintext only with
 //!   `ftp.allow_plaintext = true`, logged as a warning at start;
 //! - passive mode only (PORT/EPRT refused: no FTP bounce);
-//! - libunftp's pooled listener: every passive port is bound at start and a
-//!   data connection is handed to the session whose control connection came
-//!   from the same IP address and was given that port; any other is closed;
+//! - admission as on every front end (`admission.rs`): a seat from the
+//!   core's gate for each control connection, refused with `421` and the
+//!   reason, and a login deadline (`limits.login_timeout_secs`) after which
+//!   a connection that has not logged in is closed;
 //! - libunftp's `SITE MD5` off (it reads whole files on demand); `SITE
 //!   SHA256 PATH` answers from the home instead.
+//!
+//! Connections are accepted here, not by libunftp's listener: each admitted
+//! one is handed to `Server::service`, libunftp's entry for sockets accepted
+//! by the embedder, with a server of its own (so that its login can be seen,
+//! through `auth::FtpUsers`). A second descriptor of the socket lets us cut
+//! the connection at the deadline or at shutdown; libunftp has no call for it.
+//!
+//! Passive ports: `service` serves PASV/EPSV in libunftp's per-session
+//! mode: each binds one port of `ftp.passive_ports` (our [`PassivePorts`]
+//! walks the whole range from a random port) and takes the first connection
+//! to it within 15 s; one from any address but the control connection's is
+//! closed and gets nothing. Such a stranger also spends that PASV (the
+//! client's transfer fails and a retry gets a new port), as with vsftpd.
+//! libunftp's pooled listener, which ignores strangers, owns its accept
+//! loop and could not be given admission.
 //!
 //! libunftp logs through `slog-stdlog` into the `log` crate, which
 //! tracing-subscriber's default `tracing-log` bridge turns into tracing
@@ -20,7 +36,7 @@
 mod auth;
 mod storage;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,11 +44,15 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use async_trait::async_trait;
 use libunftp::options::{
-    ActivePassiveMode, FtpsRequired, PassiveHost, Reply, ReplyCode, Shutdown, SiteCommandContext, SiteCommandHandler,
+    ActivePassiveMode, Binder, FtpsRequired, PassiveHost, Reply, ReplyCode, SiteCommandContext, SiteCommandHandler,
     SiteMd5,
 };
 use serde::Deserialize;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::oneshot;
+use tracing::{debug, info, warn};
 
+use crate::admission::{Admission, Refusal};
 use crate::config::ConfigError;
 use crate::core::Core;
 use crate::home::HashAlgo;
@@ -47,7 +67,8 @@ pub struct FtpConfig {
     /// The control connection's address (IPv4: libunftp's passive mode
     /// speaks PASV, IPv4 only). Port 0 picks a free port.
     pub listen: SocketAddr,
-    /// Passive data ports, `FIRST-LAST`; all bound at start.
+    /// Passive data ports, `FIRST-LAST`; one is bound for each PASV/EPSV
+    /// until its data connection arrives (or 15 s).
     pub passive_ports: String,
     /// The address announced in PASV replies (IPv4 or a DNS name), for a
     /// server behind NAT; default: the address the client connected to.
@@ -90,20 +111,29 @@ impl FtpConfig {
         let (a, b) = text.split_once('-').ok_or_else(|| bad("expected FIRST-LAST, e.g. 50000-50100"))?;
         let first: u16 = a.trim().parse().map_err(|_| bad("expected FIRST-LAST, e.g. 50000-50100"))?;
         let last: u16 = b.trim().parse().map_err(|_| bad("expected FIRST-LAST, e.g. 50000-50100"))?;
-        // libunftp's pooled listener divides by LAST - FIRST and never hands
-        // out LAST itself: two ports at least.
+        // Two ports at least, so that a client's second PASV never waits
+        // for its first; a bounded walk (`PassivePorts`) per PASV.
         if first < 1024 || last <= first {
             return Err(bad("must be FIRST-LAST with 1024 <= FIRST < LAST"));
         }
         if last - first >= 4096 {
-            return Err(bad("at most 4096 ports (each is bound at start)"));
+            return Err(bad("at most 4096 ports"));
         }
         Ok(first..=last)
     }
 }
 
+/// The front end's state, shared by its connections.
+struct Ftp {
+    core: Arc<Core>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    passive: RangeInclusive<u16>,
+    passive_host: Option<String>,
+    authenticator: Arc<auth::FtpAuthenticator>,
+}
+
 /// Starts the FTP front end when enabled; returns the control address.
-/// Its task runs on the core's tracker and stops with the core's token.
+/// Its tasks run on the core's tracker and stop with the core's token.
 pub async fn start(core: Arc<Core>) -> Result<Option<SocketAddr>> {
     let config = core.config.ftp.clone();
     if !config.enabled {
@@ -126,73 +156,184 @@ pub async fn start(core: Arc<Core>) -> Result<Option<SocketAddr>> {
             "FTP needs the server's TLS certificate for FTPS; with --insecure-plaintext set ftp.allow_plaintext = true"
         ),
         (_, true) => {
-            tracing::warn!(
-                "ftp.allow_plaintext: FTP without TLS is accepted; passwords, names and data travel unencrypted"
-            );
+            warn!("ftp.allow_plaintext: FTP without TLS is accepted; passwords, names and data travel unencrypted");
             None
         }
     };
-    // libunftp binds the control and passive ports itself. Binding here
-    // first turns a busy port into an error at start rather than a dead
-    // front end later, and resolves port 0 (a short race with another
-    // process taking the port in between is the price).
-    let addr = probe_bind(config.listen).with_context(|| format!("cannot listen for FTP on {}", config.listen))?;
-    for port in passive.clone() {
-        probe_bind(SocketAddr::new(addr.ip(), port))
-            .with_context(|| format!("cannot bind FTP passive port {port} (ftp.passive_ports)"))?;
-    }
-
-    let token = core.shutdown.clone();
-    let grace = Duration::from_secs(core.config.limits.shutdown_grace_secs);
-    let require_tls = tls.is_some();
-    let authenticator = Arc::new(auth::FtpAuthenticator { core: Arc::clone(&core), require_tls });
-    let users = Arc::new(auth::FtpUsers { core: Arc::clone(&core) });
-    let mut builder = libunftp::ServerBuilder::with_user_detail_provider(Box::new(|| HomeStorage), users)
-        .authenticator(authenticator)
-        .greeting("ferry FTP server ready")
-        .passive_ports(passive)
-        .pooled_listener_mode()
-        .active_passive_mode(ActivePassiveMode::PassiveOnly)
-        .idle_session_timeout(core.config.limits.idle_timeout_secs)
-        .sitemd5(SiteMd5::None)
-        .site_command("SHA256", Sha256Site)
-        .shutdown_indicator(async move {
-            token.cancelled().await;
-            Shutdown::new().grace_period(grace)
-        });
-    if let Some(host) = &config.passive_host {
-        builder = builder.passive_host(PassiveHost::from(host.as_str()));
-    }
-    if let Some(tls) = tls {
-        builder = builder.ftps_manual::<std::path::PathBuf>(tls).ftps_required(FtpsRequired::All, FtpsRequired::All);
-    }
-    let server = builder.build().context("configuring the FTP server")?;
-    core.tracker.spawn(async move {
-        match server.listen(addr.to_string()).await {
-            Ok(()) => tracing::info!("ftp: stopped"),
-            Err(e) => tracing::error!(error = %e, "ftp: stopped"),
-        }
-    });
-    // Ready once the control port takes a connection (libunftp binds the
-    // passive ports right after it, before it accepts); probing by binding
-    // would make its own bind fail. Bounded, so that a listener that failed
-    // does not hang the start.
-    for _ in 0..500 {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            tracing::info!(%addr, "ftp: listening");
-            return Ok(Some(addr));
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    bail!("the FTP listener did not start on {addr} (see the log)")
+    let listener = crate::listener::bind_tcp(config.listen)
+        .with_context(|| format!("cannot listen for FTP on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let authenticator = Arc::new(auth::FtpAuthenticator { core: Arc::clone(&core), require_tls: tls.is_some() });
+    let front =
+        Arc::new(Ftp { core: Arc::clone(&core), tls, passive, passive_host: config.passive_host, authenticator });
+    core.tracker.spawn(accept_loop(front, listener));
+    info!(%addr, "ftp: listening");
+    Ok(Some(addr))
 }
 
-/// Binds as libunftp will (with `SO_REUSEADDR`) and lets go; the bound address.
-fn probe_bind(addr: SocketAddr) -> std::io::Result<SocketAddr> {
-    let socket = tokio::net::TcpSocket::new_v4()?;
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.local_addr()
+async fn accept_loop(front: Arc<Ftp>, listener: TcpListener) {
+    let core = &front.core;
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = core.shutdown.cancelled() => return,
+        };
+        let (socket, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                warn!(error = %e, "ftp: accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        match core.admission.admit(peer.ip()) {
+            Ok(admission) => {
+                core.tracker.spawn(serve(Arc::clone(&front), socket, peer, admission));
+            }
+            Err(refusal) => refuse(&socket, peer, refusal),
+        }
+    }
+}
+
+/// `421` and the reason, then the close (RFC 959: "service not available,
+/// closing control connection"). One non-blocking write into a fresh
+/// socket's empty buffer: no task, no wait, whatever the peer does.
+fn refuse(socket: &TcpStream, peer: SocketAddr, refusal: Refusal) {
+    debug!(%peer, reason = refusal.message(), "ftp: connection refused");
+    let _ = socket.try_write(format!("421 {}\r\n", refusal.message()).as_bytes());
+}
+
+/// How long a control loop may take to end once its connection is cut.
+const END_WITHIN: Duration = Duration::from_secs(5);
+
+/// One control connection: libunftp serves it; we hold its seat, watch for
+/// its login, and cut it at the login deadline or at shutdown.
+async fn serve(front: Arc<Ftp>, socket: TcpStream, peer: SocketAddr, mut admission: Admission) {
+    let (socket, cut) = match second_descriptor(socket) {
+        Ok(x) => x,
+        Err(e) => {
+            warn!(%peer, error = %e, "ftp: cannot serve the connection");
+            return;
+        }
+    };
+    let (logged_in, mut login) = oneshot::channel();
+    let server = match front.server(logged_in) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(%peer, error = %e, "ftp: cannot serve the connection");
+            return;
+        }
+    };
+    let session = server.service(socket);
+    tokio::pin!(session);
+    let deadline = tokio::time::sleep(front.core.config.login_timeout());
+    tokio::pin!(deadline);
+    let (mut waiting, mut authenticated) = (true, false);
+    loop {
+        tokio::select! {
+            _ = &mut session => return,
+            r = &mut login, if waiting => {
+                waiting = false;
+                if r.is_ok() {
+                    authenticated = true;
+                    admission.authenticated();
+                }
+            }
+            _ = &mut deadline, if !authenticated => {
+                info!(%peer, "ftp: login timed out; closing");
+                break;
+            }
+            _ = front.core.shutdown.cancelled() => break,
+        }
+    }
+    // libunftp's control loop sees its connection end and stops.
+    let _ = cut.shutdown(std::net::Shutdown::Both);
+    if tokio::time::timeout(END_WITHIN, session).await.is_err() {
+        debug!(%peer, "ftp: the control loop did not end after its connection was cut");
+    }
+}
+
+/// The socket for libunftp, and a second descriptor of it to shut it down
+/// from here.
+fn second_descriptor(socket: TcpStream) -> std::io::Result<(TcpStream, std::net::TcpStream)> {
+    let std = socket.into_std()?;
+    let cut = std.try_clone()?;
+    Ok((TcpStream::from_std(std)?, cut))
+}
+
+impl Ftp {
+    /// A libunftp server for one connection; `logged_in` fires at its login.
+    fn server(&self, logged_in: oneshot::Sender<()>) -> Result<libunftp::Server<HomeStorage, FtpUser>> {
+        let users = Arc::new(auth::FtpUsers::new(Arc::clone(&self.core), logged_in));
+        let mut builder = libunftp::ServerBuilder::with_user_detail_provider(Box::new(|| HomeStorage), users)
+            .authenticator(Arc::clone(&self.authenticator) as _)
+            .greeting("ferry FTP server ready")
+            .passive_ports(self.passive.clone())
+            .binder(PassivePorts)
+            .active_passive_mode(ActivePassiveMode::PassiveOnly)
+            .idle_session_timeout(self.core.config.limits.idle_timeout_secs)
+            .sitemd5(SiteMd5::None)
+            .site_command("SHA256", Sha256Site);
+        if let Some(host) = &self.passive_host {
+            builder = builder.passive_host(PassiveHost::from(host.as_str()));
+        }
+        // Data channels: libunftp 0.24 runs a data connection's TLS
+        // handshake with no timeout and `unwrap`s its result (datachan.rs,
+        // `reader`/`writer`; upstream bolcom/libunftp#375), so a data
+        // connection that fails it (plaintext, garbage, closed early)
+        // panics that transfer's task, and one that never speaks holds it.
+        // Nothing here can reach that handshake: the data socket is
+        // libunftp's from accept to close. The panic is contained: tokio
+        // catches it in that task; the server, every other session and
+        // that session's control connection go on (test
+        // `issue15_failed_data_tls_handshakes_harm_no_other_session`).
+        // What is lost: that transfer gets no final reply and nothing is
+        // stored, and libunftp's "data busy" flag stays set, so that control
+        // connection no longer idles out: it ends when its client closes it,
+        // or at shutdown (`serve` cuts it), holding its one seat meanwhile.
+        // Only a logged-in user can get there. Fixing it needs a libunftp
+        // release (or fork) that maps the handshake error to a 4xx reply.
+        if let Some(tls) = &self.tls {
+            builder = builder
+                .ftps_manual::<std::path::PathBuf>(Arc::clone(tls))
+                .ftps_required(FtpsRequired::All, FtpsRequired::All);
+        }
+        builder.build().context("configuring the FTP server")
+    }
+}
+
+/// Binds a passive port for one PASV/EPSV: every port of the range in turn
+/// from a random one, so a busy range fails only when it is full. Bound
+/// and listening here: with `SO_REUSEADDR` (needed to reuse a port whose
+/// last transfer is in TIME_WAIT) two sockets may bind one port until one
+/// listens, and a port taken between a bind and a listen would fail the
+/// PASV. libunftp's own `listen` on it again only sets the backlog.
+#[derive(Debug)]
+struct PassivePorts;
+
+#[async_trait]
+impl Binder for PassivePorts {
+    async fn bind(&mut self, ip: IpAddr, ports: RangeInclusive<u16>) -> std::io::Result<TcpSocket> {
+        let (first, last) = (*ports.start(), *ports.end());
+        let span = u32::from(last.saturating_sub(first)) + 1;
+        let mut seed = [0u8; 4];
+        getrandom::fill(&mut seed).map_err(|e| std::io::Error::other(e.to_string()))?;
+        let from = u32::from_ne_bytes(seed) % span;
+        for i in 0..span {
+            let port = first + ((from + i) % span) as u16;
+            let socket = if ip.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+            socket.set_reuseaddr(true)?;
+            if socket.bind(SocketAddr::new(ip, port)).is_err() {
+                continue;
+            }
+            let Ok(listening) = socket.listen(16) else { continue };
+            // Back to a `TcpSocket`, still listening, for libunftp.
+            let fd: std::os::fd::OwnedFd = listening.into_std()?.into();
+            return Ok(TcpSocket::from_std_stream(std::net::TcpStream::from(fd)));
+        }
+        Err(std::io::Error::new(std::io::ErrorKind::AddrInUse, "every FTP passive port is in use"))
+    }
 }
 
 /// `SITE SHA256 PATH`: the file's SHA-256 (the hash kept with the file when

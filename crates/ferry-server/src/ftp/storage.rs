@@ -93,6 +93,16 @@ const WRITE_CHUNK: usize = 256 * 1024;
 
 /// The one mapping from `Home` outcomes to FTP reply classes; the message
 /// stays with the error for the log.
+///
+/// Only the class reaches the client. libunftp 0.24's control loop turns
+/// each `ErrorKind` into a reply with a fixed text (control_loop.rs,
+/// `handle_internal_msg`: `ExceededStorageAllocationError` is always `552
+/// Exceeded storage allocation`, RFC 959's name for a quota); the error's
+/// message and source are only logged, no kind carries a text of ours, and
+/// the one message that does (`CommandChannelReply`) is libunftp's own,
+/// sent by its built-in commands, not by a storage backend. So an
+/// over-quota STOR says "quota" in our log (below), not in its reply
+/// (issue 15, item 6).
 pub(crate) fn to_ftp(e: HomeError) -> Error {
     let kind = match &e {
         HomeError::Quota(_) => ErrorKind::ExceededStorageAllocationError,

@@ -3,10 +3,15 @@
 //! as the framed protocol. russh runs the SSH transport; `session.rs` serves
 //! SFTP over `Home`; `exec.rs` runs commands; `proto.rs` is the SFTP codec.
 //!
-//! Admission: a permit before `accept` (`sftp.max_connections`), the login
-//! timeout (`limits.login_timeout_secs`) and idle timeout
-//! (`limits.idle_timeout_secs`); connections and their channels are tracked
-//! by the core's tracker, so shutdown drains them like framed sessions.
+//! Admission: a permit before `accept` (`sftp.max_connections`), then a
+//! seat from the core's gate, as for the framed protocol and FTP
+//! (`admission.rs`: `limits.max_connections` in all, and
+//! `limits.max_unauthenticated_per_ip` per address until login); a refused
+//! peer reads why in a line before the SSH banner. The login timeout
+//! (`limits.login_timeout_secs`) covers the version exchange, key exchange
+//! and authentication; the idle timeout (`limits.idle_timeout_secs`) the
+//! rest. Connections and their channels are tracked by the core's tracker,
+//! so shutdown drains them like framed sessions.
 //!
 //! Algorithms: curve25519 key exchange, an ed25519 host key, AEAD ciphers
 //! (chacha20-poly1305, AES-GCM) first, AES-CTR with SHA-2 MACs for older
@@ -20,7 +25,7 @@ mod session;
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -32,6 +37,7 @@ use tokio::sync::{Semaphore, oneshot};
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::admission::{Admission, Refusal};
 use crate::auth::{AuthError, Decision, UserRecord};
 use crate::core::Core;
 
@@ -117,11 +123,30 @@ pub async fn start(core: Arc<Core>) -> Result<SshRunning> {
     let config = Arc::new(ssh_config(&core, host.key));
     info!(%addr, %fingerprint, "SSH/SFTP listening");
     let tracker = core.tracker.clone();
-    tracker.spawn(accept_loop(core, listener, config));
+    let budgets = Arc::new(HandleBudgets::default());
+    tracker.spawn(accept_loop(core, listener, config, budgets));
     Ok(SshRunning { addr, fingerprint, generated_key: host.generated })
 }
 
-async fn accept_loop(core: Arc<Core>, listener: TcpListener, config: Arc<russh::server::Config>) {
+/// Each user's budget of open SFTP handles, shared by their sessions
+/// (`sftp.max_handles_per_user`). One entry per user who opened SFTP since
+/// the start: bounded by the user store.
+#[derive(Default)]
+struct HandleBudgets(Mutex<HashMap<String, Arc<Semaphore>>>);
+
+impl HandleBudgets {
+    fn of(&self, user: &str, max: usize) -> Arc<Semaphore> {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(map.entry(user.to_string()).or_insert_with(|| Arc::new(Semaphore::new(max))))
+    }
+}
+
+async fn accept_loop(
+    core: Arc<Core>,
+    listener: TcpListener,
+    config: Arc<russh::server::Config>,
+    budgets: Arc<HandleBudgets>,
+) {
     let permits = Arc::new(Semaphore::new(core.config.sftp.max_connections));
     loop {
         // The permit first: over the cap, connections wait in the backlog.
@@ -142,13 +167,31 @@ async fn accept_loop(core: Arc<Core>, listener: TcpListener, config: Arc<russh::
                 continue;
             }
         };
+        let admission = match core.admission.admit(peer.ip()) {
+            Ok(a) => a,
+            Err(refusal) => {
+                refuse_connection(&socket, peer, refusal);
+                continue;
+            }
+        };
         let core2 = Arc::clone(&core);
         let config = Arc::clone(&config);
+        let budgets = Arc::clone(&budgets);
         core.tracker.spawn(async move {
-            connection(core2, config, socket, peer).await;
+            connection(core2, config, socket, peer, admission, budgets).await;
             drop(permit);
         });
     }
+}
+
+/// Tells a refused peer why in a line before the banner (RFC 4253, section
+/// 4.2: lines before the version string are allowed; OpenSSH shows them
+/// with `-v`, and its error names the closed connection), then closes.
+/// One non-blocking write into a fresh socket's empty buffer: no task, no
+/// wait, whatever the peer does.
+fn refuse_connection(socket: &tokio::net::TcpStream, peer: SocketAddr, refusal: Refusal) {
+    debug!(%peer, reason = refusal.message(), "SSH connection refused");
+    let _ = socket.try_write(format!("ferry: {}\r\n", refusal.message()).as_bytes());
 }
 
 async fn connection(
@@ -156,11 +199,14 @@ async fn connection(
     config: Arc<russh::server::Config>,
     socket: tokio::net::TcpStream,
     peer: SocketAddr,
+    mut admission: Admission,
+    budgets: Arc<HandleBudgets>,
 ) {
     let (authed_tx, authed_rx) = oneshot::channel();
     let channels = TaskTracker::new();
     let handler = SshHandler {
         core: Arc::clone(&core),
+        budgets,
         peer,
         user: None,
         authed: Some(authed_tx),
@@ -196,6 +242,7 @@ async fn connection(
                     // The handler is gone: the session is ending.
                     continue;
                 }
+                admission.authenticated();
             }
             _ = &mut login_timer, if authed_rx.is_some() => {
                 info!(%peer, "SSH login timed out");
@@ -220,6 +267,7 @@ async fn connection(
 
 struct SshHandler {
     core: Arc<Core>,
+    budgets: Arc<HandleBudgets>,
     peer: SocketAddr,
     user: Option<UserRecord>,
     authed: Option<oneshot::Sender<()>>,
@@ -451,10 +499,13 @@ impl russh::server::Handler for SshHandler {
         };
         session.channel_success(channel.id())?;
         info!(user = %user.name, peer = %self.peer, "sftp session started");
+        let sftp = &self.core.config.sftp;
         let settings = session::Settings {
             user: user.name.clone(),
-            max_handles: self.core.config.sftp.max_handles,
-            keep_cut_uploads: self.core.config.sftp.keep_cut_uploads,
+            max_handles: sftp.max_handles,
+            user_handles: self.budgets.of(&user.name, sftp.max_handles_per_user),
+            keep_cut_uploads: sftp.keep_cut_uploads,
+            write_timeout: self.core.config.idle_timeout(),
         };
         let shutdown = self.core.shutdown.clone();
         let (handle, id) = (session.handle(), channel.id());

@@ -8,6 +8,19 @@
 //! `IN_FLIGHT` ahead, so a client that pipelines is never read without bound.
 //! Answers are written in batches: flushed when no parsed request waits.
 //!
+//! A client that pipelines and never reads (issue 14) is held, then cut:
+//! answers wait in at most one batch (`FLUSH_AT` plus one answer) and in
+//! the client's SSH window, which russh never overfills; while a write
+//! waits, no request is answered, so the reader stops at `IN_FLIGHT` and
+//! russh stops reading the connection (its channel queue is bounded too).
+//! A write that waits longer than the idle timeout ends the session.
+//!
+//! Open handles are capped per session (`sftp.max_handles`) and per user
+//! across all their sessions (`sftp.max_handles_per_user`): each may hold a
+//! file open, so one user cannot spend the server's file descriptors.
+//! Directory handles hold their listing; past the first, a session holds at
+//! most `HELD_ENTRIES` entries in them.
+//!
 //! Uploads are atomic: a file opened for writing is a `Home` upload, staged
 //! and committed at close. Opening an existing file for writing without
 //! `SSH_FXF_TRUNC` (what `reput` and editors do) stages a copy of it first,
@@ -15,10 +28,11 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -35,12 +49,23 @@ const READ_AHEAD: usize = 256 * 1024;
 const FLUSH_AT: usize = 256 * 1024;
 /// Entries per NAME answer of a directory listing.
 const NAMES_PER_ANSWER: usize = 128;
+/// Directory entries a session may hold in open directory handles beyond
+/// its first listing (which may be any size, as a framed `ls` may):
+/// roughly 10-20 MiB of names.
+const HELD_ENTRIES: usize = 1 << 17;
+/// How long the channel's last words (exit status, end of data) may take
+/// once the session is over.
+const LAST_WORDS: Duration = Duration::from_secs(2);
 
 /// What the session knows of its server.
 pub struct Settings {
     pub user: String,
     pub max_handles: usize,
+    /// The user's open handles across all their sessions.
+    pub user_handles: Arc<Semaphore>,
     pub keep_cut_uploads: bool,
+    /// Longest wait for the client to take an answer (the idle timeout).
+    pub write_timeout: Duration,
 }
 
 enum Handle {
@@ -76,7 +101,15 @@ pub async fn run<S>(
     let (reader, mut writer) = tokio::io::split(stream);
     let (tx, mut rx) = mpsc::channel(IN_FLIGHT);
     let read_task = tokio::spawn(read_packets(reader, tx));
-    let mut s = Sftp { home, settings, handles: HashMap::new(), next_handle: 0, out: Encoder::default() };
+    let mut s = Sftp {
+        home,
+        settings,
+        handles: HashMap::new(),
+        seats: HashMap::new(),
+        held_entries: 0,
+        next_handle: 0,
+        out: Encoder::default(),
+    };
     let mut requests = 0u64;
     loop {
         let next = tokio::select! {
@@ -106,8 +139,21 @@ pub async fn run<S>(
         };
         if s.out.buf.len() >= FLUSH_AT || rx.is_empty() || !keep_going {
             let out = std::mem::take(&mut s.out.buf);
-            if writer.write_all(&out).await.is_err() || writer.flush().await.is_err() {
-                break;
+            let written = async {
+                writer.write_all(&out).await?;
+                writer.flush().await
+            };
+            match tokio::time::timeout(s.settings.write_timeout, written).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => break,
+                Err(_) => {
+                    warn!(
+                        user = %s.settings.user,
+                        secs = s.settings.write_timeout.as_secs(),
+                        "sftp: the client took no answer for the idle timeout; closing"
+                    );
+                    break;
+                }
             }
             // Keep the allocation for the next batch.
             s.out.buf = reuse(out);
@@ -116,12 +162,16 @@ pub async fn run<S>(
             break;
         }
     }
+    // Nothing more is read: the reader and its queue go now, so that what
+    // they held is freed whatever the client still sends.
+    drop(rx);
+    read_task.abort();
     s.end().await;
     // Before the stream goes: dropping it closes the channel, and a close
-    // before the exit status makes scp fail.
-    finish.await;
-    read_task.abort();
-    let _ = writer.shutdown().await;
+    // before the exit status makes scp fail. Bounded, as the client may be
+    // taking nothing.
+    let _ = tokio::time::timeout(LAST_WORDS, finish).await;
+    let _ = tokio::time::timeout(LAST_WORDS, writer.shutdown()).await;
     debug!(user = %s.settings.user, requests, "sftp session ended");
 }
 
@@ -155,6 +205,10 @@ struct Sftp {
     home: Arc<Home>,
     settings: Settings,
     handles: HashMap<Bytes, Handle>,
+    /// Each open handle's place in the user's budget, freed at its close.
+    seats: HashMap<Bytes, OwnedSemaphorePermit>,
+    /// Entries held by the open directory handles.
+    held_entries: usize,
     next_handle: u64,
     out: Encoder,
 }
@@ -339,9 +393,20 @@ impl Sftp {
             }
             Request::OpenDir { path: p, .. } => {
                 let p = path(&p)?;
+                self.check_handles()?;
                 self.home.enter(&p).await?;
                 let entries = self.home.list_dir(&p).await?;
+                let count = entries.len();
+                if self.held_entries > 0 && self.held_entries + count > HELD_ENTRIES {
+                    return Err(fail(
+                        Status::Failure,
+                        format!(
+                            "too many directory entries held open in this session; close a directory first ({count} more would pass {HELD_ENTRIES})"
+                        ),
+                    ));
+                }
                 let h = self.add_handle(Handle::Dir { entries, next: 0 })?;
+                self.held_entries += count;
                 self.out.handle(id, &h);
             }
             Request::ReadDir { handle, .. } => {
@@ -444,24 +509,46 @@ impl Sftp {
         self.out.extended_u64s(id, &[BLOCK, BLOCK, blocks, bfree, bfree, 0, 0, 0, 0, 0, names]);
     }
 
-    fn add_handle(&mut self, h: Handle) -> Result<Bytes, Fail> {
+    /// Refuses a new handle over either cap, before any work is done for it.
+    fn check_handles(&self) -> Result<(), Fail> {
         if self.handles.len() >= self.settings.max_handles {
             return Err(fail(
                 Status::Failure,
-                format!("too many open files in this session (at most {})", self.settings.max_handles),
+                format!(
+                    "too many open files in this session (at most {}); close some first",
+                    self.settings.max_handles
+                ),
             ));
         }
+        if self.settings.user_handles.available_permits() == 0 {
+            return Err(too_many_for_user());
+        }
+        Ok(())
+    }
+
+    fn add_handle(&mut self, h: Handle) -> Result<Bytes, Fail> {
+        self.check_handles()?;
+        let seat = Arc::clone(&self.settings.user_handles).try_acquire_owned().map_err(|_| too_many_for_user())?;
         self.next_handle += 1;
         let key = Bytes::from(self.next_handle.to_string());
         self.handles.insert(key.clone(), h);
+        self.seats.insert(key.clone(), seat);
         Ok(key)
+    }
+
+    /// Forgets a handle, freeing its seat and what it held.
+    fn remove_handle(&mut self, key: &Bytes) -> Option<Handle> {
+        self.seats.remove(key);
+        let h = self.handles.remove(key)?;
+        if let Handle::Dir { entries, .. } = &h {
+            self.held_entries = self.held_entries.saturating_sub(entries.len());
+        }
+        Some(h)
     }
 
     async fn open(&mut self, id: u32, p: &str, flags: u32) -> Result<(), Fail> {
         let target = path(p)?;
-        if self.handles.len() >= self.settings.max_handles {
-            return Err(fail(Status::Failure, "too many open files in this session"));
-        }
+        self.check_handles()?;
         if flags & proto::SSH_FXF_WRITE == 0 && flags & proto::SSH_FXF_APPEND == 0 {
             let download = self.home.open_download(&target, 0).await?;
             let h = self.add_handle(Handle::Read { download, cache: (0, Bytes::new()) })?;
@@ -549,7 +636,7 @@ impl Sftp {
     }
 
     async fn close(&mut self, id: u32, handle: &Bytes) -> Result<(), Fail> {
-        let Some(h) = self.handles.remove(handle) else { return Err(bad_handle()) };
+        let Some(h) = self.remove_handle(handle) else { return Err(bad_handle()) };
         if let Handle::Write(mut w) = h {
             let Some(upload) = w.upload.take() else { return Err(bad_handle()) };
             if let Some(e) = w.failed {
@@ -571,6 +658,7 @@ impl Sftp {
     /// At the end of the session: uploads never closed are discarded, or
     /// committed as they are with `keep_cut_uploads` (for `reput`).
     async fn end(&mut self) {
+        self.seats.clear();
         for (_, h) in self.handles.drain() {
             let Handle::Write(mut w) = h else { continue };
             let Some(upload) = w.upload.take() else { continue };
@@ -585,6 +673,10 @@ impl Sftp {
             }
         }
     }
+}
+
+fn too_many_for_user() -> Fail {
+    fail(Status::Failure, "too many open files for this user across sessions; close some first")
 }
 
 fn bad_handle() -> Fail {
@@ -653,6 +745,84 @@ mod tests {
         assert_eq!(canonical("a/../../b").ok().map(|p| p.to_string()), Some("/b".to_string()));
         assert_eq!(canonical(".").ok().map(|p| p.to_string()), Some("/".to_string()));
         assert!(path("/../etc/passwd").is_err());
+    }
+
+    /// Raw packets over an in-memory stream, to a session on a home in memory.
+    struct Client(tokio::io::DuplexStream);
+
+    impl Client {
+        async fn send(&mut self, kind: u8, id: Option<u32>, fields: &[&[u8]]) {
+            let mut body = vec![kind];
+            if let Some(id) = id {
+                body.extend_from_slice(&id.to_be_bytes());
+            }
+            for f in fields {
+                body.extend_from_slice(f);
+            }
+            let mut packet = (body.len() as u32).to_be_bytes().to_vec();
+            packet.extend_from_slice(&body);
+            self.0.write_all(&packet).await.unwrap();
+        }
+
+        /// The next answer: its type and what follows its id.
+        async fn answer(&mut self) -> (u8, Vec<u8>) {
+            let len = self.0.read_u32().await.unwrap() as usize;
+            let mut body = vec![0u8; len];
+            self.0.read_exact(&mut body).await.unwrap();
+            (body[0], body[5..].to_vec())
+        }
+
+        async fn open_dir(&mut self, id: u32, dir: &str) -> (u8, Vec<u8>) {
+            self.send(11, Some(id), &[&string(dir.as_bytes())]).await;
+            self.answer().await
+        }
+    }
+
+    fn string(b: &[u8]) -> Vec<u8> {
+        let mut s = (b.len() as u32).to_be_bytes().to_vec();
+        s.extend_from_slice(b);
+        s
+    }
+
+    /// Issue 14: directory handles hold their listings; past the first, a
+    /// session holds at most `HELD_ENTRIES` entries in them.
+    #[tokio::test]
+    async fn listings_held_in_open_directories_are_bounded() {
+        use crate::home::HomeSettings;
+        use crate::quota::UserQuota;
+        let storage: Arc<dyn crate::storage::Storage> = Arc::new(crate::storage::MemStorage::new());
+        let quota = Arc::new(UserQuota::new(0, None));
+        let settings = HomeSettings { fsync: false, partial_expiry: Duration::from_secs(3600) };
+        let home = Arc::new(Home::new(storage, quota, settings));
+        let vp = |s: &str| VirtualPath::parse(s).unwrap();
+        home.mkdir(&vp("/small/one"), true).await.unwrap();
+        home.mkdir(&vp("/big"), false).await.unwrap();
+        for i in 0..HELD_ENTRIES {
+            home.mkdir(&vp(&format!("/big/{i}")), false).await.unwrap();
+        }
+        let (ours, theirs) = tokio::io::duplex(1 << 16);
+        let settings = Settings {
+            user: "u".into(),
+            max_handles: 16,
+            user_handles: Arc::new(Semaphore::new(16)),
+            keep_cut_uploads: false,
+            write_timeout: Duration::from_secs(30),
+        };
+        let session = tokio::spawn(run(theirs, home, settings, CancellationToken::new(), async {}));
+        let mut c = Client(ours);
+        c.send(proto::SSH_FXP_INIT, None, &[&3u32.to_be_bytes()]).await;
+        assert_eq!(c.answer().await.0, proto::SSH_FXP_VERSION);
+        let (kind, small) = c.open_dir(1, "/small").await;
+        assert_eq!(kind, 102, "a handle");
+        let (kind, refused) = c.open_dir(2, "/big").await;
+        assert_eq!(kind, 101, "a status");
+        assert!(String::from_utf8_lossy(&refused).contains("too many directory entries held open"));
+        // Closing the small one frees its entries: any one listing fits.
+        c.send(4, Some(3), &[&small]).await;
+        assert_eq!(c.answer().await.0, 101);
+        assert_eq!(c.open_dir(4, "/big").await.0, 102);
+        drop(c);
+        session.await.unwrap();
     }
 
     #[test]
