@@ -14,7 +14,7 @@ use std::sync::Weak;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::{Authenticator, SqliteUserStore, Throttle, ThrottleConfig, UserRecord, UserStore};
+use crate::auth::{Authenticator, Throttle, ThrottleConfig, UserRecord, UserStore};
 use crate::config::ServerConfig;
 use crate::exec::ExecLimits;
 use crate::home::{Home, HomeError, HomeSettings};
@@ -51,12 +51,15 @@ impl Core {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create data folder {}", config.data_dir.display()))?;
         std::fs::create_dir_all(config.homes_dir())?;
-        let store: Arc<dyn UserStore> = Arc::new(
-            SqliteUserStore::open(&config.db_path())
-                .with_context(|| format!("cannot open user database {}", config.db_path().display()))?,
-        );
+        let opened = crate::users::open_store(&config)?;
+        let store = opened.store;
         let user_count = store.list().context("reading users")?.len();
-        let secret = load_or_create_secret(&config.data_dir.join("server.secret"))?;
+        let secret = match &opened.database {
+            // One secret for all servers on the database: with one each,
+            // comparing their answers would tell unknown names apart.
+            Some(db) => crate::auth::postgres::shared_server_secret(db).context("reading the server secret")?,
+            None => load_or_create_secret(&config.data_dir.join("server.secret"))?,
+        };
         let throttle = Throttle::new(ThrottleConfig {
             free_failures: config.auth.free_failures,
             max_delay: Duration::from_millis(config.auth.max_delay_ms),

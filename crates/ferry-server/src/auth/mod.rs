@@ -4,7 +4,7 @@
 //! front ends (SFTP, FTP) can reuse this core.
 //!
 //! - [`store`]: the [`UserStore`] trait and an in-memory store;
-//!   [`sqlite`]: the SQLite one.
+//!   [`sqlite`]: the SQLite one; [`postgres`]: the one several servers share.
 //! - [`throttle`]: failed-login delays and bans.
 //! - [`admin`]: new verifiers and secrets for admin commands.
 //! - here: [`UserRecord`], [`validate_username`], and the [`Authenticator`]
@@ -26,6 +26,7 @@
 //! password gives.
 
 pub mod admin;
+pub mod postgres;
 pub mod sqlite;
 pub mod store;
 pub mod throttle;
@@ -38,6 +39,7 @@ use std::time::{Duration, Instant};
 use ferry_proto::scram::{self, ClientFirst, ScramError, ScramServer, Verifier};
 
 pub use admin::{PasswordError, hash_new_password};
+pub use postgres::PgUserStore;
 pub use sqlite::SqliteUserStore;
 pub use store::{AuthorizedKey, MemoryUserStore, StoreError, UserStore};
 pub use throttle::{Decision, Throttle, ThrottleConfig};
