@@ -60,7 +60,7 @@ impl Core {
             Some(db) => crate::auth::postgres::shared_server_secret(db).context("reading the server secret")?,
             None => load_or_create_secret(&config.data_dir.join("server.secret"))?,
         };
-        let throttle = Throttle::new(ThrottleConfig {
+        let throttle_config = ThrottleConfig {
             free_failures: config.auth.free_failures,
             max_delay: Duration::from_millis(config.auth.max_delay_ms),
             max_user_delay: Duration::from_millis(config.auth.max_delay_ms.min(2_000)),
@@ -68,7 +68,16 @@ impl Core {
             ban_for: Duration::from_secs(config.auth.ban_secs),
             forget_after: Duration::from_secs(config.auth.ban_secs.max(600)),
             ..ThrottleConfig::default()
-        });
+        };
+        let throttle = match &opened.database {
+            // Counted in the shared database: a flood spread over servers is
+            // counted as one, and a ban holds on every server (issue 16).
+            Some(db) => Throttle::with_counts(
+                throttle_config,
+                Arc::new(crate::auth::postgres::PgFailureCounts::new(Arc::clone(db))),
+            ),
+            None => Throttle::new(throttle_config),
+        };
         let authenticator =
             Arc::new(Authenticator::new(Arc::clone(&store), throttle, secret, config.auth.scram_iterations));
         let (tls, generated_certificate) = if config.insecure_plaintext {

@@ -334,3 +334,62 @@ fn postgres_store_round_trip_two_servers_secret_and_schema() {
     assert!(matches!(err, PgError::NewerSchema { found: 99, .. }), "{err}");
     assert!(err.to_string().contains("PostgreSQL database"), "{err}");
 }
+
+/// Issue 16: two servers' throttles on one database count together. A
+/// flood through one bans the address on the other; a success forgives only
+/// that pair's failures; names with any byte are keys; IPv6 counts by /64;
+/// a ban ends on the database's clock.
+#[test]
+fn postgres_failure_counts_are_shared_by_servers() {
+    use ferry_server::auth::postgres::PgFailureCounts;
+    use ferry_server::auth::{Decision, Throttle, ThrottleConfig};
+    use std::net::IpAddr;
+    use std::time::{Duration, Instant};
+
+    let Some(pg) = ferry_testkit::Postgres::start().unwrap() else { return };
+    let config = ThrottleConfig { free_failures: 2, ban_after: 6, ..ThrottleConfig::default() };
+    let throttle = |config: &ThrottleConfig| {
+        let db = Arc::new(Database::open(&pg.url).unwrap());
+        Throttle::with_counts(config.clone(), Arc::new(PgFailureCounts::new(db)))
+    };
+    let (a, b) = (throttle(&config), throttle(&config));
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    let now = Instant::now();
+    let attacker = ip("192.0.2.1");
+
+    // Failures alternate between the servers and add up.
+    for i in 0..2 {
+        [&a, &b][i % 2].record_failure("alice", attacker, now);
+    }
+    assert_eq!(b.check("alice", attacker, now).unwrap(), Decision::Delay(Duration::from_millis(250)));
+    // A success on A forgives the pair's failures for B too.
+    a.record_success("alice", attacker, now);
+    assert_eq!(b.check("alice", attacker, now).unwrap(), Decision::Allow);
+
+    // A flood through A (under many names, one with a NUL) bans on B.
+    for i in 0..6 {
+        a.record_failure(&format!("u{i}\0x"), attacker, now);
+    }
+    assert!(matches!(b.check("bob", attacker, now).unwrap(), Decision::Banned { .. }));
+    assert!(matches!(a.check("bob", attacker, now).unwrap(), Decision::Banned { .. }));
+    // Other addresses are not banned; the per-user count stays a delay.
+    assert_eq!(b.check("bob", ip("198.51.100.7"), now).unwrap(), Decision::Allow);
+
+    // IPv6 by /64, across servers.
+    for i in 0..6u16 {
+        a.record_failure("eve", std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 1, i, i, i, i).into(), now);
+    }
+    assert!(matches!(b.check("x", ip("2001:db8:0:1::ffff"), now).unwrap(), Decision::Banned { .. }));
+    assert_eq!(b.check("x", ip("2001:db8:0:2::1"), now).unwrap(), Decision::Allow);
+
+    // A short ban ends on the database's clock (bounded wait).
+    let quick = ThrottleConfig { ban_after: 1, ban_for: Duration::from_millis(300), ..config };
+    let (qa, qb) = (throttle(&quick), throttle(&quick));
+    qa.record_failure("carol", ip("203.0.113.9"), now);
+    assert!(matches!(qb.check("carol", ip("203.0.113.9"), now).unwrap(), Decision::Banned { .. }));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while matches!(qb.check("carol", ip("203.0.113.9"), now).unwrap(), Decision::Banned { .. }) {
+        assert!(Instant::now() < deadline, "the ban did not end");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -145,6 +145,12 @@ impl ServerProcess {
     /// Runs `ferry serve --data DATA --listen 127.0.0.1:0 EXTRA...` and waits
     /// (bounded) for its "listening" line. Logs go to `DATA/../server.log`.
     pub fn spawn(ferry: &Path, data: &Path, extra: &[&str]) -> Result<Self> {
+        Self::spawn_env(ferry, data, extra, &[])
+    }
+
+    /// [`Self::spawn`] with environment variables set for the server (such
+    /// as `FERRY_DATABASE_URL`).
+    pub fn spawn_env(ferry: &Path, data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Result<Self> {
         let log_path = data.with_extension("log");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
         let mut child = Command::new(ferry)
@@ -153,6 +159,7 @@ impl ServerProcess {
             .args(["--listen", "127.0.0.1:0"])
             .args(sftp_default(extra))
             .args(extra)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)

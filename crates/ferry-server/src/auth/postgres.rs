@@ -200,3 +200,170 @@ pub fn shared_server_secret(db: &Database) -> Result<[u8; 32], StoreError> {
     <[u8; 32]>::try_from(value.as_slice())
         .map_err(|_| StoreError::Corrupt { name: "server_secret".into(), reason: "not 32 bytes".into() })
 }
+
+/// Login failure counts and bans in the shared database
+/// (`migrations/postgres/0002_login_failures.sql`), so that a flood spread
+/// over several servers is counted as one and a ban made on one server holds
+/// on all (issue 16). Times are the database's clock: servers whose clocks
+/// differ still agree on when a ban ends. Each call is one statement, so an
+/// address's count and its ban change together even when servers count at
+/// the same moment. Blocking.
+#[derive(Debug)]
+pub struct PgFailureCounts {
+    db: Arc<Database>,
+    /// When this process last removed forgotten counters.
+    last_sweep: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+/// How often a server removes counters that are forgotten and not banned.
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl PgFailureCounts {
+    #[must_use]
+    pub fn new(db: Arc<Database>) -> Self {
+        Self { db, last_sweep: std::sync::Mutex::new(None) }
+    }
+
+    /// Whether this call should also sweep (at most once a minute per server).
+    fn sweep_due(&self) -> bool {
+        let mut last = self.last_sweep.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = std::time::Instant::now();
+        if last.is_some_and(|at| now.saturating_duration_since(at) < SWEEP_EVERY) {
+            return false;
+        }
+        *last = Some(now);
+        true
+    }
+}
+
+/// Keys as bytes: a name from the network may hold any byte, and TEXT
+/// refuses NUL. A pair is the address, a NUL, then the name (an address
+/// never holds a NUL, so the split is unambiguous).
+fn failure_keys(user: &str, ip: std::net::IpAddr) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    let addr = ip.to_string().into_bytes();
+    let mut pair = addr.clone();
+    pair.push(0);
+    pair.extend_from_slice(user.as_bytes());
+    (user.as_bytes().to_vec(), addr, pair)
+}
+
+fn secs(d: std::time::Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+impl super::throttle::FailureCounts for PgFailureCounts {
+    fn standing(
+        &self,
+        user: &str,
+        ip: std::net::IpAddr,
+        _now: std::time::Instant,
+        config: &super::ThrottleConfig,
+    ) -> Result<super::Standing, StoreError> {
+        let (user, addr, _) = failure_keys(user, ip);
+        let forget = secs(config.forget_after);
+        let (ip_failures, banned_secs, user_failures) = self.db.block(move |c| async move {
+            let row = c
+                .query_one(
+                    "SELECT
+                        COALESCE(max(failures) FILTER (WHERE scope = 'addr'
+                            AND last_failure > now() - $3::float8 * interval '1 second'), 0),
+                        COALESCE(max(extract(epoch FROM banned_until - now())) FILTER (WHERE scope = 'addr'), 0)::float8,
+                        COALESCE(max(failures) FILTER (WHERE scope = 'user'
+                            AND last_failure > now() - $3::float8 * interval '1 second'), 0)
+                     FROM login_failures
+                     WHERE (scope = 'addr' AND key = $1) OR (scope = 'user' AND key = $2)",
+                    &[&addr, &user, &forget],
+                )
+                .await?;
+            Ok((row.try_get::<_, i32>(0)?, row.try_get::<_, f64>(1)?, row.try_get::<_, i32>(2)?))
+        })?;
+        let count = |n: i32| u32::try_from(n).unwrap_or(0);
+        Ok(super::Standing {
+            ip_failures: count(ip_failures),
+            banned: (banned_secs > 0.0).then(|| std::time::Duration::from_secs_f64(banned_secs.min(1e9))),
+            user_failures: count(user_failures),
+        })
+    }
+
+    fn add_failure(
+        &self,
+        user: &str,
+        ip: std::net::IpAddr,
+        _now: std::time::Instant,
+        config: &super::ThrottleConfig,
+    ) -> Result<Option<u32>, StoreError> {
+        let (user, addr, pair) = failure_keys(user, ip);
+        let ban_after = i32::try_from(config.ban_after).unwrap_or(i32::MAX);
+        let (ban_for, forget) = (secs(config.ban_for), secs(config.forget_after));
+        let sweep = self.sweep_due();
+        let banned = self.db.block(move |c| async move {
+            // A counter past `forget` starts again at one; the address is
+            // banned when its count reaches `ban_after` and no ban runs.
+            let rows = c
+                .query(
+                    "INSERT INTO login_failures AS f (scope, key, failures, last_failure, banned_until)
+                     VALUES ('user', $1, 1, now(), NULL),
+                            ('pair', $2, 1, now(), NULL),
+                            ('addr', $3, 1, now(),
+                             CASE WHEN 1 >= $4::int4 THEN now() + $5::float8 * interval '1 second' END)
+                     ON CONFLICT (scope, key) DO UPDATE SET
+                        failures = CASE WHEN f.last_failure <= now() - $6::float8 * interval '1 second' THEN 1
+                                        ELSE LEAST(f.failures, 2147483646) + 1 END,
+                        last_failure = now(),
+                        banned_until = CASE
+                            WHEN f.scope <> 'addr' OR f.banned_until > now() THEN f.banned_until
+                            WHEN (CASE WHEN f.last_failure <= now() - $6::float8 * interval '1 second' THEN 1
+                                       ELSE LEAST(f.failures, 2147483646) + 1 END) >= $4::int4
+                                THEN now() + $5::float8 * interval '1 second'
+                            ELSE f.banned_until END
+                     RETURNING scope, failures,
+                        COALESCE(banned_until = now() + $5::float8 * interval '1 second', FALSE)",
+                    &[&user, &pair, &addr, &ban_after, &ban_for, &forget],
+                )
+                .await?;
+            if sweep {
+                c.execute(
+                    "DELETE FROM login_failures
+                     WHERE last_failure <= now() - $1::float8 * interval '1 second'
+                       AND (banned_until IS NULL OR banned_until <= now())",
+                    &[&forget],
+                )
+                .await?;
+            }
+            let mut banned = None;
+            for row in rows {
+                let (scope, failures, newly): (String, i32, bool) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+                if scope == "addr" && newly {
+                    banned = Some(u32::try_from(failures).unwrap_or(0));
+                }
+            }
+            Ok(banned)
+        })?;
+        Ok(banned)
+    }
+
+    fn forgive(
+        &self,
+        user: &str,
+        ip: std::net::IpAddr,
+        _now: std::time::Instant,
+        config: &super::ThrottleConfig,
+    ) -> Result<(), StoreError> {
+        let (user, addr, pair) = failure_keys(user, ip);
+        let forget = secs(config.forget_after);
+        self.db.block(move |c| async move {
+            c.execute(
+                "WITH u AS (DELETE FROM login_failures WHERE scope = 'user' AND key = $1),
+                      p AS (DELETE FROM login_failures WHERE scope = 'pair' AND key = $2
+                            RETURNING CASE WHEN last_failure > now() - $4::float8 * interval '1 second'
+                                           THEN failures ELSE 0 END AS n)
+                 UPDATE login_failures
+                 SET failures = GREATEST(failures - COALESCE((SELECT sum(n) FROM p), 0), 0)
+                 WHERE scope = 'addr' AND key = $3",
+                &[&user, &pair, &addr, &forget],
+            )
+            .await
+        })?;
+        Ok(())
+    }
+}
