@@ -213,15 +213,51 @@ pub struct PgFailureCounts {
     db: Arc<Database>,
     /// When this process last removed forgotten counters.
     last_sweep: std::sync::Mutex<Option<std::time::Instant>>,
+    /// Bans this server has seen, until they end: a ban is never lifted
+    /// early, so a banned address's flood is refused without a query each
+    /// (measured: a banned flood had halved the legitimate logins/s).
+    bans: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, std::time::Instant>>,
 }
 
 /// How often a server removes counters that are forgotten and not banned.
 const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// The most bans a server remembers locally; past it, the database answers.
+const MAX_CACHED_BANS: usize = 10_000;
+
 impl PgFailureCounts {
     #[must_use]
     pub fn new(db: Arc<Database>) -> Self {
-        Self { db, last_sweep: std::sync::Mutex::new(None) }
+        Self { db, last_sweep: std::sync::Mutex::new(None), bans: std::sync::Mutex::default() }
+    }
+
+    fn bans(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<std::net::IpAddr, std::time::Instant>> {
+        self.bans.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// How much longer `ip` is banned, by what this server has seen.
+    fn cached_ban(&self, ip: std::net::IpAddr) -> Option<std::time::Duration> {
+        let now = std::time::Instant::now();
+        let mut bans = self.bans();
+        match bans.get(&ip) {
+            Some(&until) if until > now => Some(until - now),
+            Some(_) => {
+                bans.remove(&ip);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn remember_ban(&self, ip: std::net::IpAddr, remaining: std::time::Duration) {
+        let now = std::time::Instant::now();
+        let mut bans = self.bans();
+        if bans.len() >= MAX_CACHED_BANS {
+            bans.retain(|_, until| *until > now);
+        }
+        if bans.len() < MAX_CACHED_BANS {
+            bans.insert(ip, now + remaining);
+        }
     }
 
     /// Whether this call should also sweep (at most once a minute per server).
@@ -259,6 +295,9 @@ impl super::throttle::FailureCounts for PgFailureCounts {
         _now: std::time::Instant,
         config: &super::ThrottleConfig,
     ) -> Result<super::Standing, StoreError> {
+        if let Some(remaining) = self.cached_ban(ip) {
+            return Ok(super::Standing { banned: Some(remaining), ..super::Standing::default() });
+        }
         let (user, addr, _) = failure_keys(user, ip);
         let forget = secs(config.forget_after);
         let (ip_failures, banned_secs, user_failures) = self.db.block(move |c| async move {
@@ -278,11 +317,11 @@ impl super::throttle::FailureCounts for PgFailureCounts {
             Ok((row.try_get::<_, i32>(0)?, row.try_get::<_, f64>(1)?, row.try_get::<_, i32>(2)?))
         })?;
         let count = |n: i32| u32::try_from(n).unwrap_or(0);
-        Ok(super::Standing {
-            ip_failures: count(ip_failures),
-            banned: (banned_secs > 0.0).then(|| std::time::Duration::from_secs_f64(banned_secs.min(1e9))),
-            user_failures: count(user_failures),
-        })
+        let banned = (banned_secs > 0.0).then(|| std::time::Duration::from_secs_f64(banned_secs.min(1e9)));
+        if let Some(remaining) = banned {
+            self.remember_ban(ip, remaining);
+        }
+        Ok(super::Standing { ip_failures: count(ip_failures), banned, user_failures: count(user_failures) })
     }
 
     fn add_failure(
