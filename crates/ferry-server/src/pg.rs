@@ -198,7 +198,7 @@ impl Database {
     /// call is bounded by a timeout; a lost connection is reopened first.
     pub fn block<T, F, Fut>(&self, call: F) -> Result<T, PgError>
     where
-        F: FnOnce(Arc<Client>) -> Fut + Send + 'static,
+        F: FnOnce(Arc<Client>) -> Fut + Clone + Send + 'static,
         Fut: Future<Output = Result<T, tokio_postgres::Error>> + Send + 'static,
         T: Send + 'static,
     {
@@ -210,7 +210,7 @@ impl Database {
     /// database's runtime.
     pub async fn run<T, F, Fut>(&self, call: F) -> Result<T, PgError>
     where
-        F: FnOnce(Arc<Client>) -> Fut + Send + 'static,
+        F: FnOnce(Arc<Client>) -> Fut + Clone + Send + 'static,
         Fut: Future<Output = Result<T, tokio_postgres::Error>> + Send + 'static,
         T: Send + 'static,
     {
@@ -232,25 +232,43 @@ impl Database {
 }
 
 impl Inner {
+    /// Runs `call` on a pooled connection. A connection found closed when
+    /// used (the database restarted, an administrator ended it) is reopened
+    /// and the call made once more: the statement never reached the server.
     async fn call<T, F, Fut>(&self, call: F) -> Result<T, PgError>
     where
-        F: FnOnce(Arc<Client>) -> Fut,
+        F: FnOnce(Arc<Client>) -> Fut + Clone,
         Fut: Future<Output = Result<T, tokio_postgres::Error>>,
     {
         let work = async {
-            let client = self.client().await?;
-            Ok(call(client).await?)
+            let (slot, client) = self.client().await?;
+            match call.clone()(client).await {
+                Err(e) if connection_lost(&e) => {
+                    tracing::debug!(db = %self.name, error = %chain(&e), "connection lost under a call; reopening");
+                    Ok(call(self.reopen(slot).await?).await?)
+                }
+                result => Ok(result?),
+            }
         };
         tokio::time::timeout(CALL_TIMEOUT, work).await.map_err(|_| PgError::Timeout { db: self.name.clone() })?
     }
 
-    /// One of the pooled connections, round robin; reopened if it was lost.
-    async fn client(&self) -> Result<Arc<Client>, PgError> {
+    /// One of the pooled connections (round robin) and its slot; reopened
+    /// if it was lost.
+    async fn client(&self) -> Result<(usize, Arc<Client>), PgError> {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
         let mut slot = self.slots[i].lock().await;
         if let Some(client) = slot.as_ref().filter(|c| !c.is_closed()) {
-            return Ok(Arc::clone(client));
+            return Ok((i, Arc::clone(client)));
         }
+        let client = Arc::new(self.connect().await?);
+        *slot = Some(Arc::clone(&client));
+        Ok((i, client))
+    }
+
+    /// A new connection in slot `i`, whatever the old one says of itself.
+    async fn reopen(&self, i: usize) -> Result<Arc<Client>, PgError> {
+        let mut slot = self.slots[i].lock().await;
         let client = Arc::new(self.connect().await?);
         *slot = Some(Arc::clone(&client));
         Ok(client)
@@ -267,6 +285,20 @@ impl Inner {
         });
         Ok(client)
     }
+}
+
+/// Whether a call failed because its connection is gone (closed, ended by
+/// the server, broken socket) rather than because of its statement: such a
+/// call is made once more on a new connection. A statement whose answer
+/// was lost in flight may so run twice; every statement here is a single
+/// one whose second run is harmless or refused (a duplicate user is
+/// `AlreadyExists`, a failure counted twice only hastens a ban).
+fn connection_lost(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    let ended = [SqlState::ADMIN_SHUTDOWN, SqlState::CRASH_SHUTDOWN, SqlState::CANNOT_CONNECT_NOW];
+    e.is_closed()
+        || e.code().is_some_and(|c| ended.contains(c))
+        || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
 }
 
 /// Applies the migrations this database lacks, all in one transaction

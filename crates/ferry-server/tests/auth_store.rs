@@ -321,6 +321,23 @@ fn postgres_store_round_trip_two_servers_secret_and_schema() {
     }
     assert_eq!(server_a.list().unwrap().len(), 10, "bob, alice and eight more");
 
+    // Connections ended under the store (a database restart, an
+    // administrator) are reopened: no call fails for it.
+    let ended = b
+        .block(|c| async move {
+            c.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                 WHERE application_name = 'ferry' AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .await
+        })
+        .unwrap();
+    assert!(ended >= 4, "A's four connections were ended ({ended})");
+    for _ in 0..8 {
+        assert_eq!(server_a.get("alice").unwrap().map(|u| u.name).as_deref(), Some("alice"));
+    }
+
     let secret = ferry_server::auth::postgres::shared_server_secret(&a).unwrap();
     assert_eq!(ferry_server::auth::postgres::shared_server_secret(&b).unwrap(), secret);
 

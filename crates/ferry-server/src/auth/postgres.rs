@@ -38,7 +38,7 @@ impl PgUserStore {
     /// Runs an `UPDATE ... WHERE name = $1` and maps "no row" to NotFound.
     fn update<V>(&self, name: &str, sql: &'static str, value: V) -> Result<(), StoreError>
     where
-        V: tokio_postgres::types::ToSql + Sync + Send + 'static,
+        V: tokio_postgres::types::ToSql + Clone + Sync + Send + 'static,
     {
         let owned = name.to_owned();
         let n = self.db.block(move |c| async move { c.execute(sql, &[&owned, &value]).await })?;
