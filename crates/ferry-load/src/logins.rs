@@ -28,6 +28,10 @@ pub struct LoginsArgs {
     /// Concurrent connections per attacking address.
     #[arg(long, default_value_t = 8)]
     pub per_attacker: usize,
+    /// The server's user store (`[users] kind`): `sqlite`, or `postgres`
+    /// with the database in `FERRY_DATABASE_URL` (issue 16).
+    #[arg(long, default_value = "sqlite", value_parser = ["sqlite", "postgres"])]
+    pub users_kind: String,
 }
 
 #[derive(Default)]
@@ -124,7 +128,8 @@ fn rate(n: u64, secs: u64) -> f64 {
 
 pub async fn run(ferry: &Path, dir: &Path, a: &LoginsArgs) -> Result<String> {
     let limits = "max_unauthenticated_per_ip = 256\nlogin_timeout_secs = 10";
-    let mut server = Server::start(ferry, dir, &base_config(limits, "ban_after = 20\nban_secs = 300\n"))?;
+    let extra = format!("ban_after = 20\nban_secs = 300\n[users]\nkind = {:?}\n", a.users_kind);
+    let mut server = Server::start(ferry, dir, &base_config(limits, &extra))?;
     server.add_user("alice", "right-password", None)?;
     server.add_user("bob", "bobs-password", None)?;
     let t = server.target();
@@ -132,8 +137,8 @@ pub async fn run(ferry: &Path, dir: &Path, a: &LoginsArgs) -> Result<String> {
     let mut r = String::new();
     let quiet = legit(&t, a.workers, a.secs).await;
     r += &format!(
-        "logins: {} workers from 127.0.0.1, {}s per phase, TLS 1.3 + SCRAM-SHA-256 (4096 iterations)\n",
-        a.workers, a.secs
+        "logins: {} workers from 127.0.0.1, {}s per phase, TLS 1.3 + SCRAM-SHA-256 (4096 iterations), users in {}\n",
+        a.workers, a.secs, a.users_kind
     );
     r += &format!(
         "  quiet:                    {:.1} logins/s ok={} failed={} latency {}\n",

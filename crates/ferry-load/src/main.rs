@@ -121,7 +121,13 @@ async fn run(cli: Cli) -> Result<bool> {
                 addresses: 8,
             };
             section("sessions", sessions::run(&ferry, &work.join("sessions"), &a).await);
-            let a = logins::LoginsArgs { secs: login_secs, workers: 4, attackers: 8, per_attacker: 8 };
+            let a = logins::LoginsArgs {
+                secs: login_secs,
+                workers: 4,
+                attackers: 8,
+                per_attacker: 8,
+                users_kind: "sqlite".into(),
+            };
             section("logins", logins::run(&ferry, &work.join("logins"), &a).await);
             let a = hostile::HostileArgs {
                 count: hostile,

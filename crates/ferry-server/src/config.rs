@@ -37,6 +37,26 @@ pub struct ServerConfig {
     /// The FTP/FTPS front end (`[ftp]`, issue 15).
     pub ftp: crate::ftp::FtpConfig,
     pub sftp: SftpConfig,
+    pub users: UsersConfig,
+}
+
+/// Where users, SSH keys and login failure counts live (`[users]`, issue 16).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UsersConfig {
+    pub kind: UsersKind,
+}
+
+/// The user store. `postgres` takes its URL from `FERRY_DATABASE_URL`, never
+/// from the file (it holds a password); several servers on one database
+/// share users, keys, the server secret and login failure counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UsersKind {
+    /// `users.db` in the data folder: one server.
+    #[default]
+    Sqlite,
+    Postgres,
 }
 
 /// The SSH front end (SFTP, scp, `ssh host cmd`): same users, homes, quotas
@@ -179,6 +199,7 @@ impl Default for ServerConfig {
             chat: Default::default(),
             sftp: SftpConfig::default(),
             ftp: Default::default(),
+            users: UsersConfig::default(),
         }
     }
 }
@@ -375,5 +396,15 @@ mod tests {
         assert_eq!(c.listen[0].port(), DEFAULT_PORT);
         assert!(!c.insecure_plaintext);
         assert_eq!(c.limits.max_unsent_bytes, 1 << 20);
+        assert_eq!(c.users.kind, UsersKind::Sqlite);
+    }
+
+    #[test]
+    fn the_user_store_is_chosen_by_kind_and_its_url_is_not_a_key() {
+        assert_eq!(parse("[users]\nkind = \"postgres\"\n").unwrap().users.kind, UsersKind::Postgres);
+        let err = parse("[users]\nkind = \"mysql\"\n").unwrap_err().to_string();
+        assert!(err.contains("mysql"), "{err}");
+        let err = parse("[users]\nurl = \"postgres://a:b@h/d\"\n").unwrap_err().to_string();
+        assert!(err.contains("url"), "{err}");
     }
 }

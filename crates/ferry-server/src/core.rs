@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admission::Gate;
-use crate::auth::{Authenticator, SqliteUserStore, Throttle, ThrottleConfig, UserRecord, UserStore};
+use crate::auth::{Authenticator, Throttle, ThrottleConfig, UserRecord, UserStore};
 use crate::config::ServerConfig;
 use crate::exec::ExecLimits;
 use crate::home::{Home, HomeError, HomeSettings};
@@ -55,13 +55,16 @@ impl Core {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create data folder {}", config.data_dir.display()))?;
         std::fs::create_dir_all(config.homes_dir())?;
-        let store: Arc<dyn UserStore> = Arc::new(
-            SqliteUserStore::open(&config.db_path())
-                .with_context(|| format!("cannot open user database {}", config.db_path().display()))?,
-        );
+        let opened = crate::users::open_store(&config)?;
+        let store = opened.store;
         let user_count = store.list().context("reading users")?.len();
-        let secret = load_or_create_secret(&config.data_dir.join("server.secret"))?;
-        let throttle = Throttle::new(ThrottleConfig {
+        let secret = match &opened.database {
+            // One secret for all servers on the database: with one each,
+            // comparing their answers would tell unknown names apart.
+            Some(db) => crate::auth::postgres::shared_server_secret(db).context("reading the server secret")?,
+            None => load_or_create_secret(&config.data_dir.join("server.secret"))?,
+        };
+        let throttle_config = ThrottleConfig {
             free_failures: config.auth.free_failures,
             max_delay: Duration::from_millis(config.auth.max_delay_ms),
             max_user_delay: Duration::from_millis(config.auth.max_delay_ms.min(2_000)),
@@ -69,7 +72,16 @@ impl Core {
             ban_for: Duration::from_secs(config.auth.ban_secs),
             forget_after: Duration::from_secs(config.auth.ban_secs.max(600)),
             ..ThrottleConfig::default()
-        });
+        };
+        let throttle = match &opened.database {
+            // Counted in the shared database: a flood spread over servers is
+            // counted as one, and a ban holds on every server (issue 16).
+            Some(db) => Throttle::with_counts(
+                throttle_config,
+                Arc::new(crate::auth::postgres::PgFailureCounts::new(Arc::clone(db))),
+            ),
+            None => Throttle::new(throttle_config),
+        };
         let authenticator =
             Arc::new(Authenticator::new(Arc::clone(&store), throttle, secret, config.auth.scram_iterations));
         let (tls, generated_certificate) = if config.insecure_plaintext {

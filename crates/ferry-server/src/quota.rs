@@ -6,6 +6,50 @@
 //! never together pass the limit: the check and the reservation are one step
 //! under one lock. Usage is rescanned from the home at the user's first login
 //! after a start, which makes it survive restarts exactly.
+//!
+//! # Shared by several servers (issue 16): designed, not built yet
+//!
+//! With `[users] kind = "postgres"` the users, keys and login failure counts
+//! are shared; the quota still lives in each process. Sharing it only makes
+//! sense once the servers share the homes too (a shared `Storage`, the other
+//! half of issue 16): with a disk each, each server's usage is its own. The
+//! plan, so that uploads through two servers never together pass a quota:
+//!
+//! - **Tables.** `quota_usage (username PK, used BIGINT, files BIGINT,
+//!   reserved BIGINT, files_reserved BIGINT)`, signed like `Counts` (never
+//!   clamped: reports arrive in any order), and `quota_leases (id, username,
+//!   server_id, bytes, files, expires_at)`: each reservation is a lease, so a
+//!   crashed server's promises expire instead of holding the quota forever.
+//! - **Reserve** is one statement, the check and the count in the row lock:
+//!   `UPDATE quota_usage SET reserved = reserved + $n WHERE username = $u AND
+//!   ($limit IS NULL OR used + reserved + $n <= $limit) RETURNING ...`, with
+//!   the lease inserted in the same transaction (a CTE). No row back: refused,
+//!   with the numbers for [`QuotaExceeded`]. Entries the same way.
+//! - **Landing** ([`Reservation::take`], per block) moves bytes from
+//!   `reserved` to `used`: `used + reserved` does not change, so the move can
+//!   be batched (flushed every few MiB and at settle) without ever letting
+//!   usage pass the limit. `try_add` (growth past a reservation) takes
+//!   chunks ahead (a reservation of 8 MiB) to stay off the network per block.
+//!   Settle, release and withdrawal are signed deltas in one `UPDATE` each
+//!   that also delete the lease; a dropped [`Reservation`] (`Drop` is
+//!   synchronous) hands its withdrawal to a background task, with the lease
+//!   expiry as the backstop.
+//! - **Leases** are renewed by each server every 30 s for the reservations
+//!   it holds; a sweep deletes expired ones and subtracts them from
+//!   `reserved` in the same statement.
+//! - **Rescan** at a server's first opening of a home writes the measured
+//!   usage only when no lease of that user exists anywhere (no upload in
+//!   flight): `UPDATE ... WHERE NOT EXISTS (SELECT 1 FROM quota_leases ...)`;
+//!   otherwise the shared numbers stand.
+//! - **Upload claims** (`home.rs`) move the same way: `upload_claims
+//!   (username, upload_id PK, server_id, generation, released)`; a claim is an
+//!   `INSERT ... ON CONFLICT DO NOTHING`, a takeover bumps the generation and
+//!   waits (bounded) until the old holder marks the claim released, which it
+//!   does after its write in flight (it learns through `LISTEN/NOTIFY` and
+//!   checks the generation before each block), or until its lease expires.
+//!
+//! [`UserQuota`] would then sit over a small async trait (local counters as
+//! today, or the database), the way the throttle sits over `FailureCounts`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -1,12 +1,43 @@
-//! User administration against a data folder (`ferry user ...`). Works while
-//! the server runs: the store is a SQLite database opened by both processes.
+//! User administration against a data folder (`ferry user ...`), and the
+//! choice of user store (`[users] kind`). Works while the server runs: the
+//! store is a SQLite database both processes open, or the PostgreSQL
+//! database several servers share.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 
-use crate::auth::{AuthorizedKey, SqliteUserStore, UserRecord, UserStore, hash_new_password, validate_username};
-use crate::config::ServerConfig;
+use crate::auth::{
+    AuthorizedKey, PgUserStore, SqliteUserStore, UserRecord, UserStore, hash_new_password, validate_username,
+};
+use crate::config::{ServerConfig, UsersKind};
+use crate::pg::Database;
+
+/// The user store `[users] kind` names, and the shared database behind it
+/// when there is one (the server keeps more than users there).
+pub struct OpenedStore {
+    pub store: Arc<dyn UserStore>,
+    pub database: Option<Arc<Database>>,
+}
+
+/// Opens the configured user store: `users.db` in the data folder, or the
+/// PostgreSQL database in `FERRY_DATABASE_URL`. An unreachable database is
+/// an error that names it (never with its password). Blocking.
+pub fn open_store(config: &ServerConfig) -> Result<OpenedStore> {
+    match config.users.kind {
+        UsersKind::Sqlite => {
+            let store = SqliteUserStore::open(&config.db_path())
+                .with_context(|| format!("cannot open user database {}", config.db_path().display()))?;
+            Ok(OpenedStore { store: Arc::new(store), database: None })
+        }
+        UsersKind::Postgres => {
+            let db = Arc::new(Database::open_from_env()?);
+            tracing::debug!(db = db.name(), "user database open");
+            Ok(OpenedStore { store: Arc::new(PgUserStore::new(Arc::clone(&db))), database: Some(db) })
+        }
+    }
+}
 
 /// Where a user's files live on the host.
 pub fn home_of(config: &ServerConfig, user: &UserRecord) -> PathBuf {
@@ -18,7 +49,7 @@ pub fn home_of(config: &ServerConfig, user: &UserRecord) -> PathBuf {
 
 pub struct Admin {
     config: ServerConfig,
-    store: SqliteUserStore,
+    store: Arc<dyn UserStore>,
 }
 
 /// Changes to apply to a user; `None` leaves a setting as it is.
@@ -35,8 +66,7 @@ impl Admin {
     pub fn open(config: ServerConfig) -> Result<Self> {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create data folder {}", config.data_dir.display()))?;
-        let store = SqliteUserStore::open(&config.db_path())
-            .with_context(|| format!("cannot open user database {}", config.db_path().display()))?;
+        let store = open_store(&config)?.store;
         Ok(Admin { config, store })
     }
 

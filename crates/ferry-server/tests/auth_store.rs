@@ -1,5 +1,7 @@
 //! The SQLite user store: round trip, two handles on one file, file mode,
-//! schema version, and no password on disk.
+//! schema version, and no password on disk. The PostgreSQL store (issue 16):
+//! the same round trip on a real PostgreSQL, two servers' handles, the
+//! shared server secret and the schema check (skipped without PostgreSQL).
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::PathBuf;
@@ -7,7 +9,10 @@ use std::sync::Arc;
 
 use ferry_proto::scram::{MIN_ITERATIONS, Verifier};
 use ferry_server::auth::admin::new_user;
-use ferry_server::auth::{MemoryUserStore, SqliteUserStore, StoreError, UserRecord, UserStore, UsernameError};
+use ferry_server::auth::{
+    AuthorizedKey, MemoryUserStore, PgUserStore, SqliteUserStore, StoreError, UserRecord, UserStore, UsernameError,
+};
+use ferry_server::pg::{Database, PgError};
 
 const PASSWORD: &str = "correct horse battery staple";
 
@@ -218,7 +223,6 @@ fn version_1_database_is_migrated_and_keeps_its_users() {
 /// users kept, and keys work after.
 #[test]
 fn v1_database_migrates_to_ssh_keys() {
-    use ferry_server::auth::AuthorizedKey;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("users.db");
     let store = SqliteUserStore::open(&path).unwrap();
@@ -258,4 +262,151 @@ fn corrupt_rows_are_reported() {
     assert!(matches!(err, StoreError::Corrupt { ref name, .. } if name == "alice"));
     // The message names the user and the problem, not the stored value.
     assert!(!err.to_string().contains("plaintext?"), "{err}");
+}
+
+/// SSH keys: added in order, duplicates and unknown users refused, removed.
+fn keys_round_trip(store: &dyn UserStore) {
+    store.add(record("kim")).unwrap();
+    let key = |fp: &str, added| AuthorizedKey {
+        fingerprint: fp.into(),
+        key: format!("ssh-ed25519 AAAA{fp}"),
+        comment: "c".into(),
+        added,
+    };
+    store.add_key("kim", key("SHA256:b", 1)).unwrap();
+    store.add_key("kim", key("SHA256:a", 1)).unwrap();
+    assert!(matches!(store.add_key("kim", key("SHA256:a", 2)), Err(StoreError::AlreadyExists(_))));
+    assert!(matches!(store.add_key("nobody", key("SHA256:c", 1)), Err(StoreError::NotFound(_))));
+    assert_eq!(store.keys("kim").unwrap(), vec![key("SHA256:b", 1), key("SHA256:a", 1)], "in the order added");
+    assert!(matches!(store.delete_key("kim", "SHA256:nope"), Err(StoreError::NotFound(_))));
+    store.delete_key("kim", "SHA256:b").unwrap();
+    assert_eq!(store.keys("kim").unwrap(), vec![key("SHA256:a", 1)]);
+    // A user's keys go with the user.
+    store.delete("kim").unwrap();
+    store.add(record("kim")).unwrap();
+    assert!(store.keys("kim").unwrap().is_empty());
+    store.delete("kim").unwrap();
+}
+
+/// Issue 16: the PostgreSQL store passes the same round trip; two handles
+/// (two servers) see each other's writes at once, including from many
+/// threads; every server reads the same server secret; a database migrated
+/// by a newer ferry is refused, naming the database.
+#[test]
+fn postgres_store_round_trip_two_servers_secret_and_schema() {
+    let Some(pg) = ferry_testkit::Postgres::start().unwrap() else { return };
+    let a = Arc::new(Database::open(&pg.url).unwrap());
+    let b = Arc::new(Database::open(&pg.url).unwrap());
+    let server_a = PgUserStore::new(Arc::clone(&a));
+    let server_b: Arc<dyn UserStore> = Arc::new(PgUserStore::new(Arc::clone(&b)));
+    round_trip(&server_a);
+    keys_round_trip(&server_a);
+
+    server_b.add(record("alice")).unwrap();
+    assert_eq!(server_a.get("alice").unwrap(), Some(record("alice")));
+    server_a.set_max_files("alice", Some(u64::MAX)).unwrap();
+    assert_eq!(server_b.get("alice").unwrap().unwrap().max_files, Some(u64::MAX), "unlimited survives BIGINT");
+    let mut too_big = record("zed");
+    too_big.quota_bytes = Some(u64::MAX);
+    assert!(matches!(server_b.add(too_big), Err(StoreError::InvalidValue { .. })));
+
+    let threads: Vec<_> = (0..8)
+        .map(|i| {
+            let store = Arc::clone(&server_b);
+            std::thread::spawn(move || store.add(new_user(&format!("t{i}"), verifier("p"))))
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap().unwrap();
+    }
+    assert_eq!(server_a.list().unwrap().len(), 10, "bob, alice and eight more");
+
+    // Connections ended under the store (a database restart, an
+    // administrator) are reopened: no call fails for it.
+    let ended = b
+        .block(|c| async move {
+            c.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                 WHERE application_name = 'ferry' AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .await
+        })
+        .unwrap();
+    assert!(ended >= 4, "A's four connections were ended ({ended})");
+    for _ in 0..8 {
+        assert_eq!(server_a.get("alice").unwrap().map(|u| u.name).as_deref(), Some("alice"));
+    }
+
+    let secret = ferry_server::auth::postgres::shared_server_secret(&a).unwrap();
+    assert_eq!(ferry_server::auth::postgres::shared_server_secret(&b).unwrap(), secret);
+
+    // A third open finds the schema in place; a newer one is refused.
+    drop(Database::open(&pg.url).unwrap());
+    a.block(
+        |c| async move { c.batch_execute("INSERT INTO ferry_migrations (version, name) VALUES (99, 'future')").await },
+    )
+    .unwrap();
+    let err = Database::open(&pg.url).unwrap_err();
+    assert!(matches!(err, PgError::NewerSchema { found: 99, .. }), "{err}");
+    assert!(err.to_string().contains("PostgreSQL database"), "{err}");
+}
+
+/// Issue 16: two servers' throttles on one database count together. A
+/// flood through one bans the address on the other; a success forgives only
+/// that pair's failures; names with any byte are keys; IPv6 counts by /64;
+/// a ban ends on the database's clock.
+#[test]
+fn postgres_failure_counts_are_shared_by_servers() {
+    use ferry_server::auth::postgres::PgFailureCounts;
+    use ferry_server::auth::{Decision, Throttle, ThrottleConfig};
+    use std::net::IpAddr;
+    use std::time::{Duration, Instant};
+
+    let Some(pg) = ferry_testkit::Postgres::start().unwrap() else { return };
+    let config = ThrottleConfig { free_failures: 2, ban_after: 6, ..ThrottleConfig::default() };
+    let throttle = |config: &ThrottleConfig| {
+        let db = Arc::new(Database::open(&pg.url).unwrap());
+        Throttle::with_counts(config.clone(), Arc::new(PgFailureCounts::new(db)))
+    };
+    let (a, b) = (throttle(&config), throttle(&config));
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    let now = Instant::now();
+    let attacker = ip("192.0.2.1");
+
+    // Failures alternate between the servers and add up.
+    for i in 0..2 {
+        [&a, &b][i % 2].record_failure("alice", attacker, now);
+    }
+    assert_eq!(b.check("alice", attacker, now).unwrap(), Decision::Delay(Duration::from_millis(250)));
+    // A success on A forgives the pair's failures for B too.
+    a.record_success("alice", attacker, now);
+    assert_eq!(b.check("alice", attacker, now).unwrap(), Decision::Allow);
+
+    // A flood through A (under many names, one with a NUL) bans on B.
+    for i in 0..6 {
+        a.record_failure(&format!("u{i}\0x"), attacker, now);
+    }
+    assert!(matches!(b.check("bob", attacker, now).unwrap(), Decision::Banned { .. }));
+    assert!(matches!(a.check("bob", attacker, now).unwrap(), Decision::Banned { .. }));
+    // Other addresses are not banned; the per-user count stays a delay.
+    assert_eq!(b.check("bob", ip("198.51.100.7"), now).unwrap(), Decision::Allow);
+
+    // IPv6 by /64, across servers.
+    for i in 0..6u16 {
+        a.record_failure("eve", std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 1, i, i, i, i).into(), now);
+    }
+    assert!(matches!(b.check("x", ip("2001:db8:0:1::ffff"), now).unwrap(), Decision::Banned { .. }));
+    assert_eq!(b.check("x", ip("2001:db8:0:2::1"), now).unwrap(), Decision::Allow);
+
+    // A short ban ends on the database's clock (bounded wait).
+    let quick = ThrottleConfig { ban_after: 1, ban_for: Duration::from_millis(300), ..config };
+    let (qa, qb) = (throttle(&quick), throttle(&quick));
+    qa.record_failure("carol", ip("203.0.113.9"), now);
+    assert!(matches!(qb.check("carol", ip("203.0.113.9"), now).unwrap(), Decision::Banned { .. }));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while matches!(qb.check("carol", ip("203.0.113.9"), now).unwrap(), Decision::Banned { .. }) {
+        assert!(Instant::now() < deadline, "the ban did not end");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

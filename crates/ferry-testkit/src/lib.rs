@@ -156,6 +156,12 @@ impl ServerProcess {
     /// Runs `ferry serve --data DATA --listen 127.0.0.1:0 EXTRA...` and waits
     /// (bounded) for its "listening" line. Logs go to `DATA/../server.log`.
     pub fn spawn(ferry: &Path, data: &Path, extra: &[&str]) -> Result<Self> {
+        Self::spawn_env(ferry, data, extra, &[])
+    }
+
+    /// [`Self::spawn`] with environment variables set for the server (such
+    /// as `FERRY_DATABASE_URL`).
+    pub fn spawn_env(ferry: &Path, data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Result<Self> {
         let log_path = data.with_extension("log");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
         let mut child = Command::new(ferry)
@@ -164,6 +170,7 @@ impl ServerProcess {
             .args(["--listen", "127.0.0.1:0"])
             .args(sftp_default(extra))
             .args(extra)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)
@@ -599,5 +606,106 @@ impl Relay {
             std::thread::sleep(Duration::from_millis(20));
         }
         true
+    }
+}
+
+/// The environment variable naming a PostgreSQL server the tests may use
+/// (`.ci/run` starts one with `scripts/postgres.sh`): each [`Postgres`]
+/// then gets a fresh database of its own in it. Its role needs CREATEDB.
+pub const TEST_DATABASE_URL_ENV: &str = "FERRY_TEST_DATABASE_URL";
+
+/// A PostgreSQL database of the test's own, dropped (or its whole throwaway
+/// server stopped) at the end: a fresh database in the server named by
+/// `FERRY_TEST_DATABASE_URL`, else a server of its own from
+/// `scripts/postgres.sh`.
+pub struct Postgres {
+    /// `postgres://ferry:PASSWORD@127.0.0.1:PORT/DB`: set it as `FERRY_DATABASE_URL`.
+    pub url: String,
+    owned: PostgresOwned,
+}
+
+enum PostgresOwned {
+    /// A server of our own: its state folder for `postgres.sh stop`.
+    Server(TempDir),
+    /// A database in a shared server: the server's URL and the database's name.
+    Database { admin_url: String, name: String },
+}
+
+/// `scripts/postgres.sh`, from the workspace root.
+pub fn postgres_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/postgres.sh")
+}
+
+/// Runs one statement on `url`, on a runtime of its own (callable from
+/// async tests and plain ones alike).
+fn pg_execute(url: &str, sql: &str) -> Result<()> {
+    let (url, sql) = (url.to_owned(), sql.to_owned());
+    std::thread::spawn(move || -> Result<()> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        rt.block_on(async {
+            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+            let driver = tokio::spawn(conn);
+            client.batch_execute(&sql).await?;
+            drop(client);
+            let _ = driver.await;
+            Ok(())
+        })
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the PostgreSQL helper thread panicked"))?
+}
+
+impl Postgres {
+    /// A fresh database, or `None` (with the reason printed) when no
+    /// PostgreSQL is installed: the caller skips.
+    pub fn start() -> Result<Option<Self>> {
+        if let Ok(admin_url) = std::env::var(TEST_DATABASE_URL_ENV) {
+            let mut random = [0u8; 8];
+            std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut random)?;
+            let name = format!("ferry_test_{}", hex::encode(random));
+            pg_execute(&admin_url, &format!("CREATE DATABASE {name}"))
+                .with_context(|| format!("creating a database in {TEST_DATABASE_URL_ENV}"))?;
+            let (base, _) = admin_url.rsplit_once('/').context("no database name in the URL")?;
+            let url = format!("{base}/{name}");
+            return Ok(Some(Postgres { url, owned: PostgresOwned::Database { admin_url, name } }));
+        }
+        let state = tempfile::tempdir()?;
+        let out = Command::new("bash")
+            .arg(postgres_script())
+            .arg("start")
+            .arg(state.path().join("pg"))
+            .stdin(Stdio::null())
+            .output()
+            .context("running scripts/postgres.sh")?;
+        match out.status.code() {
+            Some(0) => {}
+            Some(3) => {
+                eprintln!("SKIP: PostgreSQL is not installed (apt-get install postgresql)");
+                return Ok(None);
+            }
+            _ => bail!("scripts/postgres.sh start failed: {}", String::from_utf8_lossy(&out.stderr)),
+        }
+        let url = String::from_utf8(out.stdout)?.trim().to_owned();
+        Ok(Some(Postgres { url, owned: PostgresOwned::Server(state) }))
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        match &self.owned {
+            PostgresOwned::Server(state) => {
+                let _ = Command::new("bash")
+                    .arg(postgres_script())
+                    .arg("stop")
+                    .arg(state.path().join("pg"))
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+            }
+            PostgresOwned::Database { admin_url, name } => {
+                let _ = pg_execute(admin_url, &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+            }
+        }
     }
 }

@@ -4,7 +4,7 @@
 //! front ends (SFTP, FTP) can reuse this core.
 //!
 //! - [`store`]: the [`UserStore`] trait and an in-memory store;
-//!   [`sqlite`]: the SQLite one.
+//!   [`sqlite`]: the SQLite one; [`postgres`]: the one several servers share.
 //! - [`throttle`]: failed-login delays and bans.
 //! - [`admin`]: new verifiers and secrets for admin commands.
 //! - here: [`UserRecord`], [`validate_username`], and the [`Authenticator`]
@@ -26,6 +26,7 @@
 //! password gives.
 
 pub mod admin;
+pub mod postgres;
 pub mod sqlite;
 pub mod store;
 pub mod throttle;
@@ -38,9 +39,10 @@ use std::time::{Duration, Instant};
 use ferry_proto::scram::{self, ClientFirst, ScramError, ScramServer, Verifier};
 
 pub use admin::{PasswordError, hash_new_password};
+pub use postgres::PgUserStore;
 pub use sqlite::SqliteUserStore;
 pub use store::{AuthorizedKey, MemoryUserStore, StoreError, UserStore};
-pub use throttle::{Decision, Throttle, ThrottleConfig};
+pub use throttle::{Decision, FailureCounts, MemoryCounts, Standing, Throttle, ThrottleConfig};
 
 /// The longest user name, in characters (all ASCII, so also bytes).
 pub const MAX_USERNAME_LEN: usize = 32;
@@ -221,7 +223,7 @@ impl Authenticator {
     ) -> Result<LoginAttempt, AuthError> {
         let first = ClientFirst::parse(client_first).map_err(AuthError::Protocol)?;
         let username = first.username().to_owned();
-        let delay = match self.throttle.check(&username, ip, now) {
+        let delay = match self.throttle.check(&username, ip, now).map_err(AuthError::Store)? {
             Decision::Allow => Duration::ZERO,
             Decision::Delay(d) => d,
             Decision::Banned { remaining } => return Err(AuthError::Banned { remaining }),
@@ -260,11 +262,12 @@ impl Authenticator {
     /// **Blocking** (PBKDF2, the user store): use `spawn_blocking`.
     pub fn verify_password(&self, username: &str, password: &str, ip: IpAddr, now: Instant) -> PasswordOutcome {
         let delay = match self.throttle.check(username, ip, now) {
-            Decision::Allow => Duration::ZERO,
-            Decision::Delay(d) => d,
-            Decision::Banned { remaining } => {
+            Ok(Decision::Allow) => Duration::ZERO,
+            Ok(Decision::Delay(d)) => d,
+            Ok(Decision::Banned { remaining }) => {
                 return PasswordOutcome { delay: Duration::ZERO, result: Err(AuthError::Banned { remaining }) };
             }
+            Err(e) => return PasswordOutcome { delay: Duration::ZERO, result: Err(AuthError::Store(e)) },
         };
         let user = if validate_username(username).is_ok() {
             match self.store.get(username) {
@@ -350,7 +353,8 @@ impl LoginAttempt {
     /// Checks the client-final message and records the outcome in the
     /// throttle. On success returns the server-final message and the user.
     ///
-    /// Cheap (a few HMACs): no need for `spawn_blocking`.
+    /// **Blocking** when the throttle's counts are in a shared database:
+    /// async callers use `spawn_blocking`.
     pub fn finish(self, client_final: &str, now: Instant) -> Result<(String, UserRecord), AuthError> {
         let result = self.server.finish(client_final);
         match (result, self.user) {

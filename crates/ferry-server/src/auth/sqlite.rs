@@ -131,15 +131,16 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// A row as SQLite returns it, before checking.
-struct Row {
-    name: String,
-    verifier: String,
-    quota_bytes: Option<i64>,
-    allow_exec: bool,
-    home: Option<String>,
-    created: i64,
-    max_files: Option<i64>,
+/// A row as the database returns it, before checking (the PostgreSQL
+/// store reads the same columns).
+pub(super) struct Row {
+    pub(super) name: String,
+    pub(super) verifier: String,
+    pub(super) quota_bytes: Option<i64>,
+    pub(super) allow_exec: bool,
+    pub(super) home: Option<String>,
+    pub(super) created: i64,
+    pub(super) max_files: Option<i64>,
 }
 
 impl Row {
@@ -155,7 +156,7 @@ impl Row {
         })
     }
 
-    fn into_record(self) -> Result<UserRecord, StoreError> {
+    pub(super) fn into_record(self) -> Result<UserRecord, StoreError> {
         let corrupt = |reason: String| StoreError::Corrupt { name: self.name.clone(), reason };
         let verifier: Verifier =
             self.verifier.parse().map_err(|e: ferry_proto::scram::ScramError| corrupt(e.to_string()))?;
@@ -176,7 +177,7 @@ impl Row {
     }
 }
 
-fn quota_to_sql(name: &str, quota: Option<u64>) -> Result<Option<i64>, StoreError> {
+pub(super) fn quota_to_sql(name: &str, quota: Option<u64>) -> Result<Option<i64>, StoreError> {
     quota
         .map(|q| {
             i64::try_from(q)
@@ -185,12 +186,12 @@ fn quota_to_sql(name: &str, quota: Option<u64>) -> Result<Option<i64>, StoreErro
         .transpose()
 }
 
-/// Unlimited (`u64::MAX`) is kept as -1: SQLite integers are signed.
-fn files_to_sql(n: u64) -> i64 {
+/// Unlimited (`u64::MAX`) is kept as -1: SQL integers are signed.
+pub(super) fn files_to_sql(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(-1)
 }
 
-fn home_to_sql(name: &str, home: Option<&Path>) -> Result<Option<String>, StoreError> {
+pub(super) fn home_to_sql(name: &str, home: Option<&Path>) -> Result<Option<String>, StoreError> {
     home.map(|h| {
         h.to_str()
             .map(str::to_owned)

@@ -19,17 +19,22 @@
 //! IPv4-mapped IPv6 addresses count as IPv4.
 //!
 //! Counters are forgotten [`ThrottleConfig::forget_after`] after the last
-//! failure. Memory is bounded: each map holds at most
+//! failure. The counts live behind [`FailureCounts`]: in this process
+//! ([`MemoryCounts`], the default), or in PostgreSQL for several servers
+//! (`super::postgres`, issue 16). In memory each map holds at most
 //! [`ThrottleConfig::max_tracked`] keys; when full, expired keys go first,
 //! then the oldest eighth.
 //!
-//! Time is a parameter (`now: Instant`) so tests need no sleeping.
+//! Time is a parameter (`now: Instant`) so tests need no sleeping; a shared
+//! store uses the database's clock instead, the one its servers share.
 
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::{IpAddr, Ipv6Addr};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
+
+use super::store::StoreError;
 
 /// Longest username kept as a throttle key, in bytes. Valid names are at most
 /// 32; longer (invalid) names from the network are cut so that keys stay small.
@@ -114,6 +119,45 @@ impl Entry {
     }
 }
 
+/// Where failure counts live: in this process ([`MemoryCounts`], the
+/// default), or in a database several servers share
+/// ([`super::postgres::PgFailureCounts`]) so that a flood spread across
+/// servers is still counted and a ban on one holds on all (issue 16). The
+/// [`Throttle`] turns the counts into decisions; a store only counts.
+///
+/// Keys arrive already cut: a user name to at most 64 bytes, an IPv6
+/// address to its /64. Calls may block (a database); `now` is the caller's
+/// clock, which a shared store may replace with its own so that servers
+/// agree.
+pub trait FailureCounts: Send + Sync + std::fmt::Debug {
+    /// The counts in force for a try as `user` from `ip`.
+    fn standing(&self, user: &str, ip: IpAddr, now: Instant, config: &ThrottleConfig) -> Result<Standing, StoreError>;
+    /// Counts one failure for the user, the address and the pair; bans the
+    /// address once it reaches [`ThrottleConfig::ban_after`]. Returns the
+    /// address's count if this failure started a ban.
+    fn add_failure(
+        &self,
+        user: &str,
+        ip: IpAddr,
+        now: Instant,
+        config: &ThrottleConfig,
+    ) -> Result<Option<u32>, StoreError>;
+    /// Clears the user's count and takes the pair's failures off the
+    /// address's count. A running ban stays.
+    fn forgive(&self, user: &str, ip: IpAddr, now: Instant, config: &ThrottleConfig) -> Result<(), StoreError>;
+}
+
+/// The counts that decide a login try.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Standing {
+    /// Failures from the address still in force.
+    pub ip_failures: u32,
+    /// How much longer the address is banned, if it is.
+    pub banned: Option<Duration>,
+    /// Failures under the user name still in force, from all addresses.
+    pub user_failures: u32,
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     users: HashMap<String, Entry>,
@@ -121,11 +165,17 @@ struct Inner {
     pairs: HashMap<(String, IpAddr), Entry>,
 }
 
-/// Failed-login throttle. Cheap to call: one short std `Mutex` section.
+/// Failure counts in this process: one short std `Mutex` section per call.
+#[derive(Debug, Default)]
+pub struct MemoryCounts {
+    inner: Mutex<Inner>,
+}
+
+/// Failed-login throttle: the policy (delays, bans) over [`FailureCounts`].
 #[derive(Debug)]
 pub struct Throttle {
     config: ThrottleConfig,
-    inner: Mutex<Inner>,
+    counts: Arc<dyn FailureCounts>,
 }
 
 fn user_key(user: &str) -> String {
@@ -181,21 +231,89 @@ fn make_room<K: Hash + Eq + Clone>(map: &mut HashMap<K, Entry>, now: Instant, co
     tracing::debug!(remaining = map.len(), "login throttle full: forgot the oldest entries");
 }
 
+impl MemoryCounts {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // The maps stay consistent if a holder panicked: each update is a
+        // plain field write.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// How many keys are tracked, over all three maps.
+    #[must_use]
+    pub fn tracked(&self) -> usize {
+        let inner = self.lock();
+        inner.users.len() + inner.ips.len() + inner.pairs.len()
+    }
+}
+
+impl FailureCounts for MemoryCounts {
+    fn standing(&self, user: &str, ip: IpAddr, now: Instant, config: &ThrottleConfig) -> Result<Standing, StoreError> {
+        let forget = config.forget_after;
+        let inner = self.lock();
+        let ip_entry = inner.ips.get(&ip);
+        Ok(Standing {
+            ip_failures: ip_entry.map_or(0, |e| e.failures(now, forget)),
+            banned: ip_entry.and_then(|e| e.banned(now)),
+            user_failures: inner.users.get(user).map_or(0, |e| e.failures(now, forget)),
+        })
+    }
+
+    fn add_failure(
+        &self,
+        user: &str,
+        ip: IpAddr,
+        now: Instant,
+        config: &ThrottleConfig,
+    ) -> Result<Option<u32>, StoreError> {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        for entry in [
+            entry_mut(&mut inner.users, user.to_owned(), now, config),
+            entry_mut(&mut inner.pairs, (user.to_owned(), ip), now, config),
+        ] {
+            entry.failures = entry.failures.saturating_add(1);
+            entry.last_failure = now;
+        }
+        let entry = entry_mut(&mut inner.ips, ip, now, config);
+        entry.failures = entry.failures.saturating_add(1);
+        entry.last_failure = now;
+        if entry.failures >= config.ban_after && entry.banned(now).is_none() {
+            entry.banned_until = Some(now + config.ban_for);
+            return Ok(Some(entry.failures));
+        }
+        Ok(None)
+    }
+
+    fn forgive(&self, user: &str, ip: IpAddr, now: Instant, config: &ThrottleConfig) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        inner.users.remove(user);
+        let forgiven = inner.pairs.remove(&(user.to_owned(), ip)).map_or(0, |e| e.failures(now, config.forget_after));
+        if let Some(entry) = inner.ips.get_mut(&ip) {
+            entry.failures = entry.failures.saturating_sub(forgiven);
+            if entry.failures == 0 && entry.banned(now).is_none() {
+                inner.ips.remove(&ip);
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Throttle {
+    /// A throttle that counts in this process.
     #[must_use]
     pub fn new(config: ThrottleConfig) -> Self {
-        Self { config, inner: Mutex::new(Inner::default()) }
+        Self::with_counts(config, Arc::new(MemoryCounts::default()))
+    }
+
+    /// A throttle over other counts, e.g. a database several servers share.
+    #[must_use]
+    pub fn with_counts(config: ThrottleConfig, counts: Arc<dyn FailureCounts>) -> Self {
+        Self { config, counts }
     }
 
     #[must_use]
     pub fn config(&self) -> &ThrottleConfig {
         &self.config
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        // The maps stay consistent if a holder panicked: each update is a
-        // plain field write.
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// `base_delay * 2^(n - free)` once `n` failures reach the free ones,
@@ -212,76 +330,44 @@ impl Throttle {
         self.config.base_delay.saturating_mul(factor).min(cap)
     }
 
-    /// What to do with a login try as `user` from `ip`.
-    #[must_use]
-    pub fn check(&self, user: &str, ip: IpAddr, now: Instant) -> Decision {
-        let forget = self.config.forget_after;
-        let inner = self.lock();
-        let ip_entry = inner.ips.get(&ip_key(ip));
-        if let Some(remaining) = ip_entry.and_then(|e| e.banned(now)) {
-            return Decision::Banned { remaining };
+    /// What to do with a login try as `user` from `ip`. An error (the
+    /// shared counts are unreachable) refuses the try: without counts,
+    /// guessing would be free. May block.
+    pub fn check(&self, user: &str, ip: IpAddr, now: Instant) -> Result<Decision, StoreError> {
+        let standing = self.counts.standing(&user_key(user), ip_key(ip), now, &self.config)?;
+        if let Some(remaining) = standing.banned {
+            return Ok(Decision::Banned { remaining });
         }
-        let ip_failures = ip_entry.map_or(0, |e| e.failures(now, forget));
-        let user_failures = inner.users.get(&user_key(user)).map_or(0, |e| e.failures(now, forget));
         let delay = self
-            .delay_for(ip_failures, self.config.max_delay)
-            .max(self.delay_for(user_failures, self.config.max_user_delay));
-        if delay.is_zero() { Decision::Allow } else { Decision::Delay(delay) }
+            .delay_for(standing.ip_failures, self.config.max_delay)
+            .max(self.delay_for(standing.user_failures, self.config.max_user_delay));
+        Ok(if delay.is_zero() { Decision::Allow } else { Decision::Delay(delay) })
     }
 
     /// Counts a failed login as `user` from `ip`; bans the address once it
-    /// reaches [`ThrottleConfig::ban_after`] failures.
+    /// reaches [`ThrottleConfig::ban_after`] failures. May block; a store
+    /// error is logged (the login fails anyway).
     pub fn record_failure(&self, user: &str, ip: IpAddr, now: Instant) {
-        let config = &self.config;
-        let user = user_key(user);
         let ip = ip_key(ip);
-        let mut guard = self.lock();
-        let inner = &mut *guard;
-
-        for entry in [
-            entry_mut(&mut inner.users, user.clone(), now, config),
-            entry_mut(&mut inner.pairs, (user, ip), now, config),
-        ] {
-            entry.failures = entry.failures.saturating_add(1);
-            entry.last_failure = now;
-        }
-
-        let entry = entry_mut(&mut inner.ips, ip, now, config);
-        entry.failures = entry.failures.saturating_add(1);
-        entry.last_failure = now;
-        if entry.failures >= config.ban_after && entry.banned(now).is_none() {
-            entry.banned_until = Some(now + config.ban_for);
-            tracing::warn!(
+        match self.counts.add_failure(&user_key(user), ip, now, &self.config) {
+            Ok(None) => {}
+            Ok(Some(failures)) => tracing::warn!(
                 %ip,
-                failures = entry.failures,
-                ban_secs = config.ban_for.as_secs(),
+                failures,
+                ban_secs = self.config.ban_for.as_secs(),
                 "banning address after repeated login failures"
-            );
+            ),
+            Err(e) => tracing::warn!(%ip, error = %e, "a failed login could not be counted"),
         }
     }
 
     /// Clears the user's counter and forgives the address the failures it made
-    /// on this user. A running ban stays.
+    /// on this user. A running ban stays. May block; a store error is logged.
     pub fn record_success(&self, user: &str, ip: IpAddr, now: Instant) {
-        let forget = self.config.forget_after;
-        let user = user_key(user);
         let ip = ip_key(ip);
-        let mut inner = self.lock();
-        inner.users.remove(&user);
-        let forgiven = inner.pairs.remove(&(user, ip)).map_or(0, |e| e.failures(now, forget));
-        if let Some(entry) = inner.ips.get_mut(&ip) {
-            entry.failures = entry.failures.saturating_sub(forgiven);
-            if entry.failures == 0 && entry.banned(now).is_none() {
-                inner.ips.remove(&ip);
-            }
+        if let Err(e) = self.counts.forgive(&user_key(user), ip, now, &self.config) {
+            tracing::warn!(%ip, error = %e, "a login's earlier failures could not be forgiven");
         }
-    }
-
-    /// How many keys are tracked, over all three maps.
-    #[must_use]
-    pub fn tracked(&self) -> usize {
-        let inner = self.lock();
-        inner.users.len() + inner.ips.len() + inner.pairs.len()
     }
 }
 
@@ -303,6 +389,10 @@ mod tests {
         Duration::from_secs(n)
     }
 
+    fn check(t: &Throttle, user: &str, ip: IpAddr, now: Instant) -> Decision {
+        t.check(user, ip, now).unwrap()
+    }
+
     #[test]
     fn free_failures_then_growing_delays() {
         let t = Throttle::default();
@@ -311,11 +401,11 @@ mod tests {
         for _ in 0..2 {
             t.record_failure("alice", a, now);
         }
-        assert_eq!(t.check("alice", a, now), Decision::Allow, "two of the three free failures");
+        assert_eq!(check(&t, "alice", a, now), Decision::Allow, "two of the three free failures");
         t.record_failure("alice", a, now);
-        assert_eq!(t.check("alice", a, now), Decision::Delay(Duration::from_millis(250)), "right after the third");
+        assert_eq!(check(&t, "alice", a, now), Decision::Delay(Duration::from_millis(250)), "right after the third");
         t.record_failure("alice", a, now);
-        assert_eq!(t.check("alice", a, now), Decision::Delay(Duration::from_millis(500)));
+        assert_eq!(check(&t, "alice", a, now), Decision::Delay(Duration::from_millis(500)));
     }
 
     #[test]
@@ -328,19 +418,19 @@ mod tests {
             t.record_failure("alice", attacker, now + Duration::from_millis(i));
         }
         let later = now + secs(1);
-        assert!(matches!(t.check("alice", attacker, later), Decision::Banned { .. }));
+        assert!(matches!(check(&t, "alice", attacker, later), Decision::Banned { .. }));
         // Another user from the banned address: still banned.
-        assert!(matches!(t.check("bob", attacker, later), Decision::Banned { .. }));
+        assert!(matches!(check(&t, "bob", attacker, later), Decision::Banned { .. }));
         // The owner from elsewhere: at most the per-user cap.
-        match t.check("alice", owner, later) {
+        match check(&t, "alice", owner, later) {
             Decision::Allow => {}
             Decision::Delay(d) => assert!(d <= secs(2), "{d:?}"),
             d @ Decision::Banned { .. } => panic!("owner refused: {d:?}"),
         }
         t.record_success("alice", owner, later);
-        assert_eq!(t.check("alice", owner, later), Decision::Allow);
+        assert_eq!(check(&t, "alice", owner, later), Decision::Allow);
         // Success elsewhere does not lift the attacker's ban.
-        assert!(matches!(t.check("alice", attacker, later), Decision::Banned { .. }));
+        assert!(matches!(check(&t, "alice", attacker, later), Decision::Banned { .. }));
     }
 
     #[test]
@@ -352,12 +442,12 @@ mod tests {
         for _ in 0..config.ban_after {
             t.record_failure("alice", a, now);
         }
-        assert_eq!(t.check("alice", a, now + secs(60)), Decision::Banned { remaining: config.ban_for - secs(60) });
+        assert_eq!(check(&t, "alice", a, now + secs(60)), Decision::Banned { remaining: config.ban_for - secs(60) });
         let after = now + config.ban_for.max(config.forget_after);
-        assert_eq!(t.check("alice", a, after), Decision::Allow);
+        assert_eq!(check(&t, "alice", a, after), Decision::Allow);
         // Counting starts again from zero.
         t.record_failure("alice", a, after);
-        assert_eq!(t.check("alice", a, after), Decision::Allow);
+        assert_eq!(check(&t, "alice", a, after), Decision::Allow);
     }
 
     #[test]
@@ -373,14 +463,14 @@ mod tests {
         }
         t.record_success("eve", a, now);
         // 6 failures left on the address: 3 beyond the free ones, so 250 ms doubled three times.
-        assert_eq!(t.check("eve", a, now), Decision::Delay(Duration::from_millis(2000)));
+        assert_eq!(check(&t, "eve", a, now), Decision::Delay(Duration::from_millis(2000)));
         // Cycling failures and successes on an own account does not reset the
         // count against another.
         for _ in 0..4 {
             t.record_failure("mallory-target", a, now);
             t.record_success("eve", a, now);
         }
-        assert!(matches!(t.check("eve", a, now), Decision::Banned { .. }));
+        assert!(matches!(check(&t, "eve", a, now), Decision::Banned { .. }));
     }
 
     #[test]
@@ -391,28 +481,29 @@ mod tests {
             let addr = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 1, i, i, i, i));
             t.record_failure("alice", addr, now);
         }
-        assert!(matches!(t.check("x", ip("2001:db8:0:1::ffff"), now), Decision::Banned { .. }));
-        assert_eq!(t.check("x", ip("2001:db8:0:2::1"), now), Decision::Allow);
+        assert!(matches!(check(&t, "x", ip("2001:db8:0:1::ffff"), now), Decision::Banned { .. }));
+        assert_eq!(check(&t, "x", ip("2001:db8:0:2::1"), now), Decision::Allow);
         // IPv4-mapped counts as IPv4.
         for _ in 0..10 {
             t.record_failure("alice", ip("::ffff:192.0.2.9"), now);
         }
-        assert!(matches!(t.check("x", ip("192.0.2.9"), now), Decision::Banned { .. }));
+        assert!(matches!(check(&t, "x", ip("192.0.2.9"), now), Decision::Banned { .. }));
     }
 
     #[test]
     fn memory_is_bounded() {
-        let t = Throttle::new(ThrottleConfig { max_tracked: 100, ..ThrottleConfig::default() });
+        let counts = Arc::new(MemoryCounts::default());
+        let t = Throttle::with_counts(ThrottleConfig { max_tracked: 100, ..ThrottleConfig::default() }, counts.clone());
         let now = Instant::now();
         for i in 0..1000u32 {
             let addr = IpAddr::V4(i.into());
             let user = format!("user{i}-{}", "x".repeat(200));
             t.record_failure(&user, addr, now + Duration::from_millis(u64::from(i)));
         }
-        assert!(t.tracked() <= 300, "{}", t.tracked());
+        assert!(counts.tracked() <= 300, "{}", counts.tracked());
         // The newest survive.
         let last = IpAddr::V4(999u32.into());
-        assert_eq!(t.lock().ips.get(&last).map(|e| e.failures), Some(1), "newest entry evicted");
+        assert_eq!(counts.lock().ips.get(&last).map(|e| e.failures), Some(1), "newest entry evicted");
     }
 
     #[test]
@@ -423,6 +514,6 @@ mod tests {
         for _ in 0..200 {
             t.record_failure("alice", a, now);
         }
-        assert_eq!(t.check("alice", a, now), Decision::Delay(secs(8)));
+        assert_eq!(check(&t, "alice", a, now), Decision::Delay(secs(8)));
     }
 }

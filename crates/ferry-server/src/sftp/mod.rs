@@ -295,15 +295,17 @@ impl SshHandler {
         .flatten()
     }
 
-    fn banned(&self, user: &str) -> bool {
-        matches!(
-            self.core.authenticator.throttle().check(user, self.peer.ip(), Instant::now()),
-            Decision::Banned { .. }
-        )
+    /// Whether the address is banned; also when the throttle cannot tell
+    /// (its shared counts unreachable). Off the runtime: it may query a database.
+    async fn banned(&self, user: &str) -> bool {
+        let auth = Arc::clone(&self.core.authenticator);
+        let (user, ip) = (user.to_string(), self.peer.ip());
+        let decision = tokio::task::spawn_blocking(move || auth.throttle().check(&user, ip, Instant::now())).await;
+        !matches!(decision, Ok(Ok(Decision::Allow | Decision::Delay(_))))
     }
 
     async fn key_allowed(&self, user: &str, key: &russh::keys::PublicKey) -> Option<UserRecord> {
-        if self.banned(user) {
+        if self.banned(user).await {
             return None;
         }
         let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
