@@ -1,0 +1,751 @@
+//! Partial uploads on S3.
+//!
+//! An upload is a multipart upload to its final key, so the object appears
+//! under its name only at CompleteMultipartUpload (atomic, as the rename on
+//! disk). S3 wants every part but the last to be at least 5 MiB, and cannot
+//! read a pending part back, so:
+//! - writes land in a buffer in memory (holes are zeros, as on disk); each
+//!   time its written prefix holds a whole part (`[storage] part_size`), that
+//!   part is sent, and its ETag, size and the hasher state after it are
+//!   recorded in the upload's state ([`super::state`]), shared and durable;
+//! - writes may come out of order within `[storage] max_buffer` bytes past
+//!   the sent parts; a write below the sent parts, or further ahead, is
+//!   refused with a clear error (no silent rewrite of what S3 holds);
+//! - when the writer goes away unfinished (a cut client), the buffer is
+//!   stored as the tail object `<id>.tail` and recorded: a resume on any
+//!   server, after any restart, continues from parts + tail. A server that
+//!   dies before that loses only its buffer: the resume offset it then
+//!   reports is what S3 holds, and the client sends the rest again;
+//! - an upload that never filled a part is committed with one PUT.
+//!
+//! The resume proof: a partial's length and prefix hash are computed from
+//! what S3 holds, never from the record alone. The recorded parts are checked
+//! against ListParts (number, ETag and size; each part was sent with its
+//! SHA-256, which S3 verified), the hasher state after the last good part is
+//! restored ([`super::hashing`]) and the tail, read back, is hashed on top.
+//! Parts that do not match cut the partial there.
+
+use std::collections::{HashMap, HashSet};
+use std::ops::Range;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use object_store::multipart::{MultipartStore, PartId};
+use object_store::{ObjectStoreExt, PutPayload};
+use sha2::{Digest, Sha256};
+
+use super::state::{PartRecord, PartialState, Stored, partial_dir};
+use super::{Amount, PartialInfo, PartialMeta, PartialWrite, S3Storage, VfsError, VirtualPath};
+use super::{HASH_META, api, backend_error, hashing, is_not_found, obj_path};
+
+/// Upload ids name objects: only 32 hex digits pass.
+fn valid_id(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+fn not_found(id: &str) -> VfsError {
+    VfsError::NotFound(format!("upload {id:?}"))
+}
+
+fn unsupported(msg: String) -> VfsError {
+    VfsError::Io(std::io::Error::new(std::io::ErrorKind::Unsupported, msg))
+}
+
+/// An upload some writer of this process holds (or just held): its
+/// buffer is part of what the home holds until it is stored or committed.
+pub(crate) struct Live {
+    key: String,
+    id: String,
+    /// Serialises the durable steps: parts, tail, commit, removal, reopening.
+    io: Arc<tokio::sync::Mutex<()>>,
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    state: PartialState,
+    /// Bytes in sent parts.
+    flushed: u64,
+    /// SHA-256 of those bytes.
+    hasher: Sha256,
+    /// The bytes after them; holes are zeros.
+    buf: Vec<u8>,
+    /// Written ranges (absolute offsets), sorted and merged.
+    filled: Vec<Range<u64>>,
+    /// The buffer differs from the stored tail.
+    dirty: bool,
+    /// Raised by each reopening in this process: older writers stop.
+    generation: u64,
+    modified: SystemTime,
+    /// Committed or removed.
+    gone: bool,
+}
+
+impl Inner {
+    fn len(&self) -> u64 {
+        self.flushed + self.buf.len() as u64
+    }
+
+    fn add_filled(&mut self, r: Range<u64>) {
+        self.filled.push(r);
+        self.filled.sort_by_key(|r| r.start);
+        let mut merged: Vec<Range<u64>> = Vec::with_capacity(self.filled.len());
+        for r in self.filled.drain(..) {
+            match merged.last_mut() {
+                Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
+                _ => merged.push(r),
+            }
+        }
+        self.filled = merged;
+    }
+
+    /// The next whole part, if the written bytes right after the sent
+    /// parts hold one.
+    fn ready_part(&self, part_size: u64) -> Option<Bytes> {
+        let first = self.filled.first()?;
+        (first.start <= self.flushed && first.end >= self.flushed + part_size)
+            .then(|| Bytes::copy_from_slice(&self.buf[..part_size as usize]))
+    }
+
+    fn info(&self, id: &str) -> PartialInfo {
+        PartialInfo { id: id.to_string(), meta: self.state.meta.clone(), len: self.len(), modified: self.modified }
+    }
+}
+
+impl Live {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Every change to `Inner` is made in one step under the lock.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl S3Storage {
+    fn live_key(&self, id: &str) -> String {
+        format!("{}{id}", self.home)
+    }
+
+    /// The live upload `id` of this process, unless committed or removed.
+    fn live(&self, id: &str) -> Option<Arc<Live>> {
+        let map = self.bucket.live.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(&self.live_key(id)).and_then(std::sync::Weak::upgrade).filter(|l| !l.lock().gone)
+    }
+
+    fn register(&self, live: &Arc<Live>) {
+        let mut map = self.bucket.live.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|_, l| l.strong_count() > 0);
+        map.insert(live.key.clone(), Arc::downgrade(live));
+    }
+
+    fn unregister(&self, live: &Arc<Live>) {
+        let mut map = self.bucket.live.lock().unwrap_or_else(|e| e.into_inner());
+        if map.get(&live.key).is_some_and(|l| std::ptr::eq(l.as_ptr(), Arc::as_ptr(live))) {
+            map.remove(&live.key);
+        }
+    }
+
+    fn new_live(&self, id: &str, d: Durable) -> Arc<Live> {
+        let len = d.tail.len() as u64;
+        let flushed = d.state.parts_len();
+        let filled: Vec<Range<u64>> = (len > 0).then_some(flushed..flushed + len).into_iter().collect();
+        Arc::new(Live {
+            key: self.live_key(id),
+            id: id.to_string(),
+            io: Arc::default(),
+            inner: Mutex::new(Inner {
+                state: d.state,
+                flushed,
+                hasher: d.hasher,
+                buf: d.tail,
+                filled,
+                dirty: false,
+                generation: 1,
+                modified: d.modified,
+                gone: false,
+            }),
+        })
+    }
+
+    fn tail_path(&self, id: &str) -> Result<object_store::path::Path, VfsError> {
+        obj_path(&format!("{}{id}.tail", partial_dir(&self.home)))
+    }
+
+    /// Saves `state` unless another server reopened the upload (a newer
+    /// epoch) or removed it meanwhile.
+    async fn save_checked(&self, id: &str, state: &PartialState) -> Result<(), VfsError> {
+        match self.bucket.states.load(&self.home, id).await? {
+            Some(s) if s.state.epoch == state.epoch => self.bucket.states.save(&self.home, id, state).await,
+            Some(_) => {
+                Err(VfsError::Io(std::io::Error::other(format!("upload {id} was taken over by another server"))))
+            }
+            None => Err(not_found(id)),
+        }
+    }
+
+    /// Aborts the multipart upload and deletes the tail and the state.
+    async fn discard_durable(&self, id: &str, state: &PartialState) -> Result<(), VfsError> {
+        if let (Some(upload_id), Some(key)) = (&state.upload_id, &state.key) {
+            let path = obj_path(key)?;
+            match self.bucket.store.abort_multipart(&path, &upload_id.clone()).await {
+                Ok(()) => {}
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => return Err(backend_error(e)),
+            }
+        }
+        match self.store().delete(&self.tail_path(id)?).await {
+            Ok(()) => {}
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(backend_error(e)),
+        }
+        self.bucket.states.delete(&self.home, id).await
+    }
+
+    /// What S3 holds of a pending upload's parts (0 when it is gone).
+    async fn held_in_parts(&self, state: &PartialState) -> Result<u64, VfsError> {
+        match (&state.upload_id, &state.key) {
+            (Some(upload_id), Some(key)) => {
+                let parts = self.bucket.raw.list_parts(key, upload_id).await.map_err(backend_error)?;
+                Ok(parts.map_or(0, |p| p.iter().map(|p| p.size).sum()))
+            }
+            _ => Ok(0),
+        }
+    }
+}
+
+/// A partial as S3 holds it, checked against what is stored.
+struct Durable {
+    state: PartialState,
+    hasher: Sha256,
+    tail: Vec<u8>,
+    modified: SystemTime,
+}
+
+/// Loads a partial and keeps of it only what S3 proves to hold: the
+/// recorded parts that ListParts shows unchanged, in order, then the tail
+/// if every part was there and it has the recorded length.
+async fn load_verified(s: &S3Storage, id: &str) -> Result<Option<Durable>, VfsError> {
+    let Some(Stored { mut state, modified, .. }) = s.bucket.states.load(&s.home, id).await? else { return Ok(None) };
+    let recorded = state.parts.len();
+    if let (Some(upload_id), Some(key)) = (state.upload_id.clone(), state.key.clone()) {
+        match s.bucket.raw.list_parts(&key, &upload_id).await.map_err(backend_error)? {
+            None => {
+                state.parts.clear();
+                state.upload_id = None;
+                state.key = None;
+            }
+            Some(held) => {
+                let good = state
+                    .parts
+                    .iter()
+                    .enumerate()
+                    .take_while(|(i, p)| {
+                        held.iter().any(|h| {
+                            h.number == p.number && p.number as usize == i + 1 && h.size == p.size && h.etag == p.etag
+                        })
+                    })
+                    .count();
+                state.parts.truncate(good);
+            }
+        }
+    } else {
+        state.parts.clear();
+    }
+    let hasher = match state.parts.last() {
+        Some(last) => match hashing::load(&last.hash_state) {
+            Some(h) => h,
+            None => {
+                state.parts.clear();
+                Sha256::new()
+            }
+        },
+        None => Sha256::new(),
+    };
+    let mut tail = Vec::new();
+    if state.parts.len() == recorded && state.tail > 0 {
+        match s.store().get(&s.tail_path(id)?).await {
+            Ok(got) => {
+                let bytes = got.bytes().await.map_err(backend_error)?;
+                if bytes.len() as u64 == state.tail {
+                    tail = bytes.to_vec();
+                }
+            }
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(backend_error(e)),
+        }
+    }
+    state.tail = tail.len() as u64;
+    Ok(Some(Durable { state, hasher, tail, modified }))
+}
+
+/// The hasher over the first `len` bytes (fewer when the partial holds
+/// fewer). Below the sent parts only a part boundary can be hashed: S3
+/// cannot read a pending part back.
+fn prefix_hash(parts: &[PartRecord], flushed: u64, hasher: &Sha256, buf: &[u8], len: u64) -> (Sha256, u64) {
+    if len >= flushed {
+        let n = (len - flushed).min(buf.len() as u64);
+        let mut h = hasher.clone();
+        h.update(&buf[..n as usize]);
+        return (h, flushed + n);
+    }
+    let mut best = (Sha256::new(), 0);
+    let mut end = 0;
+    for p in parts {
+        end += p.size;
+        if end > len {
+            break;
+        }
+        if let Some(h) = hashing::load(&p.hash_state) {
+            best = (h, end);
+        }
+    }
+    best
+}
+
+pub(super) async fn create(s: &S3Storage, id: &str, meta: &PartialMeta) -> Result<Box<dyn PartialWrite>, VfsError> {
+    if !valid_id(id) {
+        return Err(not_found(id));
+    }
+    if s.live(id).is_some() || s.bucket.states.load(&s.home, id).await?.is_some() {
+        return Err(VfsError::AlreadyExists(format!("upload {id} already exists")));
+    }
+    let state = PartialState::new(meta.clone());
+    s.bucket.states.save(&s.home, id, &state).await?;
+    let live = s.new_live(id, Durable { state, hasher: Sha256::new(), tail: Vec::new(), modified: SystemTime::now() });
+    s.register(&live);
+    Ok(Box::new(S3Partial { s: s.clone(), live, generation: 1, done: false }))
+}
+
+pub(super) async fn open(s: &S3Storage, id: &str, meta: &PartialMeta) -> Result<Box<dyn PartialWrite>, VfsError> {
+    if !valid_id(id) {
+        return Err(not_found(id));
+    }
+    if let Some(live) = s.live(id) {
+        let _io = live.io.lock().await;
+        let state = {
+            let inner = live.lock();
+            (!inner.gone).then(|| inner.state.clone())
+        };
+        if let Some(mut state) = state {
+            state.meta = meta.clone();
+            state.epoch += 1;
+            s.bucket.states.save(&s.home, id, &state).await?;
+            let generation = {
+                let mut inner = live.lock();
+                inner.state = state;
+                inner.generation += 1;
+                inner.generation
+            };
+            return Ok(Box::new(S3Partial { s: s.clone(), live: Arc::clone(&live), generation, done: false }));
+        }
+    }
+    let mut d = load_verified(s, id).await?.ok_or_else(|| not_found(id))?;
+    d.state.meta = meta.clone();
+    d.state.epoch += 1;
+    s.bucket.states.save(&s.home, id, &d.state).await?;
+    let live = s.new_live(id, d);
+    s.register(&live);
+    Ok(Box::new(S3Partial { s: s.clone(), live, generation: 1, done: false }))
+}
+
+pub(super) async fn info(s: &S3Storage, id: &str) -> Result<Option<PartialInfo>, VfsError> {
+    if !valid_id(id) {
+        return Ok(None);
+    }
+    if let Some(live) = s.live(id) {
+        return Ok(Some(live.lock().info(id)));
+    }
+    Ok(load_verified(s, id).await?.map(|d| PartialInfo {
+        id: id.to_string(),
+        len: d.state.parts_len() + d.state.tail,
+        meta: d.state.meta,
+        modified: d.modified,
+    }))
+}
+
+/// Every partial, as recorded (cheap: no ListParts); `partial_info` and
+/// `partial_hash` check one against S3.
+pub(super) async fn list(s: &S3Storage) -> Result<Vec<PartialInfo>, VfsError> {
+    let stored = s.bucket.states.list(&s.home).await?;
+    Ok(stored
+        .into_iter()
+        .map(|st| match s.live(&st.id) {
+            Some(live) => live.lock().info(&st.id),
+            None => PartialInfo {
+                len: st.state.parts_len() + st.state.tail,
+                id: st.id,
+                meta: st.state.meta,
+                modified: st.modified,
+            },
+        })
+        .collect())
+}
+
+pub(super) async fn hash(s: &S3Storage, id: &str, len: u64) -> Result<(Sha256, u64), VfsError> {
+    if !valid_id(id) {
+        return Err(not_found(id));
+    }
+    if let Some(live) = s.live(id) {
+        let inner = live.lock();
+        return Ok(prefix_hash(&inner.state.parts, inner.flushed, &inner.hasher, &inner.buf, len));
+    }
+    let d = load_verified(s, id).await?.ok_or_else(|| not_found(id))?;
+    Ok(prefix_hash(&d.state.parts, d.state.parts_len(), &d.hasher, &d.tail, len))
+}
+
+pub(super) async fn remove(s: &S3Storage, id: &str) -> Result<Amount, VfsError> {
+    if !valid_id(id) {
+        return Ok(Amount::default());
+    }
+    if let Some(live) = s.live(id) {
+        let _io = live.io.lock().await;
+        let taken = {
+            let mut inner = live.lock();
+            (!inner.gone).then(|| {
+                inner.gone = true;
+                (inner.state.clone(), inner.len())
+            })
+        };
+        if let Some((state, len)) = taken {
+            let discarded = s.discard_durable(id, &state).await;
+            s.unregister(&live);
+            discarded?;
+            return Ok(Amount::file(len));
+        }
+    }
+    let Some(stored) = s.bucket.states.load(&s.home, id).await? else { return Ok(Amount::default()) };
+    let held = s.held_in_parts(&stored.state).await? + stored.state.tail;
+    s.discard_durable(id, &stored.state).await?;
+    Ok(Amount::file(held))
+}
+
+/// What the home holds: objects, directory markers, and per partial its
+/// bytes (a live buffer of this process; else the parts S3 holds by
+/// ListParts and its tail), plus pending uploads under the home that no
+/// partial records. States and markers themselves are bookkeeping.
+pub(super) async fn usage(s: &S3Storage) -> Result<Amount, VfsError> {
+    // The live ones first: one that is stored while we list is still counted once.
+    let live: HashMap<String, (u64, Option<String>)> = {
+        let map = s.bucket.live.lock().unwrap_or_else(|e| e.into_inner());
+        map.iter()
+            .filter_map(|(k, l)| Some((k.strip_prefix(&s.home)?.to_string(), l.upgrade()?)))
+            .filter_map(|(id, l)| {
+                let inner = l.lock();
+                (!inner.gone).then(|| (id, (inner.len(), inner.state.upload_id.clone())))
+            })
+            .collect()
+    };
+    let mut total = Amount::default();
+    let partials = partial_dir(&s.home);
+    for o in s.list_all(&s.home).await? {
+        let key = o.location.as_ref();
+        if key.starts_with(&partials) {
+            continue;
+        }
+        total = total + if S3Storage::is_marker(key) { Amount::dirs(1) } else { Amount::file(o.size) };
+    }
+    let stored = s.bucket.states.list(&s.home).await?;
+    let pending = s.bucket.raw.list_uploads(&s.home).await.map_err(backend_error)?;
+    let pending_ids: HashSet<&str> = pending.iter().map(|u| u.upload_id.as_str()).collect();
+    let mut referenced: HashSet<String> = live.values().filter_map(|(_, u)| u.clone()).collect();
+    for st in &stored {
+        if let Some(u) = &st.state.upload_id {
+            referenced.insert(u.clone());
+        }
+        let bytes = match live.get(&st.id) {
+            Some((len, _)) => *len,
+            None => {
+                let parts = match &st.state.upload_id {
+                    Some(u) if pending_ids.contains(u.as_str()) => s.held_in_parts(&st.state).await?,
+                    _ => 0,
+                };
+                parts + st.state.tail
+            }
+        };
+        total = total + Amount::file(bytes);
+    }
+    for u in pending.iter().filter(|u| !referenced.contains(&u.upload_id)) {
+        let parts = s.bucket.raw.list_parts(&u.key, &u.upload_id).await.map_err(backend_error)?;
+        total.bytes += parts.map_or(0, |p| p.iter().map(|p| p.size).sum::<u64>());
+    }
+    Ok(total)
+}
+
+/// The writer of one partial upload.
+struct S3Partial {
+    s: S3Storage,
+    live: Arc<Live>,
+    generation: u64,
+    /// Committed: nothing to store when dropped.
+    done: bool,
+}
+
+impl S3Partial {
+    fn check(&self, inner: &Inner) -> Result<(), VfsError> {
+        if inner.gone {
+            return Err(not_found(&self.live.id));
+        }
+        if inner.generation != self.generation {
+            return Err(VfsError::Io(std::io::Error::other(format!(
+                "upload {} was taken over by a newer writer",
+                self.live.id
+            ))));
+        }
+        Ok(())
+    }
+
+    fn part_size(&self) -> u64 {
+        self.s.bucket.settings.part_size
+    }
+
+    /// The multipart upload of this partial, created on the first part
+    /// (an upload that never fills a part needs none).
+    async fn ensure_upload(&self, state: &mut PartialState) -> Result<(object_store::path::Path, String), VfsError> {
+        if let (Some(u), Some(k)) = (&state.upload_id, &state.key) {
+            return Ok((obj_path(k)?, u.clone()));
+        }
+        let target = VirtualPath::parse(&state.meta.path)?;
+        let key = self.s.key(&target);
+        let path = obj_path(&key)?;
+        let upload_id = self.s.bucket.store.create_multipart(&path).await.map_err(backend_error)?;
+        state.upload_id = Some(upload_id.clone());
+        state.key = Some(key);
+        // Recorded before any part: an upload is never left unrecorded with data.
+        self.s.save_checked(&self.live.id, state).await?;
+        Ok((path, upload_id))
+    }
+
+    /// Sends the next part and records it.
+    async fn send_part(&self, bytes: Bytes) -> Result<(), VfsError> {
+        let _io = self.live.io.lock().await;
+        let (mut state, hasher) = {
+            let inner = self.live.lock();
+            self.check(&inner)?;
+            (inner.state.clone(), inner.hasher.clone())
+        };
+        let (path, upload_id) = self.ensure_upload(&mut state).await?;
+        let number = state.parts.len() as u32 + 1;
+        let size = bytes.len() as u64;
+        let part = self
+            .s
+            .bucket
+            .store
+            .put_part(&path, &upload_id, number as usize - 1, PutPayload::from(bytes.clone()))
+            .await
+            .map_err(backend_error)?;
+        let hasher = tokio::task::spawn_blocking(move || {
+            let mut h = hasher;
+            h.update(&bytes);
+            h
+        })
+        .await
+        .map_err(|_| VfsError::Io(std::io::Error::other("hashing failed")))?;
+        state.parts.push(PartRecord {
+            number,
+            etag: api::part_etag(&part.content_id),
+            content_id: part.content_id,
+            size,
+            hash_state: hashing::save(&hasher),
+        });
+        let stale_tail = std::mem::take(&mut state.tail) > 0;
+        self.s.save_checked(&self.live.id, &state).await?;
+        {
+            let mut inner = self.live.lock();
+            inner.state = state;
+            inner.flushed += size;
+            inner.hasher = hasher;
+            inner.buf.drain(..size as usize);
+            let flushed = inner.flushed;
+            inner.filled.retain(|r| r.end > flushed);
+            if let Some(first) = inner.filled.first_mut() {
+                first.start = first.start.max(flushed);
+            }
+        }
+        if stale_tail {
+            let _ = self.s.store().delete(&self.s.tail_path(&self.live.id)?).await;
+        }
+        Ok(())
+    }
+}
+
+/// Stores the buffer of a writer that went away as the tail, so a resume
+/// anywhere finds it.
+async fn store_tail(s: &S3Storage, live: &Live, generation: u64) -> Result<(), VfsError> {
+    let (mut state, buf) = {
+        let inner = live.lock();
+        if inner.gone || inner.generation != generation || !inner.dirty {
+            return Ok(());
+        }
+        (inner.state.clone(), Bytes::copy_from_slice(&inner.buf))
+    };
+    let path = s.tail_path(&live.id)?;
+    if buf.is_empty() {
+        let _ = s.store().delete(&path).await;
+    } else {
+        s.store().put(&path, PutPayload::from(buf.clone())).await.map_err(backend_error)?;
+    }
+    state.tail = buf.len() as u64;
+    s.save_checked(&live.id, &state).await?;
+    let mut inner = live.lock();
+    if inner.generation == generation {
+        inner.state.tail = state.tail;
+        inner.dirty = false;
+    }
+    Ok(())
+}
+
+impl S3Partial {
+    /// The window rule (see the module doc), checked under the lock.
+    fn window(&self, inner: &Inner, offset: u64, end: u64) -> Result<(), VfsError> {
+        self.check(inner)?;
+        let max_buffer = self.s.bucket.settings.max_buffer;
+        if offset < inner.flushed {
+            return Err(unsupported(format!(
+                "S3 storage cannot rewrite bytes already sent as parts (below {}); write at {offset} refused",
+                inner.flushed
+            )));
+        }
+        if end - inner.flushed > max_buffer {
+            return Err(unsupported(format!(
+                "S3 storage holds at most {max_buffer} bytes past the sent parts (at {}); write at {offset} refused",
+                inner.flushed
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl PartialWrite for S3Partial {
+    fn check_range(&self, offset: u64, end: u64) -> Result<(), VfsError> {
+        self.window(&self.live.lock(), offset, end)
+    }
+
+    async fn write_at(&mut self, offset: u64, data: Bytes) -> Result<(), VfsError> {
+        {
+            let mut inner = self.live.lock();
+            let end = offset
+                .checked_add(data.len() as u64)
+                .ok_or_else(|| VfsError::Io(std::io::ErrorKind::FileTooLarge.into()))?;
+            self.window(&inner, offset, end)?;
+            let (start, stop) = ((offset - inner.flushed) as usize, (end - inner.flushed) as usize);
+            if inner.buf.len() < stop {
+                inner.buf.resize(stop, 0);
+            }
+            inner.buf[start..stop].copy_from_slice(&data);
+            if end > offset {
+                inner.add_filled(offset..end);
+            }
+            inner.dirty = true;
+            inner.modified = SystemTime::now();
+        }
+        loop {
+            let part = self.live.lock().ready_part(self.part_size());
+            match part {
+                Some(bytes) => self.send_part(bytes).await?,
+                None => return Ok(()),
+            }
+        }
+    }
+
+    async fn commit(
+        mut self: Box<Self>,
+        target: &VirtualPath,
+        overwrite: bool,
+        _fsync: bool,
+        sha256: Option<&str>,
+    ) -> Result<Amount, VfsError> {
+        let io = Arc::clone(&self.live.io);
+        let _io = io.lock().await;
+        let (mut state, buf) = {
+            let inner = self.live.lock();
+            self.check(&inner)?;
+            (inner.state.clone(), Bytes::copy_from_slice(&inner.buf))
+        };
+        let s = self.s.clone();
+        let id = self.live.id.clone();
+        let key = s.key(target);
+        let replaced = if state.upload_id.is_some() {
+            if state.key.as_deref() != Some(key.as_str()) {
+                return Err(unsupported(format!(
+                    "an S3 upload commits only to the path it was started for ({})",
+                    state.meta.path
+                )));
+            }
+            let (path, upload_id) = self.ensure_upload(&mut state).await?;
+            let mut parts: Vec<PartId> =
+                state.parts.iter().map(|p| PartId { content_id: p.content_id.clone() }).collect();
+            // The rest, as the last parts, before the names are locked.
+            let chunks: Vec<Bytes> = if buf.is_empty() && parts.is_empty() {
+                vec![Bytes::new()]
+            } else {
+                buf.chunks(self.part_size() as usize).map(|c| buf.slice_ref(c)).collect()
+            };
+            for chunk in chunks {
+                let idx = parts.len();
+                let part = s
+                    .bucket
+                    .store
+                    .put_part(&path, &upload_id, idx, PutPayload::from(chunk))
+                    .await
+                    .map_err(backend_error)?;
+                parts.push(part);
+            }
+            let _names = s.lock.lock().await;
+            let replaced = s.check_target(target, overwrite).await?;
+            let done = s.bucket.store.complete_multipart(&path, &upload_id, parts).await.map_err(backend_error)?;
+            if let Some(h) = sha256 {
+                // Metadata is fixed at CreateMultipartUpload, before the hash is
+                // known: a copy onto itself (server-side) adds it. Without it a
+                // download hashes the file itself.
+                let etag = done.e_tag.unwrap_or_default();
+                if let Err(e) = s.bucket.raw.replace_metadata(&key, &etag, &[(HASH_META, h)]).await {
+                    tracing::warn!(error = %e, path = %target, "cannot keep the verified hash with the object");
+                }
+            }
+            replaced
+        } else {
+            let _names = s.lock.lock().await;
+            let replaced = s.check_target(target, overwrite).await?;
+            s.put(&s.path(target)?, buf, sha256).await?;
+            replaced
+        };
+        self.done = true;
+        self.live.lock().gone = true;
+        s.unregister(&self.live);
+        if state.tail > 0 {
+            let _ = s.store().delete(&s.tail_path(&id)?).await;
+        }
+        if let Err(e) = s.bucket.states.delete(&s.home, &id).await {
+            tracing::warn!(error = %e, upload_id = %id, "committed, but its partial state stays until it expires");
+        }
+        Ok(replaced.map_or(Amount::default(), Amount::file))
+    }
+}
+
+impl Drop for S3Partial {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        {
+            let inner = self.live.lock();
+            if inner.gone || inner.generation != self.generation || !inner.dirty {
+                return;
+            }
+        }
+        // Taken now, so a removal or a reopening waits for the tail.
+        let Ok(guard) = Arc::clone(&self.live.io).try_lock_owned() else { return };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+        let (s, live, generation) = (self.s.clone(), Arc::clone(&self.live), self.generation);
+        let tasks = self.s.bucket.tasks.clone();
+        tasks.spawn_on(
+            async move {
+                let _io = guard;
+                if let Err(e) = store_tail(&s, &live, generation).await {
+                    tracing::warn!(error = %e, upload_id = %live.id, "cannot store an unfinished upload's tail");
+                }
+            },
+            &rt,
+        );
+    }
+}
