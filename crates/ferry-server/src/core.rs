@@ -15,11 +15,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{Authenticator, SqliteUserStore, Throttle, ThrottleConfig, UserRecord, UserStore};
-use crate::config::ServerConfig;
+use crate::config::{ServerConfig, StorageKind};
 use crate::exec::ExecLimits;
 use crate::home::{Home, HomeError, HomeSettings};
 use crate::quota::QuotaRegistry;
-use crate::storage::{FsStorage, Storage};
+use crate::storage::{FsStorage, S3Bucket, S3Credentials, Storage};
 
 pub struct Core {
     pub config: ServerConfig,
@@ -31,8 +31,26 @@ pub struct Core {
     pub exec: ExecLimits,
     /// Open homes by user, shared by all of a user's sessions.
     homes: tokio::sync::Mutex<HashMap<String, Weak<Home>>>,
+    /// Where homes live (`[storage]`).
+    pub storage: StorageBackend,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
+}
+
+/// The backend of every home.
+#[derive(Debug, Clone)]
+pub enum StorageBackend {
+    /// A folder per user on the local disk.
+    Local,
+    /// A key prefix per user in one S3 bucket.
+    S3(Arc<S3Bucket>),
+}
+
+impl StorageBackend {
+    /// Homes are folders a remote command can run in.
+    pub fn is_local(&self) -> bool {
+        matches!(self, StorageBackend::Local)
+    }
 }
 
 /// The outcome of preparing a data folder, for the caller to print.
@@ -56,6 +74,10 @@ impl Core {
                 .with_context(|| format!("cannot open user database {}", config.db_path().display()))?,
         );
         let user_count = store.list().context("reading users")?.len();
+        let storage = match config.storage.kind {
+            StorageKind::Local => StorageBackend::Local,
+            StorageKind::S3 => StorageBackend::S3(S3Bucket::new(&config.storage, S3Credentials::from_env()?)?),
+        };
         let secret = load_or_create_secret(&config.data_dir.join("server.secret"))?;
         let throttle = Throttle::new(ThrottleConfig {
             free_failures: config.auth.free_failures,
@@ -77,6 +99,7 @@ impl Core {
         let core = Core {
             exec: ExecLimits::new(config.exec.max_total),
             homes: Default::default(),
+            storage,
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             quotas: QuotaRegistry::default(),
@@ -86,6 +109,26 @@ impl Core {
             config,
         };
         Ok(Prepared { core: Arc::new(core), generated_certificate, user_count })
+    }
+
+    /// Checks that the storage is usable before anything is served: an S3
+    /// bucket that is missing or a key it refuses stops the start, naming which.
+    pub async fn check_storage(&self) -> Result<()> {
+        if let StorageBackend::S3(bucket) = &self.storage {
+            bucket.check().await?;
+            tracing::info!(bucket = %self.config.storage.bucket, prefix = %bucket.settings().prefix, "homes are kept in S3");
+        }
+        Ok(())
+    }
+
+    /// Waits (at most `grace`) for the storage's work in the background:
+    /// on S3, the tails of unfinished uploads being stored for a resume.
+    pub async fn drain_storage(&self, grace: Duration) {
+        if let StorageBackend::S3(bucket) = &self.storage
+            && tokio::time::timeout(grace, bucket.drain()).await.is_err()
+        {
+            tracing::warn!("grace period over: some unfinished uploads resume from their last part");
+        }
     }
 
     /// The user's home, shared by every session open on it (one storage
@@ -132,6 +175,9 @@ impl Core {
     }
 
     async fn open_storage(&self, user: &UserRecord) -> Result<Arc<dyn Storage>, HomeError> {
+        if let StorageBackend::S3(bucket) = &self.storage {
+            return Ok(Arc::new(bucket.home(&user.name)));
+        }
         let path = crate::users::home_of(&self.config, user);
         let storage = tokio::task::spawn_blocking(move || FsStorage::open(&path))
             .await
