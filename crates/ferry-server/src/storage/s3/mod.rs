@@ -368,22 +368,16 @@ impl S3Storage {
         Ok(out)
     }
 
-    /// Whether `prefix` holds any object.
-    async fn any_under(&self, prefix: &str) -> Result<bool, VfsError> {
-        let page = self.page(prefix, false, Some(1), None).await?;
-        Ok(!page.result.objects.is_empty())
-    }
-
-    /// A directory's time, if it is one: its marker's, or 0 for a prefix
-    /// without a marker.
+    /// A directory's time, if it is one, in one request (the first key
+    /// under its prefix): its marker's when that comes first (it does
+    /// unless a name starts with one of ``!"#$%&'()*+,-``), else 0.
     async fn dir_time(&self, p: &VirtualPath) -> Result<Option<i64>, VfsError> {
         if p.is_root() {
             return Ok(Some(0));
         }
-        if let Some(m) = self.head(&self.marker(p)?).await? {
-            return Ok(Some(mtime(&m)));
-        }
-        Ok(self.any_under(&self.dir_prefix(p)).await?.then_some(0))
+        let page = self.page(&self.dir_prefix(p), false, Some(1), None).await?;
+        let marker = self.marker(p)?;
+        Ok(page.result.objects.first().map(|o| if o.location == marker { mtime(o) } else { 0 }))
     }
 
     async fn kind(&self, p: &VirtualPath) -> Result<Option<Kind>, VfsError> {

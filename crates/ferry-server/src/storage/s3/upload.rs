@@ -75,6 +75,10 @@ struct Inner {
     filled: Vec<Range<u64>>,
     /// The buffer differs from the stored tail.
     dirty: bool,
+    /// The state is in the [`super::PartialStore`]. Not until there is
+    /// something to resume (a part or a tail): an upload that commits from
+    /// memory never writes one.
+    stored: bool,
     /// Raised by each reopening in this process: older writers stop.
     generation: u64,
     modified: SystemTime,
@@ -131,6 +135,15 @@ impl S3Storage {
         map.get(&self.live_key(id)).and_then(std::sync::Weak::upgrade).filter(|l| !l.lock().gone)
     }
 
+    /// The live uploads of this home in this process, by id.
+    fn live_here(&self) -> Vec<(String, Arc<Live>)> {
+        let map = self.bucket.live.lock().unwrap_or_else(|e| e.into_inner());
+        map.iter()
+            .filter_map(|(k, l)| Some((k.strip_prefix(&self.home)?.to_string(), l.upgrade()?)))
+            .filter(|(id, l)| valid_id(id) && !l.lock().gone)
+            .collect()
+    }
+
     fn register(&self, live: &Arc<Live>) {
         let mut map = self.bucket.live.lock().unwrap_or_else(|e| e.into_inner());
         map.retain(|_, l| l.strong_count() > 0);
@@ -144,7 +157,7 @@ impl S3Storage {
         }
     }
 
-    fn new_live(&self, id: &str, d: Durable) -> Arc<Live> {
+    fn new_live(&self, id: &str, d: Durable, stored: bool) -> Arc<Live> {
         let len = d.tail.len() as u64;
         let flushed = d.state.parts_len();
         let filled: Vec<Range<u64>> = (len > 0).then_some(flushed..flushed + len).into_iter().collect();
@@ -159,6 +172,7 @@ impl S3Storage {
                 buf: d.tail,
                 filled,
                 dirty: false,
+                stored,
                 generation: 1,
                 modified: d.modified,
                 gone: false,
@@ -171,8 +185,12 @@ impl S3Storage {
     }
 
     /// Saves `state` unless another server reopened the upload (a newer
-    /// epoch) or removed it meanwhile.
-    async fn save_checked(&self, id: &str, state: &PartialState) -> Result<(), VfsError> {
+    /// epoch) or removed it meanwhile. The first save of a state (`stored`
+    /// false) has no one to race.
+    async fn save_checked(&self, id: &str, state: &PartialState, stored: bool) -> Result<(), VfsError> {
+        if !stored {
+            return self.bucket.states.save(&self.home, id, state).await;
+        }
         match self.bucket.states.load(&self.home, id).await? {
             Some(s) if s.state.epoch == state.epoch => self.bucket.states.save(&self.home, id, state).await,
             Some(_) => {
@@ -183,7 +201,10 @@ impl S3Storage {
     }
 
     /// Aborts the multipart upload and deletes the tail and the state.
-    async fn discard_durable(&self, id: &str, state: &PartialState) -> Result<(), VfsError> {
+    async fn discard_durable(&self, id: &str, state: &PartialState, stored: bool) -> Result<(), VfsError> {
+        if !stored && state.upload_id.is_none() {
+            return Ok(());
+        }
         if let (Some(upload_id), Some(key)) = (&state.upload_id, &state.key) {
             let path = obj_path(key)?;
             match self.bucket.store.abort_multipart(&path, &upload_id.clone()).await {
@@ -305,12 +326,14 @@ pub(super) async fn create(s: &S3Storage, id: &str, meta: &PartialMeta) -> Resul
     if !valid_id(id) {
         return Err(not_found(id));
     }
-    if s.live(id).is_some() || s.bucket.states.load(&s.home, id).await?.is_some() {
+    // Ids are 128 random bits drawn by the home: only one of this process
+    // can be taken.
+    if s.live(id).is_some() {
         return Err(VfsError::AlreadyExists(format!("upload {id} already exists")));
     }
     let state = PartialState::new(meta.clone());
-    s.bucket.states.save(&s.home, id, &state).await?;
-    let live = s.new_live(id, Durable { state, hasher: Sha256::new(), tail: Vec::new(), modified: SystemTime::now() });
+    let fresh = Durable { state, hasher: Sha256::new(), tail: Vec::new(), modified: SystemTime::now() };
+    let live = s.new_live(id, fresh, false);
     s.register(&live);
     Ok(Box::new(S3Partial { s: s.clone(), live, generation: 1, done: false }))
 }
@@ -323,12 +346,14 @@ pub(super) async fn open(s: &S3Storage, id: &str, meta: &PartialMeta) -> Result<
         let _io = live.io.lock().await;
         let state = {
             let inner = live.lock();
-            (!inner.gone).then(|| inner.state.clone())
+            (!inner.gone).then(|| (inner.state.clone(), inner.stored))
         };
-        if let Some(mut state) = state {
+        if let Some((mut state, stored)) = state {
             state.meta = meta.clone();
             state.epoch += 1;
-            s.bucket.states.save(&s.home, id, &state).await?;
+            if stored {
+                s.bucket.states.save(&s.home, id, &state).await?;
+            }
             let generation = {
                 let mut inner = live.lock();
                 inner.state = state;
@@ -342,7 +367,7 @@ pub(super) async fn open(s: &S3Storage, id: &str, meta: &PartialMeta) -> Result<
     d.state.meta = meta.clone();
     d.state.epoch += 1;
     s.bucket.states.save(&s.home, id, &d.state).await?;
-    let live = s.new_live(id, d);
+    let live = s.new_live(id, d, true);
     s.register(&live);
     Ok(Box::new(S3Partial { s: s.clone(), live, generation: 1, done: false }))
 }
@@ -366,7 +391,8 @@ pub(super) async fn info(s: &S3Storage, id: &str) -> Result<Option<PartialInfo>,
 /// `partial_hash` check one against S3.
 pub(super) async fn list(s: &S3Storage) -> Result<Vec<PartialInfo>, VfsError> {
     let stored = s.bucket.states.list(&s.home).await?;
-    Ok(stored
+    let ids: HashSet<String> = stored.iter().map(|st| st.id.clone()).collect();
+    let mut out: Vec<PartialInfo> = stored
         .into_iter()
         .map(|st| match s.live(&st.id) {
             Some(live) => live.lock().info(&st.id),
@@ -377,7 +403,10 @@ pub(super) async fn list(s: &S3Storage) -> Result<Vec<PartialInfo>, VfsError> {
                 modified: st.modified,
             },
         })
-        .collect())
+        .collect();
+    // Live ones with nothing stored yet.
+    out.extend(s.live_here().into_iter().filter(|(id, _)| !ids.contains(id)).map(|(id, l)| l.lock().info(&id)));
+    Ok(out)
 }
 
 pub(super) async fn hash(s: &S3Storage, id: &str, len: u64) -> Result<(Sha256, u64), VfsError> {
@@ -402,11 +431,11 @@ pub(super) async fn remove(s: &S3Storage, id: &str) -> Result<Amount, VfsError> 
             let mut inner = live.lock();
             (!inner.gone).then(|| {
                 inner.gone = true;
-                (inner.state.clone(), inner.len())
+                (inner.state.clone(), inner.len(), inner.stored)
             })
         };
-        if let Some((state, len)) = taken {
-            let discarded = s.discard_durable(id, &state).await;
+        if let Some((state, len, stored)) = taken {
+            let discarded = s.discard_durable(id, &state, stored).await;
             s.unregister(&live);
             discarded?;
             return Ok(Amount::file(len));
@@ -414,7 +443,7 @@ pub(super) async fn remove(s: &S3Storage, id: &str) -> Result<Amount, VfsError> 
     }
     let Some(stored) = s.bucket.states.load(&s.home, id).await? else { return Ok(Amount::default()) };
     let held = s.held_in_parts(&stored.state).await? + stored.state.tail;
-    s.discard_durable(id, &stored.state).await?;
+    s.discard_durable(id, &stored.state, true).await?;
     Ok(Amount::file(held))
 }
 
@@ -424,16 +453,14 @@ pub(super) async fn remove(s: &S3Storage, id: &str) -> Result<Amount, VfsError> 
 /// partial records. States and markers themselves are bookkeeping.
 pub(super) async fn usage(s: &S3Storage) -> Result<Amount, VfsError> {
     // The live ones first: one that is stored while we list is still counted once.
-    let live: HashMap<String, (u64, Option<String>)> = {
-        let map = s.bucket.live.lock().unwrap_or_else(|e| e.into_inner());
-        map.iter()
-            .filter_map(|(k, l)| Some((k.strip_prefix(&s.home)?.to_string(), l.upgrade()?)))
-            .filter_map(|(id, l)| {
-                let inner = l.lock();
-                (!inner.gone).then(|| (id, (inner.len(), inner.state.upload_id.clone())))
-            })
-            .collect()
-    };
+    let live: HashMap<String, (u64, Option<String>)> = s
+        .live_here()
+        .into_iter()
+        .map(|(id, l)| {
+            let inner = l.lock();
+            (id, (inner.len(), inner.state.upload_id.clone()))
+        })
+        .collect();
     let mut total = Amount::default();
     let partials = partial_dir(&s.home);
     for o in s.list_all(&s.home).await? {
@@ -462,6 +489,12 @@ pub(super) async fn usage(s: &S3Storage) -> Result<Amount, VfsError> {
             }
         };
         total = total + Amount::file(bytes);
+    }
+    let ids: HashSet<&str> = stored.iter().map(|st| st.id.as_str()).collect();
+    for (id, (len, _)) in &live {
+        if !ids.contains(id.as_str()) {
+            total = total + Amount::file(*len);
+        }
     }
     for u in pending.iter().filter(|u| !referenced.contains(&u.upload_id)) {
         let parts = s.bucket.raw.list_parts(&u.key, &u.upload_id).await.map_err(backend_error)?;
@@ -499,7 +532,11 @@ impl S3Partial {
 
     /// The multipart upload of this partial, created on the first part
     /// (an upload that never fills a part needs none).
-    async fn ensure_upload(&self, state: &mut PartialState) -> Result<(object_store::path::Path, String), VfsError> {
+    async fn ensure_upload(
+        &self,
+        state: &mut PartialState,
+        stored: &mut bool,
+    ) -> Result<(object_store::path::Path, String), VfsError> {
         if let (Some(u), Some(k)) = (&state.upload_id, &state.key) {
             return Ok((obj_path(k)?, u.clone()));
         }
@@ -510,19 +547,20 @@ impl S3Partial {
         state.upload_id = Some(upload_id.clone());
         state.key = Some(key);
         // Recorded before any part: an upload is never left unrecorded with data.
-        self.s.save_checked(&self.live.id, state).await?;
+        self.s.save_checked(&self.live.id, state, *stored).await?;
+        *stored = true;
         Ok((path, upload_id))
     }
 
     /// Sends the next part and records it.
     async fn send_part(&self, bytes: Bytes) -> Result<(), VfsError> {
         let _io = self.live.io.lock().await;
-        let (mut state, hasher) = {
+        let (mut state, hasher, mut stored) = {
             let inner = self.live.lock();
             self.check(&inner)?;
-            (inner.state.clone(), inner.hasher.clone())
+            (inner.state.clone(), inner.hasher.clone(), inner.stored)
         };
-        let (path, upload_id) = self.ensure_upload(&mut state).await?;
+        let (path, upload_id) = self.ensure_upload(&mut state, &mut stored).await?;
         let number = state.parts.len() as u32 + 1;
         let size = bytes.len() as u64;
         let part = self
@@ -547,9 +585,10 @@ impl S3Partial {
             hash_state: hashing::save(&hasher),
         });
         let stale_tail = std::mem::take(&mut state.tail) > 0;
-        self.s.save_checked(&self.live.id, &state).await?;
+        self.s.save_checked(&self.live.id, &state, stored).await?;
         {
             let mut inner = self.live.lock();
+            inner.stored = true;
             inner.state = state;
             inner.flushed += size;
             inner.hasher = hasher;
@@ -570,12 +609,12 @@ impl S3Partial {
 /// Stores the buffer of a writer that went away as the tail, so a resume
 /// anywhere finds it.
 async fn store_tail(s: &S3Storage, live: &Live, generation: u64) -> Result<(), VfsError> {
-    let (mut state, buf) = {
+    let (mut state, buf, stored) = {
         let inner = live.lock();
         if inner.gone || inner.generation != generation || !inner.dirty {
             return Ok(());
         }
-        (inner.state.clone(), Bytes::copy_from_slice(&inner.buf))
+        (inner.state.clone(), Bytes::copy_from_slice(&inner.buf), inner.stored)
     };
     let path = s.tail_path(&live.id)?;
     if buf.is_empty() {
@@ -584,8 +623,9 @@ async fn store_tail(s: &S3Storage, live: &Live, generation: u64) -> Result<(), V
         s.store().put(&path, PutPayload::from(buf.clone())).await.map_err(backend_error)?;
     }
     state.tail = buf.len() as u64;
-    s.save_checked(&live.id, &state).await?;
+    s.save_checked(&live.id, &state, stored).await?;
     let mut inner = live.lock();
+    inner.stored = true;
     if inner.generation == generation {
         inner.state.tail = state.tail;
         inner.dirty = false;
@@ -656,10 +696,10 @@ impl PartialWrite for S3Partial {
     ) -> Result<Amount, VfsError> {
         let io = Arc::clone(&self.live.io);
         let _io = io.lock().await;
-        let (mut state, buf) = {
+        let (mut state, buf, mut stored) = {
             let inner = self.live.lock();
             self.check(&inner)?;
-            (inner.state.clone(), Bytes::copy_from_slice(&inner.buf))
+            (inner.state.clone(), Bytes::copy_from_slice(&inner.buf), inner.stored)
         };
         let s = self.s.clone();
         let id = self.live.id.clone();
@@ -671,7 +711,7 @@ impl PartialWrite for S3Partial {
                     state.meta.path
                 )));
             }
-            let (path, upload_id) = self.ensure_upload(&mut state).await?;
+            let (path, upload_id) = self.ensure_upload(&mut state, &mut stored).await?;
             let mut parts: Vec<PartId> =
                 state.parts.iter().map(|p| PartId { content_id: p.content_id.clone() }).collect();
             // The rest, as the last parts, before the names are locked.
@@ -715,7 +755,7 @@ impl PartialWrite for S3Partial {
         if state.tail > 0 {
             let _ = s.store().delete(&s.tail_path(&id)?).await;
         }
-        if let Err(e) = s.bucket.states.delete(&s.home, &id).await {
+        if stored && let Err(e) = s.bucket.states.delete(&s.home, &id).await {
             tracing::warn!(error = %e, upload_id = %id, "committed, but its partial state stays until it expires");
         }
         Ok(replaced.map_or(Amount::default(), Amount::file))
