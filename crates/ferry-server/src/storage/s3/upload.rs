@@ -390,22 +390,16 @@ pub(super) async fn info(s: &S3Storage, id: &str) -> Result<Option<PartialInfo>,
 /// Every partial, as recorded (cheap: no ListParts); `partial_info` and
 /// `partial_hash` check one against S3.
 pub(super) async fn list(s: &S3Storage) -> Result<Vec<PartialInfo>, VfsError> {
+    // The live ones first (held): one stored while we list is still seen once.
+    let live: HashMap<String, Arc<Live>> = s.live_here().into_iter().collect();
     let stored = s.bucket.states.list(&s.home).await?;
-    let ids: HashSet<String> = stored.iter().map(|st| st.id.clone()).collect();
-    let mut out: Vec<PartialInfo> = stored
-        .into_iter()
-        .map(|st| match s.live(&st.id) {
-            Some(live) => live.lock().info(&st.id),
-            None => PartialInfo {
-                len: st.state.parts_len() + st.state.tail,
-                id: st.id,
-                meta: st.state.meta,
-                modified: st.modified,
-            },
-        })
-        .collect();
-    // Live ones with nothing stored yet.
-    out.extend(s.live_here().into_iter().filter(|(id, _)| !ids.contains(id)).map(|(id, l)| l.lock().info(&id)));
+    let mut out: Vec<PartialInfo> = live.iter().map(|(id, l)| l.lock().info(id)).collect();
+    out.extend(stored.into_iter().filter(|st| !live.contains_key(&st.id)).map(|st| PartialInfo {
+        len: st.state.parts_len() + st.state.tail,
+        id: st.id,
+        meta: st.state.meta,
+        modified: st.modified,
+    }));
     Ok(out)
 }
 
@@ -606,19 +600,21 @@ impl S3Partial {
     }
 }
 
-/// Stores the buffer of a writer that went away as the tail, so a resume
-/// anywhere finds it.
+/// Stores the buffer of a writer that went away as the tail (and the
+/// state, if it was never stored), so a resume anywhere finds it.
 async fn store_tail(s: &S3Storage, live: &Live, generation: u64) -> Result<(), VfsError> {
     let (mut state, buf, stored) = {
         let inner = live.lock();
-        if inner.gone || inner.generation != generation || !inner.dirty {
+        if inner.gone || inner.generation != generation || (inner.stored && !inner.dirty) {
             return Ok(());
         }
         (inner.state.clone(), Bytes::copy_from_slice(&inner.buf), inner.stored)
     };
     let path = s.tail_path(&live.id)?;
     if buf.is_empty() {
-        let _ = s.store().delete(&path).await;
+        if state.tail > 0 {
+            let _ = s.store().delete(&path).await;
+        }
     } else {
         s.store().put(&path, PutPayload::from(buf.clone())).await.map_err(backend_error)?;
     }
@@ -769,7 +765,8 @@ impl Drop for S3Partial {
         }
         {
             let inner = self.live.lock();
-            if inner.gone || inner.generation != self.generation || !inner.dirty {
+            // Stored even when empty: the partial stays one entry, as on disk.
+            if inner.gone || inner.generation != self.generation || (inner.stored && !inner.dirty) {
                 return;
             }
         }
