@@ -123,11 +123,12 @@ EOF
   local g1=("$GARAGE" -c "$DIR/n1.toml")
   local ids=()
   for i in 1 2 3; do
-    wait_for "node $i" "$GARAGE" -c "$DIR/n$i.toml" node id -q
+    # `status` needs the daemon's RPC; `node id` alone would not.
+    wait_for "node $i" "$GARAGE" -c "$DIR/n$i.toml" status
     ids+=("$("$GARAGE" -c "$DIR/n$i.toml" node id -q 2>/dev/null)")
   done
-  "${g1[@]}" node connect "${ids[1]}" >&2
-  "${g1[@]}" node connect "${ids[2]}" >&2
+  wait_for "node 1 to reach node 2" "${g1[@]}" node connect "${ids[1]}"
+  wait_for "node 1 to reach node 3" "${g1[@]}" node connect "${ids[2]}"
   for id in "${ids[@]}"; do
     "${g1[@]}" layout assign -z dc1 -c 1G "${id%@*}" >&2
   done
