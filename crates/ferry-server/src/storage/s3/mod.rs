@@ -26,7 +26,7 @@ mod read;
 mod state;
 mod upload;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -435,6 +435,11 @@ impl S3Storage {
             return Err(VfsError::IsADirectory("/".into()));
         }
         self.require_parent(target).await?;
+        self.check_name(target, overwrite).await
+    }
+
+    /// [`Self::check_target`] in a directory known to exist.
+    async fn check_name(&self, target: &VirtualPath, overwrite: bool) -> Result<Option<u64>, VfsError> {
         match self.kind(target).await? {
             Some(Kind::Dir(_)) => Err(VfsError::IsADirectory(target.to_string())),
             Some(Kind::File(_)) if !overwrite => Err(VfsError::AlreadyExists(format!("{target} already exists"))),
@@ -721,18 +726,30 @@ impl Storage for S3Storage {
 
     async fn write_small(&self, files: Vec<SmallWrite>, _fsync: bool) -> Vec<Result<Amount, VfsError>> {
         let _lock = self.lock.lock().await;
-        let mut out = Vec::with_capacity(files.len());
-        for w in files {
-            out.push(
-                async {
-                    let replaced = self.check_target(&w.target, w.overwrite).await?;
-                    self.put(&self.path(&w.target)?, Bytes::from(w.data), Some(&w.sha256)).await?;
-                    Ok(replaced.map_or(Amount::default(), Amount::file))
-                }
-                .await,
-            );
+        // A batch usually fills one directory: each parent is checked once
+        // (under the lock, so it stays).
+        let mut good = HashSet::new();
+        for w in &files {
+            let parent = w.target.parent().unwrap_or_default();
+            if !w.target.is_root() && !good.contains(&parent) && self.require_dir(&parent).await.is_ok() {
+                good.insert(parent);
+            }
         }
-        out
+        let good = &good;
+        let one = |w: SmallWrite| async move {
+            let replaced = if good.contains(&w.target.parent().unwrap_or_default()) && !w.target.is_root() {
+                self.check_name(&w.target, w.overwrite).await?
+            } else {
+                self.check_target(&w.target, w.overwrite).await?
+            };
+            self.put(&self.path(&w.target)?, Bytes::from(w.data), Some(&w.sha256)).await?;
+            Ok(replaced.map_or(Amount::default(), Amount::file))
+        };
+        // Files of distinct names go up side by side (results stay in
+        // order); a batch naming one file twice goes in order.
+        let names: HashSet<&VirtualPath> = files.iter().map(|w| &w.target).collect();
+        let at_once = if names.len() == files.len() { PARALLEL } else { 1 };
+        futures::stream::iter(files).map(one).buffered(at_once).collect().await
     }
 
     async fn partial_create(&self, id: &str, meta: &PartialMeta) -> Result<Box<dyn PartialWrite>, VfsError> {
