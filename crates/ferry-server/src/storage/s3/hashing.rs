@@ -6,10 +6,10 @@
 //! the unprocessed block, ~110 bytes) is recorded with the part's ETag and
 //! size. A resume on any server restores the state at the last part
 //! boundary and hashes only the tail it can read back, so the prefix hash a
-//! client is shown covers exactly the bytes S3 holds (parts checked against
-//! ListParts, each sent with its `x-amz-checksum-sha256` and verified by
-//! S3 on receipt), never bytes the server merely claims. Per-part hashes
-//! would not do: the whole file's SHA-256 cannot be made from them.
+//! client is shown covers the parts S3 shows unchanged (ListParts: number,
+//! ETag, size) and the tail bytes as stored, never bytes the server merely
+//! claims. Per-part hashes would not do: the whole file's SHA-256 cannot be
+//! made from them.
 //!
 //! A second algorithm (BLAKE3) only needs another tag here: its hasher has
 //! no serialisable state, so it would keep its parts' chaining values.

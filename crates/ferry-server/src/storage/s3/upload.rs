@@ -19,11 +19,12 @@
 //! - an upload that never filled a part is committed with one PUT.
 //!
 //! The resume proof: a partial's length and prefix hash are computed from
-//! what S3 holds, never from the record alone. The recorded parts are checked
-//! against ListParts (number, ETag and size; each part was sent with its
-//! SHA-256, which S3 verified), the hasher state after the last good part is
-//! restored ([`super::hashing`]) and the tail, read back, is hashed on top.
-//! Parts that do not match cut the partial there.
+//! what S3 holds, never from the record alone. S3 cannot give a pending
+//! part back, so each recorded part is checked against ListParts (number,
+//! ETag, size: a part sent again with other bytes has another ETag), the
+//! hasher state after the last good part is restored ([`super::hashing`])
+//! and the tail, read back, is hashed on top. Parts that do not match cut
+//! the partial there.
 
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
