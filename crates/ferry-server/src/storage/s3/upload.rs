@@ -6,8 +6,9 @@
 //! read a pending part back, so:
 //! - writes land in a buffer in memory (holes are zeros, as on disk); each
 //!   time its written prefix holds a whole part (`[storage] part_size`), that
-//!   part is sent, and its ETag, size and the hasher state after it are
-//!   recorded in the upload's state ([`super::state`]), shared and durable;
+//!   part is sent (up to four side by side), and, in order, its ETag, size
+//!   and the hasher state after it are recorded in the upload's state
+//!   ([`super::state`]), shared and durable;
 //! - writes may come out of order within `[storage] max_buffer` bytes past
 //!   the sent parts; a write below the sent parts, or further ahead, is
 //!   refused with a clear error (no silent rewrite of what S3 holds);
@@ -26,13 +27,14 @@
 //! and the tail, read back, is hashed on top. Parts that do not match cut
 //! the partial there.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::ops::Range;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::{ObjectStoreExt, PutPayload};
 use sha2::{Digest, Sha256};
@@ -54,24 +56,48 @@ fn unsupported(msg: String) -> VfsError {
     VfsError::Io(std::io::Error::new(std::io::ErrorKind::Unsupported, msg))
 }
 
+/// Parts sent at once by one upload: S3 takes them side by side; they are
+/// recorded in order as they complete.
+const PARTS_IN_FLIGHT: usize = 4;
+
+/// A part on its way: the task sending it.
+type Sending = tokio::task::JoinHandle<Result<Sent, VfsError>>;
+
+/// A part S3 took, to be recorded.
+struct Sent {
+    number: u32,
+    content_id: String,
+    size: u64,
+    /// The hasher after this part.
+    hasher: Sha256,
+}
+
 /// An upload some writer of this process holds (or just held): its
 /// buffer is part of what the home holds until it is stored or committed.
 pub(crate) struct Live {
     key: String,
     id: String,
-    /// Serialises the durable steps: parts, tail, commit, removal, reopening.
+    /// The parts being sent, oldest first. Taken before `io` by whoever
+    /// must see every sent part recorded (commit, removal, reopening, a
+    /// writer going away).
+    sending: Arc<tokio::sync::Mutex<VecDeque<Sending>>>,
+    /// Serialises the durable steps: records, tail, commit, removal, reopening.
     io: Arc<tokio::sync::Mutex<()>>,
     inner: Mutex<Inner>,
 }
 
 struct Inner {
     state: PartialState,
-    /// Bytes in sent parts.
+    /// Bytes in recorded parts.
     flushed: u64,
     /// SHA-256 of those bytes.
     hasher: Sha256,
     /// The bytes after them; holes are zeros.
     buf: Vec<u8>,
+    /// The first bytes of `buf` handed to parts being sent.
+    sending: u64,
+    /// SHA-256 of the recorded bytes and those being sent.
+    send_hasher: Sha256,
     /// Written ranges (absolute offsets), sorted and merged.
     filled: Vec<Range<u64>>,
     /// The buffer differs from the stored tail.
@@ -105,12 +131,32 @@ impl Inner {
         self.filled = merged;
     }
 
-    /// The next whole part, if the written bytes right after the sent
-    /// parts hold one.
-    fn ready_part(&self, part_size: u64) -> Option<Bytes> {
-        let first = self.filled.first()?;
-        (first.start <= self.flushed && first.end >= self.flushed + part_size)
-            .then(|| Bytes::copy_from_slice(&self.buf[..part_size as usize]))
+    /// Where writes may start: below, bytes are sent or being sent.
+    fn base(&self) -> u64 {
+        self.flushed + self.sending
+    }
+
+    /// Whether the written bytes right after those handed off fill a part.
+    fn part_ready(&self, part_size: u64) -> bool {
+        self.filled.first().is_some_and(|f| f.start <= self.base() && f.end >= self.base() + part_size)
+    }
+
+    /// Hands the next whole part off: its bytes and the hasher after it.
+    fn take_part(&mut self, part_size: u64) -> Option<(Bytes, Sha256)> {
+        if !self.part_ready(part_size) {
+            return None;
+        }
+        let from = self.sending as usize;
+        let bytes = Bytes::copy_from_slice(&self.buf[from..from + part_size as usize]);
+        self.send_hasher.update(&bytes);
+        self.sending += part_size;
+        Some((bytes, self.send_hasher.clone()))
+    }
+
+    /// Forgets the parts being sent (one failed: those after it are moot).
+    fn reset_sending(&mut self) {
+        self.sending = 0;
+        self.send_hasher = self.hasher.clone();
     }
 
     fn info(&self, id: &str) -> PartialInfo {
@@ -165,12 +211,15 @@ impl S3Storage {
         Arc::new(Live {
             key: self.live_key(id),
             id: id.to_string(),
+            sending: Arc::default(),
             io: Arc::default(),
             inner: Mutex::new(Inner {
                 state: d.state,
                 flushed,
+                send_hasher: d.hasher.clone(),
                 hasher: d.hasher,
                 buf: d.tail,
+                sending: 0,
                 filled,
                 dirty: false,
                 stored,
@@ -344,6 +393,12 @@ pub(super) async fn open(s: &S3Storage, id: &str, meta: &PartialMeta) -> Result<
         return Err(not_found(id));
     }
     if let Some(live) = s.live(id) {
+        let mut q = live.sending.lock().await;
+        // The parts an older writer sent are recorded first; one that
+        // failed is simply not part of what the new writer continues.
+        if let Err(e) = drain(s, &live, &mut q).await {
+            tracing::info!(error = %e, upload_id = %id, "a part of the older writer was not sent");
+        }
         let _io = live.io.lock().await;
         let state = {
             let inner = live.lock();
@@ -421,6 +476,10 @@ pub(super) async fn remove(s: &S3Storage, id: &str) -> Result<Amount, VfsError> 
         return Ok(Amount::default());
     }
     if let Some(live) = s.live(id) {
+        let mut q = live.sending.lock().await;
+        for h in q.drain(..) {
+            h.abort();
+        }
         let _io = live.io.lock().await;
         let taken = {
             let mut inner = live.lock();
@@ -547,58 +606,128 @@ impl S3Partial {
         Ok((path, upload_id))
     }
 
-    /// Sends the next part and records it.
-    async fn send_part(&self, bytes: Bytes) -> Result<(), VfsError> {
+    /// The multipart upload, created (and recorded) when the first part is
+    /// ready.
+    async fn upload_of(&self) -> Result<(object_store::path::Path, String), VfsError> {
         let _io = self.live.io.lock().await;
-        let (mut state, hasher, mut stored) = {
+        let (mut state, mut stored) = {
             let inner = self.live.lock();
             self.check(&inner)?;
-            (inner.state.clone(), inner.hasher.clone(), inner.stored)
+            (inner.state.clone(), inner.stored)
         };
-        let (path, upload_id) = self.ensure_upload(&mut state, &mut stored).await?;
-        let number = state.parts.len() as u32 + 1;
-        let size = bytes.len() as u64;
-        let part = self
-            .s
-            .bucket
-            .store
-            .put_part(&path, &upload_id, number as usize - 1, PutPayload::from(bytes.clone()))
-            .await
-            .map_err(backend_error)?;
-        let hasher = tokio::task::spawn_blocking(move || {
-            let mut h = hasher;
-            h.update(&bytes);
-            h
-        })
-        .await
-        .map_err(|_| VfsError::Io(std::io::Error::other("hashing failed")))?;
-        state.parts.push(PartRecord {
-            number,
-            etag: api::part_etag(&part.content_id),
-            content_id: part.content_id,
-            size,
-            hash_state: hashing::save(&hasher),
-        });
-        let stale_tail = std::mem::take(&mut state.tail) > 0;
-        self.s.save_checked(&self.live.id, &state, stored).await?;
-        {
+        let created = state.upload_id.is_none();
+        let found = self.ensure_upload(&mut state, &mut stored).await?;
+        if created {
             let mut inner = self.live.lock();
+            inner.state.upload_id = state.upload_id;
+            inner.state.key = state.key;
             inner.stored = true;
-            inner.state = state;
-            inner.flushed += size;
-            inner.hasher = hasher;
-            inner.buf.drain(..size as usize);
-            let flushed = inner.flushed;
-            inner.filled.retain(|r| r.end > flushed);
-            if let Some(first) = inner.filled.first_mut() {
-                first.start = first.start.max(flushed);
+        }
+        Ok(found)
+    }
+
+    /// Sends every whole part there is (up to [`PARTS_IN_FLIGHT`] at once;
+    /// when more are ready, the oldest is waited for and recorded).
+    async fn pump(&self) -> Result<(), VfsError> {
+        let part_size = self.part_size();
+        let mut q = self.live.sending.lock().await;
+        // Parts already done are recorded without waiting.
+        while q.front().is_some_and(|h| h.is_finished()) {
+            record_front(&self.s, &self.live, &mut q).await?;
+        }
+        if !self.live.lock().part_ready(part_size) {
+            return Ok(());
+        }
+        let (path, upload_id) = self.upload_of().await?;
+        loop {
+            while q.len() < PARTS_IN_FLIGHT {
+                let job = {
+                    let mut inner = self.live.lock();
+                    self.check(&inner)?;
+                    let number = (inner.state.parts.len() + q.len()) as u32 + 1;
+                    inner.take_part(part_size).map(|(bytes, hasher)| (number, bytes, hasher))
+                };
+                let Some((number, bytes, hasher)) = job else { break };
+                let (store, path, upload_id) = (Arc::clone(&self.s.bucket.store), path.clone(), upload_id.clone());
+                q.push_back(tokio::spawn(async move {
+                    let size = bytes.len() as u64;
+                    let part = store
+                        .put_part(&path, &upload_id, number as usize - 1, PutPayload::from(bytes))
+                        .await
+                        .map_err(backend_error)?;
+                    Ok(Sent { number, content_id: part.content_id, size, hasher })
+                }));
+            }
+            if q.len() >= PARTS_IN_FLIGHT && self.live.lock().part_ready(part_size) {
+                record_front(&self.s, &self.live, &mut q).await?;
+            } else {
+                return Ok(());
             }
         }
-        if stale_tail {
-            let _ = self.s.store().delete(&self.s.tail_path(&self.live.id)?).await;
-        }
-        Ok(())
     }
+}
+
+/// Waits for the oldest part being sent and records it (ETag, size, the
+/// hasher state after it) in the state, then in memory.
+async fn record_front(s: &S3Storage, live: &Live, q: &mut VecDeque<Sending>) -> Result<(), VfsError> {
+    let Some(h) = q.pop_front() else { return Ok(()) };
+    let failed = |q: &mut VecDeque<Sending>, e: VfsError| {
+        for h in q.drain(..) {
+            h.abort();
+        }
+        live.lock().reset_sending();
+        e
+    };
+    let sent = match h.await {
+        Ok(Ok(sent)) => sent,
+        Ok(Err(e)) => return Err(failed(q, e)),
+        Err(_) => return Err(failed(q, VfsError::Io(std::io::Error::other("part upload failed")))),
+    };
+    let _io = live.io.lock().await;
+    let (mut state, stored) = {
+        let inner = live.lock();
+        if inner.gone {
+            return Err(failed(q, not_found(&live.id)));
+        }
+        (inner.state.clone(), inner.stored)
+    };
+    state.parts.push(PartRecord {
+        number: sent.number,
+        etag: api::part_etag(&sent.content_id),
+        content_id: sent.content_id,
+        size: sent.size,
+        hash_state: hashing::save(&sent.hasher),
+    });
+    let stale_tail = std::mem::take(&mut state.tail) > 0;
+    if let Err(e) = s.save_checked(&live.id, &state, stored).await {
+        return Err(failed(q, e));
+    }
+    {
+        let mut inner = live.lock();
+        inner.stored = true;
+        inner.state = state;
+        inner.flushed += sent.size;
+        inner.sending -= sent.size;
+        inner.hasher = sent.hasher;
+        inner.buf.drain(..sent.size as usize);
+        let flushed = inner.flushed;
+        inner.filled.retain(|r| r.end > flushed);
+        if let Some(first) = inner.filled.first_mut() {
+            first.start = first.start.max(flushed);
+        }
+    }
+    if stale_tail {
+        let _ = s.store().delete(&s.tail_path(&live.id)?).await;
+    }
+    Ok(())
+}
+
+/// Records every part being sent.
+async fn drain(s: &S3Storage, live: &Live, q: &mut VecDeque<Sending>) -> Result<(), VfsError> {
+    while !q.is_empty() {
+        record_front(s, live, q).await?;
+    }
+    Ok(())
 }
 
 /// Stores the buffer of a writer that went away as the tail (and the
@@ -635,16 +764,15 @@ impl S3Partial {
     fn window(&self, inner: &Inner, offset: u64, end: u64) -> Result<(), VfsError> {
         self.check(inner)?;
         let max_buffer = self.s.bucket.settings.max_buffer;
-        if offset < inner.flushed {
+        let base = inner.base();
+        if offset < base {
             return Err(unsupported(format!(
-                "S3 storage cannot rewrite bytes already sent as parts (below {}); write at {offset} refused",
-                inner.flushed
+                "S3 storage cannot rewrite bytes already sent as parts (below {base}); write at {offset} refused"
             )));
         }
-        if end - inner.flushed > max_buffer {
+        if end - base > max_buffer {
             return Err(unsupported(format!(
-                "S3 storage holds at most {max_buffer} bytes past the sent parts (at {}); write at {offset} refused",
-                inner.flushed
+                "S3 storage holds at most {max_buffer} bytes past the sent parts (at {base}); write at {offset} refused"
             )));
         }
         Ok(())
@@ -675,13 +803,7 @@ impl PartialWrite for S3Partial {
             inner.dirty = true;
             inner.modified = SystemTime::now();
         }
-        loop {
-            let part = self.live.lock().ready_part(self.part_size());
-            match part {
-                Some(bytes) => self.send_part(bytes).await?,
-                None => return Ok(()),
-            }
-        }
+        self.pump().await
     }
 
     async fn commit(
@@ -691,6 +813,9 @@ impl PartialWrite for S3Partial {
         _fsync: bool,
         sha256: Option<&str>,
     ) -> Result<Amount, VfsError> {
+        let sending = Arc::clone(&self.live.sending);
+        let mut q = sending.lock().await;
+        drain(&self.s, &self.live, &mut q).await?;
         let io = Arc::clone(&self.live.io);
         let _io = io.lock().await;
         let (mut state, buf, mut stored) = {
@@ -717,16 +842,14 @@ impl PartialWrite for S3Partial {
             } else {
                 buf.chunks(self.part_size() as usize).map(|c| buf.slice_ref(c)).collect()
             };
-            for chunk in chunks {
-                let idx = parts.len();
-                let part = s
-                    .bucket
-                    .store
-                    .put_part(&path, &upload_id, idx, PutPayload::from(chunk))
-                    .await
-                    .map_err(backend_error)?;
-                parts.push(part);
-            }
+            let first = parts.len();
+            let sends = chunks.into_iter().enumerate().map(|(i, chunk)| {
+                let (store, path, upload_id) = (Arc::clone(&s.bucket.store), path.clone(), upload_id.clone());
+                async move { store.put_part(&path, &upload_id, first + i, PutPayload::from(chunk)).await }
+            });
+            let sent: Vec<PartId> =
+                futures::stream::iter(sends).buffered(PARTS_IN_FLIGHT).try_collect().await.map_err(backend_error)?;
+            parts.extend(sent);
             let _names = s.lock.lock().await;
             let replaced = s.check_target(target, overwrite).await?;
             let done = s.bucket.store.complete_multipart(&path, &upload_id, parts).await.map_err(backend_error)?;
@@ -767,18 +890,23 @@ impl Drop for S3Partial {
         {
             let inner = self.live.lock();
             // Stored even when empty: the partial stays one entry, as on disk.
-            if inner.gone || inner.generation != self.generation || (inner.stored && !inner.dirty) {
+            let settled = inner.stored && !inner.dirty && inner.sending == 0;
+            if inner.gone || inner.generation != self.generation || settled {
                 return;
             }
         }
-        // Taken now, so a removal or a reopening waits for the tail.
-        let Ok(guard) = Arc::clone(&self.live.io).try_lock_owned() else { return };
+        // Taken now, so a removal or a reopening waits for the parts being
+        // sent to be recorded and the tail to be stored.
+        let Ok(mut q) = Arc::clone(&self.live.sending).try_lock_owned() else { return };
         let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
         let (s, live, generation) = (self.s.clone(), Arc::clone(&self.live), self.generation);
         let tasks = self.s.bucket.tasks.clone();
         tasks.spawn_on(
             async move {
-                let _io = guard;
+                if let Err(e) = drain(&s, &live, &mut q).await {
+                    tracing::warn!(error = %e, upload_id = %live.id, "a part of an unfinished upload was not sent");
+                }
+                let _io = live.io.lock().await;
                 if let Err(e) = store_tail(&s, &live, generation).await {
                     tracing::warn!(error = %e, upload_id = %live.id, "cannot store an unfinished upload's tail");
                 }
