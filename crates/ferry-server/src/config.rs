@@ -38,6 +38,103 @@ pub struct ServerConfig {
     pub ftp: crate::ftp::FtpConfig,
     pub sftp: SftpConfig,
     pub users: UsersConfig,
+    /// Where homes are kept (`[storage]`, issue 16): the local disk, or an
+    /// S3 bucket.
+    pub storage: StorageConfig,
+}
+
+/// Which backend holds the homes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageKind {
+    /// Folders under `data_dir/homes` (or a user's own home folder).
+    #[default]
+    Local,
+    /// Key prefixes in an S3 bucket (`S3Storage`).
+    S3,
+}
+
+/// `[storage]`. Credentials for S3 come from the environment
+/// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`), never from this file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    pub kind: StorageKind,
+    /// The S3 endpoint URL (`http://127.0.0.1:3900`); unset means AWS itself.
+    pub endpoint: Option<String>,
+    pub bucket: String,
+    pub region: String,
+    /// Path-style requests (`ENDPOINT/BUCKET/KEY`), as most S3-compatible
+    /// servers want; false for virtual-hosted style (`BUCKET.ENDPOINT/KEY`).
+    #[serde(alias = "path-style")]
+    pub path_style: bool,
+    /// Key prefix of the homes: a user's home is `PREFIX` + user name + `/`.
+    pub prefix: String,
+    /// Size of the parts of a multipart upload (S3 needs at least 5 MiB).
+    pub part_size: u64,
+    /// Bytes of one upload held in memory ahead of its sent parts, for
+    /// writes that arrive out of order (SFTP, several tasks).
+    pub max_buffer: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            kind: StorageKind::Local,
+            endpoint: None,
+            bucket: String::new(),
+            region: "us-east-1".into(),
+            path_style: true,
+            prefix: "homes/".into(),
+            part_size: 8 << 20,
+            max_buffer: 64 << 20,
+        }
+    }
+}
+
+impl StorageConfig {
+    /// The smallest part S3 accepts (all but the last part of an upload).
+    pub const MIN_PART: u64 = 5 << 20;
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.kind != StorageKind::S3 {
+            return Ok(());
+        }
+        if self.bucket.is_empty() {
+            return Err(ConfigError::Invalid { key: "storage.bucket", problem: "must name a bucket".into() });
+        }
+        if self.region.is_empty() {
+            return Err(ConfigError::Invalid { key: "storage.region", problem: "must name a region".into() });
+        }
+        if let Some(e) = &self.endpoint
+            && !(e.starts_with("http://") || e.starts_with("https://"))
+        {
+            return Err(ConfigError::Invalid {
+                key: "storage.endpoint",
+                problem: "must be an http:// or https:// URL".into(),
+            });
+        }
+        if self.prefix.contains("//") || self.prefix.starts_with('/') || self.prefix.chars().any(|c| c.is_control()) {
+            return Err(ConfigError::Invalid {
+                key: "storage.prefix",
+                problem: "must be a key prefix without a leading '/', '//' or control characters".into(),
+            });
+        }
+        // 5 MiB is S3's floor for every part but the last; 5 GiB its ceiling.
+        if self.part_size < Self::MIN_PART || self.part_size > 5 << 30 {
+            return Err(ConfigError::Invalid {
+                key: "storage.part_size",
+                problem: "must be between 5242880 (5 MiB) and 5368709120 (5 GiB)".into(),
+            });
+        }
+        if self.max_buffer < self.part_size || self.max_buffer > 4 << 30 {
+            return Err(ConfigError::Invalid {
+                key: "storage.max_buffer",
+                problem: "must be at least storage.part_size and at most 4294967296".into(),
+            });
+        }
+        Ok(())
+    }
 }
 
 /// Where users, SSH keys and login failure counts live (`[users]`, issue 16).
@@ -200,6 +297,7 @@ impl Default for ServerConfig {
             sftp: SftpConfig::default(),
             ftp: Default::default(),
             users: UsersConfig::default(),
+            storage: StorageConfig::default(),
         }
     }
 }
@@ -336,6 +434,7 @@ impl ServerConfig {
         positive("sftp.max_handles", self.sftp.max_handles as u64)?;
         positive("sftp.max_handles_per_user", self.sftp.max_handles_per_user as u64)?;
         self.ftp.validate()?;
+        self.storage.validate()?;
         Ok(())
     }
 
@@ -397,6 +496,25 @@ mod tests {
         assert!(!c.insecure_plaintext);
         assert_eq!(c.limits.max_unsent_bytes, 1 << 20);
         assert_eq!(c.users.kind, UsersKind::Sqlite);
+        assert_eq!(c.storage.kind, StorageKind::Local, "the default keeps homes on the local disk");
+    }
+
+    #[test]
+    fn storage_s3_keys() {
+        let c = parse(
+            "[storage]\nkind = \"s3\"\nendpoint = \"http://127.0.0.1:3900\"\nbucket = \"b\"\nregion = \"garage\"\npath-style = true\n",
+        )
+        .unwrap();
+        assert_eq!((c.storage.kind, c.storage.bucket.as_str(), c.storage.path_style), (StorageKind::S3, "b", true));
+        let err = parse("[storage]\nkind = \"s3\"\n").unwrap_err().to_string();
+        assert!(err.contains("storage.bucket"), "{err}");
+        let err = parse("[storage]\nkind = \"s3\"\nbucket = \"b\"\npart_size = 1024\n").unwrap_err().to_string();
+        assert!(err.contains("storage.part_size"), "{err}");
+        let err =
+            parse("[storage]\nkind = \"s3\"\nbucket = \"b\"\nsecret_access_key = \"x\"\n").unwrap_err().to_string();
+        assert!(err.contains("secret_access_key"), "credentials are not configuration keys: {err}");
+        let err = parse("[storage]\nkind = \"tape\"\n").unwrap_err().to_string();
+        assert!(err.contains("tape"), "{err}");
     }
 
     #[test]

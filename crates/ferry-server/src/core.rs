@@ -17,11 +17,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::admission::Gate;
 use crate::auth::{Authenticator, Throttle, ThrottleConfig, UserRecord, UserStore};
-use crate::config::ServerConfig;
+use crate::config::{ServerConfig, StorageKind};
 use crate::exec::ExecLimits;
 use crate::home::{Home, HomeError, HomeSettings};
 use crate::quota::QuotaRegistry;
-use crate::storage::{FsStorage, Storage};
+use crate::storage::{FsStorage, S3Bucket, S3Credentials, Storage};
 
 pub struct Core {
     pub config: ServerConfig,
@@ -35,8 +35,26 @@ pub struct Core {
     pub admission: Gate,
     /// Open homes by user, shared by all of a user's sessions.
     homes: tokio::sync::Mutex<HashMap<String, Weak<Home>>>,
+    /// Where homes live (`[storage]`).
+    pub storage: StorageBackend,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
+}
+
+/// The backend of every home.
+#[derive(Debug, Clone)]
+pub enum StorageBackend {
+    /// A folder per user on the local disk.
+    Local,
+    /// A key prefix per user in one S3 bucket.
+    S3(Arc<S3Bucket>),
+}
+
+impl StorageBackend {
+    /// Homes are folders a remote command can run in.
+    pub fn is_local(&self) -> bool {
+        matches!(self, StorageBackend::Local)
+    }
 }
 
 /// The outcome of preparing a data folder, for the caller to print.
@@ -58,6 +76,15 @@ impl Core {
         let opened = crate::users::open_store(&config)?;
         let store = opened.store;
         let user_count = store.list().context("reading users")?.len();
+        let storage = match config.storage.kind {
+            StorageKind::Local => StorageBackend::Local,
+            StorageKind::S3 => StorageBackend::S3(S3Bucket::new(&config.storage, S3Credentials::from_env()?)?),
+        };
+        if config.storage.kind == StorageKind::S3 {
+            // A partial in S3 keeps SHA-256 hasher states only (BLAKE3's
+            // cannot be serialised): offer what a resume can prove.
+            config.transfer.hashes.retain(|a| *a == ferry_proto::hash::HashAlgo::Sha256);
+        }
         let secret = match &opened.database {
             // One secret for all servers on the database: with one each,
             // comparing their answers would tell unknown names apart.
@@ -94,6 +121,7 @@ impl Core {
             exec: ExecLimits::new(config.exec.max_total),
             admission: Gate::new(config.limits.max_connections, config.limits.max_unauthenticated_per_ip),
             homes: Default::default(),
+            storage,
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             quotas: QuotaRegistry::default(),
@@ -103,6 +131,26 @@ impl Core {
             config,
         };
         Ok(Prepared { core: Arc::new(core), generated_certificate, user_count })
+    }
+
+    /// Checks that the storage is usable before anything is served: an S3
+    /// bucket that is missing or a key it refuses stops the start, naming which.
+    pub async fn check_storage(&self) -> Result<()> {
+        if let StorageBackend::S3(bucket) = &self.storage {
+            bucket.check().await?;
+            tracing::info!(bucket = %self.config.storage.bucket, prefix = %bucket.settings().prefix, "homes are kept in S3");
+        }
+        Ok(())
+    }
+
+    /// Waits (at most `grace`) for the storage's work in the background:
+    /// on S3, the tails of unfinished uploads being stored for a resume.
+    pub async fn drain_storage(&self, grace: Duration) {
+        if let StorageBackend::S3(bucket) = &self.storage
+            && tokio::time::timeout(grace, bucket.drain()).await.is_err()
+        {
+            tracing::warn!("grace period over: some unfinished uploads resume from their last part");
+        }
     }
 
     /// The user's home, shared by every session open on it (one storage
@@ -149,6 +197,9 @@ impl Core {
     }
 
     async fn open_storage(&self, user: &UserRecord) -> Result<Arc<dyn Storage>, HomeError> {
+        if let StorageBackend::S3(bucket) = &self.storage {
+            return Ok(Arc::new(bucket.home(&user.name)));
+        }
         let path = crate::users::home_of(&self.config, user);
         let storage = tokio::task::spawn_blocking(move || FsStorage::open(&path))
             .await

@@ -662,6 +662,9 @@ impl Upload {
         {
             return Err(HomeError::BadRange(format!("write to {end} is past the size {size}")));
         }
+        if let Some(w) = &self.writer {
+            w.check_range(offset, end)?;
+        }
         if end > self.len {
             let mut growth = end - self.len;
             if let Some(r) = self.claim.claim.reservation().as_mut() {

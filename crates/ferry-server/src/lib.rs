@@ -28,7 +28,7 @@ pub mod users;
 pub mod vfs;
 
 pub use config::ServerConfig;
-pub use core::{Core, Prepared};
+pub use core::{Core, Prepared, StorageBackend};
 pub use listener::Running;
 
 /// Prepares the data folder and starts serving in the background.
@@ -37,6 +37,7 @@ pub use listener::Running;
 pub async fn start(config: ServerConfig) -> anyhow::Result<(Running, Prepared)> {
     exec::log_startup(&config.exec);
     let prepared = Core::prepare(config)?;
+    prepared.core.check_storage().await?;
     let ssh = if prepared.core.config.sftp.enabled {
         Some(sftp::start(std::sync::Arc::clone(&prepared.core)).await?)
     } else {

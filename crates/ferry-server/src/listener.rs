@@ -96,6 +96,7 @@ pub async fn start(core: Arc<Core>) -> Result<Running> {
 
     let grace = Duration::from_secs(shared.core.config.limits.shutdown_grace_secs);
     let token = shutdown.clone();
+    let core = Arc::clone(&shared.core);
     let done = tokio::spawn(async move {
         token.cancelled().await;
         for l in accept_loops {
@@ -106,6 +107,8 @@ pub async fn start(core: Arc<Core>) -> Result<Running> {
         if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
             warn!(sessions = tracker.len(), "grace period over: cutting remaining sessions");
         }
+        // Unfinished uploads of the sessions that ended are stored for a resume.
+        core.drain_storage(grace).await;
         for u in udp {
             let _ = u.await;
         }

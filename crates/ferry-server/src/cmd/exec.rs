@@ -38,6 +38,10 @@ pub async fn exec(session: &mut Session, conn: &mut Conn, id: u64, argv: Vec<Str
     let Some(program) = argv.first().filter(|p| !p.is_empty()) else {
         return Err(WireError::new(ErrorCode::BadRequest, "exec needs a command").into());
     };
+    if !session.core.storage.is_local() {
+        // A command runs in a folder; an S3 home is no folder.
+        return Err(WireError::new(ErrorCode::NotPermitted, "remote commands need homes on local storage").into());
+    }
     if !exec::allowed(&cfg.allowlist, program) {
         warn!(user = %user, program = %program, "exec refused: not in the allowlist");
         return Err(

@@ -122,6 +122,9 @@ async fn run_inner(
     }
     let argv = split_command(line)?;
     let Some(program) = argv.first().cloned() else { return Err("empty command".into()) };
+    if !core.storage.is_local() {
+        return Err("remote commands need homes on local storage".into());
+    }
     if !exec::allowed(&cfg.allowlist, &program) {
         warn!(user = %name, program = %program, "ssh exec refused: not in the allowlist");
         return Err(format!("{program} is not in the server's allowlist"));

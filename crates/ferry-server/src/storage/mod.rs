@@ -16,6 +16,7 @@
 
 mod fs;
 mod mem;
+pub mod s3;
 
 use std::time::SystemTime;
 
@@ -28,6 +29,7 @@ use tokio::sync::mpsc;
 pub use crate::vfs::{Entry, EntryKind, VfsError, VirtualPath};
 pub use fs::FsStorage;
 pub use mem::MemStorage;
+pub use s3::{S3Bucket, S3Credentials, S3Storage};
 
 /// Bytes, files (and links) and directories held or freed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -194,11 +196,43 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     /// Removes a partial upload; returns what it freed (its data bytes, and
     /// one file if it existed).
     async fn partial_remove(&self, id: &str) -> Result<Amount, VfsError>;
+
+    /// Where a partial upload may be written (the contract suite checks
+    /// what each backend declares).
+    fn partial_writes(&self) -> PartialWrites {
+        PartialWrites::Anywhere
+    }
+
+    /// Whether `partial_hash` can give a partial's prefix in `algo` (an
+    /// object store keeps only the hasher states it can serialise; the
+    /// server then offers only those algorithms).
+    fn resumes_in(&self, algo: HashAlgo) -> bool {
+        let _ = algo;
+        true
+    }
+}
+
+/// How freely a backend lets a partial upload be written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartialWrites {
+    /// At any offset, any number of times (a file on disk, memory).
+    Anywhere,
+    /// In a window: bytes are sent in parts of `part_size` as soon as they
+    /// are contiguous, and a sent part can be neither rewritten nor read
+    /// back (S3 multipart uploads). A write below the sent parts, or more
+    /// than `max_buffer` bytes past them, is refused.
+    Window { part_size: u64, max_buffer: u64 },
 }
 
 /// An open partial upload.
 #[async_trait]
 pub trait PartialWrite: Send + Sync {
+    /// Refuses a write of `offset..end` the backend could not take, before
+    /// anything is counted (see [`PartialWrites`]).
+    fn check_range(&self, _offset: u64, _end: u64) -> Result<(), VfsError> {
+        Ok(())
+    }
+
     async fn write_at(&mut self, offset: u64, data: Bytes) -> Result<(), VfsError>;
 
     /// Makes the partial the file at `target`, atomically: the target
