@@ -201,6 +201,9 @@ async fn a_server_that_dies_loses_only_its_buffer() {
     // No drop, no tail: as if the process were killed.
     std::mem::forget(up);
 
+    // A server that starts now measures what S3 holds (`b` measured its
+    // home when it opened, maybe before the part had landed).
+    let b = server(&cfg, &creds, &home).await;
     assert_eq!(b.home.usage().used, PART as u64, "what S3 holds: one part");
     let st = b.home.upload_status(&vp("/f.bin"), size, None, HashAlgo::Sha256).await.unwrap().expect("the partial");
     assert_eq!((st.offset, st.prefix_hash.as_str()), (PART as u64, sha(&data[..PART]).as_str()));
