@@ -117,6 +117,14 @@ impl Core {
             let id = crate::tls::load_or_generate(&config.data_dir)?;
             (Some((id.config, id.fingerprint)), id.generated)
         };
+        let quotas = match (&opened.database, &storage) {
+            // Shared homes and a shared database: so is the quota (issue 16).
+            // With a disk each, each server's usage is its own.
+            (Some(db), StorageBackend::S3(_)) => {
+                QuotaRegistry::shared(crate::quota::postgres::PgQuotaLedger::start(Arc::clone(db)))
+            }
+            _ => QuotaRegistry::default(),
+        };
         let core = Core {
             exec: ExecLimits::new(config.exec.max_total),
             admission: Gate::new(config.limits.max_connections, config.limits.max_unauthenticated_per_ip),
@@ -124,7 +132,7 @@ impl Core {
             storage,
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
-            quotas: QuotaRegistry::default(),
+            quotas,
             store,
             authenticator,
             tls,
@@ -171,8 +179,8 @@ impl Core {
         let storage = self.open_storage(user).await?;
         let quota = self
             .quotas
-            .get_or_scan(&user.name, user.quota_bytes, self.max_files(user), async {
-                storage.usage().await.map(|a| (a.bytes, a.entries()))
+            .get_or_scan::<HomeError>(&user.name, user.quota_bytes, self.max_files(user), async {
+                Ok(storage.usage().await.map(|a| (a.bytes, a.entries()))?)
             })
             .await?;
         let settings = HomeSettings {

@@ -24,7 +24,9 @@ pub use ferry_proto::hash::HashAlgo;
 use ferry_proto::hash::Hasher;
 use tokio::sync::mpsc;
 
-use crate::quota::{FileLimitReached, QuotaExceeded, Reservation, Usage, UserQuota};
+use crate::quota::{
+    FileLimitReached, FilesRefused, QuotaExceeded, QuotaRefused, QuotaUnavailable, Reservation, Usage, UserQuota,
+};
 use crate::storage::{
     Amount, Entry, EntryKind, FileRead, PartialMeta, PartialWrite, SmallFile, SmallWrite, Storage, VfsError,
     VirtualPath,
@@ -41,6 +43,8 @@ pub enum HomeError {
     Quota(#[from] QuotaExceeded),
     #[error(transparent)]
     FileLimit(#[from] FileLimitReached),
+    #[error(transparent)]
+    QuotaUnavailable(#[from] QuotaUnavailable),
     #[error("no partial upload {0} for this path and size")]
     UploadNotFound(String),
     #[error("partial upload holds {have} bytes, not {asked}")]
@@ -59,6 +63,24 @@ pub enum HomeError {
     Incomplete { have: u64, size: u64 },
     #[error("{0}")]
     BadRange(String),
+}
+
+impl From<QuotaRefused> for HomeError {
+    fn from(e: QuotaRefused) -> Self {
+        match e {
+            QuotaRefused::Exceeded(e) => e.into(),
+            QuotaRefused::Unavailable(e) => e.into(),
+        }
+    }
+}
+
+impl From<FilesRefused> for HomeError {
+    fn from(e: FilesRefused) -> Self {
+        match e {
+            FilesRefused::Limit(e) => e.into(),
+            FilesRefused::Unavailable(e) => e.into(),
+        }
+    }
 }
 
 /// A hash in `algo` as 64 hex digits, lowercased.
@@ -616,6 +638,9 @@ pub struct Upload {
     finished: bool,
 }
 
+/// What an upload of untold size reserves at once from a shared quota.
+const GROWTH_AHEAD: u64 = 8 << 20;
+
 /// Writes smaller than this are hashed in place rather than beside the write.
 const HASH_INLINE: usize = 64 * 1024;
 
@@ -667,9 +692,20 @@ impl Upload {
         }
         if end > self.len {
             let mut growth = end - self.len;
-            if let Some(r) = self.claim.claim.reservation().as_mut() {
+            let mut reservation = self.claim.claim.reservation();
+            if let Some(r) = reservation.as_mut() {
                 growth -= r.take(growth);
             }
+            if growth > 0 && self.home.quota.is_shared() {
+                // Growth past what was reserved (a size not told): reserve
+                // ahead, so that a shared quota is asked once per chunk,
+                // not once per write.
+                if let Ok(mut ahead) = self.home.quota.reserve(growth.max(GROWTH_AHEAD)) {
+                    growth -= ahead.take(growth);
+                    *reservation = Some(ahead);
+                }
+            }
+            drop(reservation);
             if growth > 0 {
                 self.home.quota.try_add(growth)?;
             }

@@ -45,6 +45,7 @@ const MIGRATION_LOCK: i64 = 0x6665_7272_795f_6d31; // "ferry_m1"
 const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "0001_users", include_str!("../migrations/postgres/0001_users.sql")),
     (2, "0002_login_failures", include_str!("../migrations/postgres/0002_login_failures.sql")),
+    (3, "0003_quota", include_str!("../migrations/postgres/0003_quota.sql")),
 ];
 
 /// Why the database could not be used. The text names the database
@@ -216,6 +217,12 @@ impl Database {
     {
         let inner = Arc::clone(&self.inner);
         self.inner.handle.spawn(async move { inner.call(call).await }).await.map_err(|_| PgError::Stopped)?
+    }
+
+    /// Runs `work` in the background on the database's runtime (periodic
+    /// upkeep); it stops with the database.
+    pub fn spawn(&self, work: impl Future<Output = ()> + Send + 'static) {
+        self.inner.handle.spawn(work);
     }
 
     /// Runs `work` on the database's runtime and waits on a channel.
