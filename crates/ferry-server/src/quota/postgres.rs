@@ -9,7 +9,7 @@
 //! the expired leases of servers that died. Calls block (see [`crate::pg`]).
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::{LeaseId, QuotaLedger, QuotaUnavailable, Usage};
@@ -58,20 +58,17 @@ fn to_u64(n: i64) -> u64 {
 }
 
 impl PgQuotaLedger {
-    /// A ledger for this server (a random id names its leases), with its
-    /// renewal running in the background for as long as the ledger lives.
+    /// A ledger for this server (its leases carry the database handle's
+    /// server id), renewed in the background for as long as it lives.
     pub fn start(db: Arc<Database>) -> Arc<Self> {
-        let mut id = [0u8; 8];
-        // Without randomness, the clock: an id only needs to differ between servers.
-        if getrandom::fill(&mut id).is_err() {
-            let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-            id.copy_from_slice(&(t.as_nanos() as u64).to_le_bytes());
-        }
-        let state = Arc::new(Leases { server_id: hex::encode(id), live: Mutex::default() });
-        let ledger = Arc::new(PgQuotaLedger { db: Arc::clone(&db), state: Arc::clone(&state) });
-        let (weak_db, weak_state) = (Arc::downgrade(&db), Arc::downgrade(&state));
-        db.spawn(renew_loop(weak_db, weak_state));
-        ledger
+        let state = Arc::new(Leases { server_id: db.server_id().to_owned(), live: Mutex::default() });
+        db.every(RENEW_EVERY, &state, |db, state| async move {
+            let live: Vec<LeaseId> = state.live().iter().copied().collect();
+            if let Err(e) = PgQuotaLedger::renew_and_sweep(&db, &state.server_id, live).await {
+                tracing::warn!(error = %e, "cannot renew quota leases; retrying");
+            }
+        });
+        Arc::new(PgQuotaLedger { db, state })
     }
 
     /// Renews this server's live leases and withdraws every expired one.
@@ -110,17 +107,6 @@ impl PgQuotaLedger {
             files: to_u64(r.get(2)),
             ..Usage::default()
         }))
-    }
-}
-
-async fn renew_loop(db: Weak<Database>, state: Weak<Leases>) {
-    loop {
-        tokio::time::sleep(RENEW_EVERY).await;
-        let (Some(db), Some(state)) = (db.upgrade(), state.upgrade()) else { return };
-        let live: Vec<LeaseId> = state.live().iter().copied().collect();
-        if let Err(e) = PgQuotaLedger::renew_and_sweep(&db, &state.server_id, live).await {
-            tracing::warn!(error = %e, "cannot renew quota leases; retrying");
-        }
     }
 }
 

@@ -1,8 +1,11 @@
-//! Issue 16: one user's quota shared by several servers through PostgreSQL
-//! (`quota/postgres.rs`). Each "server" here is its own database handle and
-//! ledger, as two `ferry serve` processes would have: reservations from both
-//! at once never together pass the limit, a crashed server's reservation
-//! expires, and uploads through two `Home`s are refused past the quota.
+//! Issue 16: one user's quota and upload claims shared by several servers
+//! through PostgreSQL (`quota/postgres.rs`, `claims/postgres.rs`). Each
+//! "server" here is its own database handle and ledgers, as two `ferry
+//! serve` processes would have: reservations from both at once never
+//! together pass the limit, a crashed server's reservation expires, uploads
+//! through two `Home`s are refused past the quota, a resume through one
+//! server takes the upload over from the other, and a fresh upload through
+//! one never removes a partial the other is writing.
 //!
 //! PostgreSQL comes from `scripts/postgres.sh` (or `FERRY_TEST_DATABASE_URL`);
 //! without it the tests print why and skip.
@@ -13,11 +16,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use ferry_proto::scram::Verifier;
 use ferry_server::auth::{PgUserStore, UserRecord, UserStore};
+use ferry_server::claims::postgres::PgClaimLedger;
 use ferry_server::home::{HashAlgo, Home, HomeError, HomeSettings, UploadSpec};
 use ferry_server::pg::Database;
 use ferry_server::quota::postgres::PgQuotaLedger;
 use ferry_server::quota::{QuotaRegistry, UserQuota};
-use ferry_server::storage::{MemStorage, VirtualPath};
+use ferry_server::storage::{MemStorage, Storage, VirtualPath};
 use ferry_testkit::Postgres;
 
 /// Two servers' handles on one fresh database, with `alice` in it.
@@ -149,4 +153,63 @@ async fn uploads_through_two_homes_are_refused_past_the_shared_quota() {
     let u = qa.usage();
     assert_eq!((u.used, u.reserved), (60_000, 0), "the aborted upload is gone from A's view too");
     assert_eq!(u.files, 1);
+}
+
+/// Alice's home as the server on `db` opens it: shared quota and claims,
+/// over the storage both servers share.
+async fn shared_home(db: &Arc<Database>, storage: &Arc<dyn Storage>) -> Arc<Home> {
+    let quota = quota_on(db, 1 << 30, None).await;
+    let settings = HomeSettings { fsync: false, partial_expiry: Duration::from_secs(3600) };
+    let home = Home::new(Arc::clone(storage), quota, settings);
+    Arc::new(home.with_shared_claims(PgClaimLedger::start(Arc::clone(db)), "alice"))
+}
+
+fn resumable(size: u64) -> UploadSpec {
+    UploadSpec { resumable: true, ..spec(Some(size)) }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_through_one_server_takes_the_upload_over_from_the_other() {
+    let Some(pg) = Postgres::start().unwrap() else { return };
+    let (a, b) = two_servers(&pg);
+    let storage: Arc<dyn Storage> = Arc::new(MemStorage::new());
+    let (ha, hb) = (shared_home(&a, &storage).await, shared_home(&b, &storage).await);
+    let path = VirtualPath::parse("/big").unwrap();
+    let data: Vec<u8> = (0..3u32 << 18).map(|i| (i % 251) as u8).collect();
+    let half = data.len() / 2;
+
+    let mut on_a = ha.begin_upload(&path, resumable(data.len() as u64)).await.unwrap();
+    on_a.write(Bytes::copy_from_slice(&data[..half])).await.unwrap();
+    // The client's connection to A went silent; it resumes through B.
+    let id = on_a.id().to_string();
+    let resume = UploadSpec { offset: half as u64, upload_id: Some(id.clone()), ..resumable(data.len() as u64) };
+    let mut on_b = hb.begin_upload(&path, resume.clone()).await.unwrap();
+    on_b.write(Bytes::copy_from_slice(&data[half..])).await.unwrap();
+    on_b.commit(None).await.unwrap();
+    // A learns at its next check, at the latest before a commit: it never
+    // commits over the newer writer.
+    let err = on_a.commit(None).await.unwrap_err();
+    assert!(matches!(err, HomeError::TakenOver(ref i) if *i == id), "{err}");
+    let read = ha.open_download(&path, 0).await.unwrap().read_at(0, data.len()).await.unwrap();
+    assert_eq!(read, data, "the file B committed is whole");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_upload_through_one_server_leaves_the_others_partial_alone() {
+    let Some(pg) = Postgres::start().unwrap() else { return };
+    let (a, b) = two_servers(&pg);
+    let storage: Arc<dyn Storage> = Arc::new(MemStorage::new());
+    let (ha, hb) = (shared_home(&a, &storage).await, shared_home(&b, &storage).await);
+    let path = VirtualPath::parse("/same").unwrap();
+
+    let mut on_a = ha.begin_upload(&path, resumable(8)).await.unwrap();
+    on_a.write(Bytes::from_static(b"aaaa")).await.unwrap();
+    // A new upload of the same path through B starts over from old partials,
+    // but only from those no server is writing.
+    let mut on_b = hb.begin_upload(&path, spec(Some(4))).await.unwrap();
+    on_b.write(Bytes::from_static(b"bbbb")).await.unwrap();
+    on_b.commit(None).await.unwrap();
+    on_a.write(Bytes::from_static(b"aaaa")).await.unwrap();
+    on_a.commit(None).await.unwrap();
+    assert_eq!(ha.stat(&path).await.unwrap().size, 8, "A's upload, committed last, is whole");
 }
