@@ -25,7 +25,8 @@ use tokio::sync::mpsc;
 
 use crate::claims::{CHECK_EVERY, ClaimGuard, ClaimLedger, Claims};
 use crate::quota::{
-    FileLimitReached, FilesRefused, QuotaExceeded, QuotaRefused, QuotaUnavailable, Reservation, Usage, UserQuota,
+    FileLimitReached, FileReservation, FilesRefused, QuotaExceeded, QuotaRefused, QuotaUnavailable, Reservation, Usage,
+    UserQuota,
 };
 use crate::storage::{
     Amount, Entry, EntryKind, FileRead, PartialMeta, PartialWrite, SmallFile, SmallWrite, Storage, VfsError,
@@ -406,6 +407,40 @@ impl Home {
             .collect()
     }
 
+    /// Stores a whole small upload in one step: verified against the hash
+    /// given or promised, written and renamed into place. Its bytes and
+    /// entry were counted as it arrived; a failure gives them back.
+    async fn commit_whole(
+        &self,
+        target: &VirtualPath,
+        mut b: Buffered,
+        hash: Option<&str>,
+    ) -> Result<Committed, HomeError> {
+        let algo = b.spec.algo;
+        let given = hash.map(|h| validate_hash(algo, h)).transpose()?;
+        let promised = b.spec.hash.as_deref().map(|h| validate_hash(algo, h)).transpose()?;
+        // Small (at most SMALL_BUFFER): hashed in place.
+        let actual = algo.digest_hex(&b.data);
+        for expected in [promised, given].into_iter().flatten() {
+            if expected != actual {
+                return Err(HomeError::ChecksumMismatch { algo, expected, actual });
+            }
+        }
+        let size = b.data.len() as u64;
+        let data = std::mem::take(&mut b.data);
+        let write =
+            SmallWrite { target: target.clone(), data, algo, hash: actual.clone(), overwrite: b.spec.overwrite };
+        let outcome = self.storage.write_small(vec![write], self.settings.fsync).await.pop();
+        let replaced = outcome.unwrap_or_else(|| Err(VfsError::Io(std::io::Error::other("lost outcome"))))?;
+        // Stored: what was counted stays counted.
+        b.counted = 0;
+        if let Some(entry) = b.entry.take() {
+            entry.settle(1);
+        }
+        self.freed(replaced);
+        Ok(Committed { upload_id: String::new(), size, hash: Some(actual) })
+    }
+
     /// Refuses a target that is the home, a directory, or that exists
     /// without `overwrite`.
     async fn check_target(&self, target: &VirtualPath, overwrite: bool) -> Result<(), HomeError> {
@@ -428,8 +463,28 @@ impl Home {
             return Err(HomeError::BadRange(format!("offset {} is past the size {size}", spec.offset)));
         }
         let algo = spec.algo;
-        let promised = spec.hash.as_deref().map(|h| validate_hash(algo, h)).transpose()?;
+        spec.hash.as_deref().map(|h| validate_hash(algo, h)).transpose()?;
         self.check_target(target, spec.overwrite).await?;
+        if spec.offset == 0
+            && spec.size.is_none()
+            && !spec.resumable
+            && spec.upload_id.is_none()
+            && let Ok(seat) = SMALL_SEATS.try_acquire()
+        {
+            // Counted as a partial would be: an entry from the start, bytes as they come.
+            let entry = self.quota.reserve_files(1)?;
+            let quota = Arc::clone(&self.quota);
+            let buffered = Buffered { spec, data: Vec::new(), counted: 0, quota, entry: Some(entry), _seat: seat };
+            return Ok(Upload { home: Arc::clone(self), target: target.clone(), state: State::Buffered(buffered) });
+        }
+        let staged = self.begin_staged(target, spec).await?;
+        Ok(Upload { home: Arc::clone(self), target: target.clone(), state: State::Staged(Box::new(staged)) })
+    }
+
+    /// Starts (or resumes) an upload into a partial, committed by rename.
+    async fn begin_staged(self: &Arc<Self>, target: &VirtualPath, spec: UploadSpec) -> Result<Staged, HomeError> {
+        let algo = spec.algo;
+        let promised = spec.hash.as_deref().map(|h| validate_hash(algo, h)).transpose()?;
         let path = target.to_string();
         if spec.offset == 0 {
             // A fresh start over old partials of this path: free them before
@@ -485,7 +540,7 @@ impl Home {
             (id, claim, writer, Some(hasher), meta)
         };
         let offset = spec.offset;
-        Ok(Upload {
+        Ok(Staged {
             home: Arc::clone(self),
             id,
             target: target.clone(),
@@ -558,10 +613,158 @@ impl Home {
     }
 }
 
-/// An upload in progress. Writes may come at any offset and in any order;
-/// bytes count against the quota as they extend the partial. Dropped
-/// unfinished, a resumable upload keeps its partial for a resume.
+/// An upload in progress. Writes may come at any offset and in any order.
+///
+/// A small upload of untold size (SFTP and FTP do not say) is first held in
+/// memory and stored whole at its commit, in one step of the storage: no
+/// partial, claim or reservation for a file of a few kilobytes, which made
+/// such files cost several storage round trips each. It moves into a
+/// partial, as any other upload, once it outgrows [`SMALL_BUFFER`] or is
+/// written out of order. Memory is bounded by [`SMALL_SEATS`]: without a
+/// seat free, an upload starts in a partial.
 pub struct Upload {
+    home: Arc<Home>,
+    target: VirtualPath,
+    state: State,
+}
+
+enum State {
+    Buffered(Buffered),
+    Staged(Box<Staged>),
+}
+
+/// The bytes of a small upload, in order from offset 0, counted in the
+/// quota as they arrive (as a partial's are), so that a refusal comes at
+/// the write that passes the limit.
+struct Buffered {
+    spec: UploadSpec,
+    data: Vec<u8>,
+    /// Bytes counted in usage; given back unless committed.
+    counted: u64,
+    quota: Arc<UserQuota>,
+    /// The file's entry, promised at the start.
+    entry: Option<FileReservation>,
+    _seat: tokio::sync::SemaphorePermit<'static>,
+}
+
+impl Buffered {
+    /// Gives back what the upload counted; returns its bytes.
+    fn release(&mut self) -> Vec<u8> {
+        self.quota.release(std::mem::take(&mut self.counted));
+        self.entry = None;
+        std::mem::take(&mut self.data)
+    }
+}
+
+impl Drop for Buffered {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// The most bytes an upload is held in memory before it moves to a partial.
+pub const SMALL_BUFFER: usize = 64 * 1024;
+
+/// Uploads held in memory at once, server-wide (at most 32 MiB).
+static SMALL_SEATS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(512);
+
+impl Upload {
+    /// The partial's id; empty while the upload is held in memory.
+    pub fn id(&self) -> &str {
+        match &self.state {
+            State::Buffered(_) => "",
+            State::Staged(s) => s.id(),
+        }
+    }
+
+    /// Bytes held when the upload (re)started.
+    pub fn offset(&self) -> u64 {
+        match &self.state {
+            State::Buffered(b) => b.spec.offset,
+            State::Staged(s) => s.offset(),
+        }
+    }
+
+    /// Bytes the upload holds now.
+    pub fn len(&self) -> u64 {
+        match &self.state {
+            State::Buffered(b) => b.data.len() as u64,
+            State::Staged(s) => s.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn target(&self) -> &VirtualPath {
+        &self.target
+    }
+
+    /// The algorithm this upload is verified with.
+    pub fn algo(&self) -> HashAlgo {
+        match &self.state {
+            State::Buffered(b) => b.spec.algo,
+            State::Staged(s) => s.algo(),
+        }
+    }
+
+    /// Writes `data` at `offset`.
+    pub async fn write_at(&mut self, offset: u64, data: Bytes) -> Result<(), HomeError> {
+        if let State::Buffered(b) = &mut self.state {
+            let in_order = offset == b.data.len() as u64;
+            if in_order && b.data.len() + data.len() <= SMALL_BUFFER {
+                b.quota.try_add(data.len() as u64)?;
+                b.counted += data.len() as u64;
+                b.data.extend_from_slice(&data);
+                return Ok(());
+            }
+            // Into a partial, which counts the held bytes again as they land.
+            let held = b.release();
+            let staged = self.home.begin_staged(&self.target, b.spec.clone()).await?;
+            self.state = State::Staged(Box::new(staged));
+            if !held.is_empty() {
+                self.staged()?.write_at(0, Bytes::from(held)).await?;
+            }
+        }
+        self.staged()?.write_at(offset, data).await
+    }
+
+    fn staged(&mut self) -> Result<&mut Staged, HomeError> {
+        match &mut self.state {
+            State::Staged(s) => Ok(s),
+            State::Buffered(_) => Err(VfsError::Io(std::io::Error::other("upload not staged")).into()),
+        }
+    }
+
+    /// Appends `data` at the end of what the upload holds.
+    pub async fn write(&mut self, data: Bytes) -> Result<(), HomeError> {
+        self.write_at(self.len(), data).await
+    }
+
+    /// Verifies and commits. `hash` is the hash (in the upload's algorithm)
+    /// the client sent at the end, if any; a promised hash that differs from
+    /// it, or data that does not hash to it, is a mismatch and nothing is
+    /// committed.
+    pub async fn commit(self, hash: Option<&str>) -> Result<Committed, HomeError> {
+        match self.state {
+            State::Buffered(b) => self.home.commit_whole(&self.target, b, hash).await,
+            State::Staged(s) => s.commit(hash).await,
+        }
+    }
+
+    /// Gives the upload up (and removes its partial, if it has one).
+    pub async fn abort(self) {
+        if let State::Staged(s) = self.state {
+            s.abort().await;
+        }
+    }
+}
+
+/// An upload into a partial. Bytes count against the quota as they extend
+/// the partial. Dropped unfinished, a resumable upload keeps its partial for
+/// a resume.
+struct Staged {
     home: Arc<Home>,
     id: String,
     target: VirtualPath,
@@ -587,27 +790,19 @@ const GROWTH_AHEAD: u64 = 8 << 20;
 /// Writes smaller than this are hashed in place rather than beside the write.
 const HASH_INLINE: usize = 64 * 1024;
 
-impl Upload {
-    pub fn id(&self) -> &str {
+impl Staged {
+    fn id(&self) -> &str {
         &self.id
     }
 
     /// Bytes held when the upload (re)started.
-    pub fn offset(&self) -> u64 {
+    fn offset(&self) -> u64 {
         self.spec.offset
     }
 
     /// Bytes the partial holds now.
-    pub fn len(&self) -> u64 {
+    fn len(&self) -> u64 {
         self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    pub fn target(&self) -> &VirtualPath {
-        &self.target
     }
 
     /// Fails once a newer writer took the upload over. A claim shared with
@@ -623,7 +818,7 @@ impl Upload {
     }
 
     /// Writes `data` at `offset`.
-    pub async fn write_at(&mut self, offset: u64, data: Bytes) -> Result<(), HomeError> {
+    async fn write_at(&mut self, offset: u64, data: Bytes) -> Result<(), HomeError> {
         let claim = Arc::clone(&self.claim.claim);
         let _busy = claim.busy.lock().await;
         self.check_claim(false)?;
@@ -691,13 +886,8 @@ impl Upload {
         Ok(())
     }
 
-    /// Appends `data` at the end of what the partial holds.
-    pub async fn write(&mut self, data: Bytes) -> Result<(), HomeError> {
-        self.write_at(self.len, data).await
-    }
-
     /// The algorithm this upload is verified with.
-    pub fn algo(&self) -> HashAlgo {
+    fn algo(&self) -> HashAlgo {
         self.spec.algo
     }
 
@@ -705,7 +895,7 @@ impl Upload {
     /// the client sent at the end, if any; a promised hash that differs from
     /// it, or data that does not hash to it, is a mismatch and the partial
     /// is discarded.
-    pub async fn commit(mut self, hash: Option<&str>) -> Result<Committed, HomeError> {
+    async fn commit(mut self, hash: Option<&str>) -> Result<Committed, HomeError> {
         self.check_claim(true)?;
         if let Some(size) = self.spec.size
             && self.len != size
@@ -764,12 +954,12 @@ impl Upload {
     }
 
     /// Gives the upload up and removes its partial.
-    pub async fn abort(mut self) {
+    async fn abort(mut self) {
         self.discard().await;
     }
 }
 
-impl Drop for Upload {
+impl Drop for Staged {
     fn drop(&mut self) {
         // Whatever landed stays counted: the partial holds it. A partial no
         // one can resume is removed in the background.
@@ -820,6 +1010,13 @@ impl Download {
     /// Up to `len` bytes at `offset` of the file as it was opened (fewer
     /// at its end), for front ends that read at random offsets (SFTP).
     pub async fn read_at(&self, offset: u64, len: usize) -> Result<Bytes, HomeError> {
+        // Never more than the opened file holds: a read-ahead past a small
+        // file's end costs no buffer, and one at the end no storage call.
+        let left = self.entry().size.saturating_sub(offset);
+        let len = len.min(usize::try_from(left).unwrap_or(usize::MAX));
+        if len == 0 {
+            return Ok(Bytes::new());
+        }
         Ok(self.file.read_at(offset, len).await.map_err(|e| VfsError::from_io(e, &self.path))?)
     }
 

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ferry_server::config::{StorageConfig, StorageKind};
-use ferry_server::home::{Committed, HashAlgo, Home, HomeError, HomeSettings, Remove, SmallPut, UploadSpec};
+use ferry_server::home::{self, Committed, HashAlgo, Home, HomeError, HomeSettings, Remove, SmallPut, UploadSpec};
 use ferry_server::quota::UserQuota;
 use ferry_server::storage::{
     Amount, EntryKind, FsStorage, MemStorage, PartialMeta, PartialWrites, S3Bucket, S3Credentials, Storage, VfsError,
@@ -682,6 +682,68 @@ mod cases {
         fx.check_exact().await;
     }
 
+    /// A small upload of untold size (as SFTP and FTP send) is held in
+    /// memory and stored whole at its commit: no partial meanwhile, counted
+    /// as it arrives, refused at the write that passes the quota, given back
+    /// when abandoned. Past `SMALL_BUFFER` or out of order, it moves into a
+    /// partial with what it held.
+    pub async fn small_uploads_of_untold_size_are_stored_whole(make: fn() -> Backend) {
+        let fx = fixture(make, Some(200_000)).await;
+        let h = &fx.home;
+        let spec = || UploadSpec { overwrite: true, ..UploadSpec::default() };
+        let mut up = h.begin_upload(&vp("/small"), spec()).await.unwrap();
+        up.write(Bytes::from(vec![1u8; 3000])).await.unwrap();
+        up.write(Bytes::from(vec![2u8; 1096])).await.unwrap();
+        assert_eq!(fx.partials().await, 0, "held in memory");
+        assert_eq!((h.usage().used, up.len()), (4096, 4096));
+        let mut expect = vec![1u8; 3000];
+        expect.extend([2u8; 1096]);
+        let c = up.commit(Some(&sha(&expect))).await.unwrap();
+        assert_eq!((c.size, c.hash.as_deref()), (4096, Some(sha(&expect).as_str())));
+        assert_eq!(h.usage().files, 1);
+        assert_eq!(download(h, "/small", 0).await.0, expect);
+        fx.check_exact().await;
+
+        // A wrong hash commits nothing and gives the bytes back.
+        let mut up = h.begin_upload(&vp("/bad"), spec()).await.unwrap();
+        up.write(Bytes::from_static(b"abc")).await.unwrap();
+        assert_err!(up.commit(Some(&sha(b"abd"))).await, HomeError::ChecksumMismatch { .. });
+        assert!(!fx.exists("/bad").await);
+        fx.assert_exact(4096);
+
+        // Abandoned: nothing stored, nothing counted.
+        let mut up = h.begin_upload(&vp("/gone"), spec()).await.unwrap();
+        up.write(Bytes::from(vec![3u8; 5000])).await.unwrap();
+        drop(up);
+        assert!(!fx.exists("/gone").await);
+        fx.assert_exact(4096);
+
+        // Outgrowing the buffer: into a partial, with what it held.
+        let big = Rng(7).bytes(home::SMALL_BUFFER + 10);
+        let mut up = h.begin_upload(&vp("/big"), spec()).await.unwrap();
+        up.write(Bytes::copy_from_slice(&big[..1000])).await.unwrap();
+        up.write(Bytes::copy_from_slice(&big[1000..])).await.unwrap();
+        assert_eq!(fx.partials().await, 1);
+        up.commit(Some(&sha(&big))).await.unwrap();
+        assert_eq!(download(h, "/big", 0).await.0, big);
+        fx.check_exact().await;
+
+        // Out of order: into a partial too.
+        let mut up = h.begin_upload(&vp("/ooo"), spec()).await.unwrap();
+        up.write_at(4, Bytes::from_static(b"5678")).await.unwrap();
+        up.write_at(0, Bytes::from_static(b"1234")).await.unwrap();
+        up.commit(Some(&sha(b"12345678"))).await.unwrap();
+        assert_eq!(download(h, "/ooo", 0).await.0, b"12345678");
+
+        // Over the quota: refused at the write that passes it.
+        let fx = fixture(make, Some(10_000)).await;
+        let mut up = fx.home.begin_upload(&vp("/over"), spec()).await.unwrap();
+        up.write(Bytes::from(vec![4u8; 6000])).await.unwrap();
+        assert_err!(up.write(Bytes::from(vec![4u8; 5000])).await, HomeError::Quota(_));
+        up.abort().await;
+        fx.assert_exact(0);
+    }
+
     pub async fn resume_after_an_abandoned_upload(make: fn() -> Backend) {
         let fx = fixture(make, Some(1 << 20)).await;
         let h = &fx.home;
@@ -1321,6 +1383,7 @@ macro_rules! contract_suite {
                 commit_is_atomic,
                 random_offsets_from_several_tasks,
                 unknown_size_counts_as_it_grows,
+                small_uploads_of_untold_size_are_stored_whole,
                 resume_after_an_abandoned_upload,
                 blake3_uploads_resumes_and_one_hash_per_algorithm,
                 fresh_start_replaces_old_partials,
