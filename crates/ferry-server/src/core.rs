@@ -193,6 +193,9 @@ impl Core {
         let settings = HomeSettings {
             fsync: self.config.transfer.fsync,
             partial_expiry: Duration::from_secs(self.config.transfer.partial_expiry_secs),
+            // The first offered (BLAKE3 unless configured otherwise); SHA-256
+            // is always offered, so the fallback is never reached.
+            upload_algo: self.config.transfer.hashes.first().copied().unwrap_or_default(),
         };
         let mut home = Home::new(storage, quota, settings);
         if let Some(claims) = &self.claims {

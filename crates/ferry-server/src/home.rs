@@ -110,6 +110,9 @@ pub struct HomeSettings {
     pub fsync: bool,
     /// Partial uploads untouched for longer are removed.
     pub partial_expiry: Duration,
+    /// The hash of uploads whose front end negotiates none (SFTP, FTP): the
+    /// server's first offered one, kept with the file for later downloads.
+    pub upload_algo: HashAlgo,
 }
 
 /// What `remove` may remove.
@@ -197,6 +200,11 @@ impl Home {
 
     pub fn usage(&self) -> Usage {
         self.quota.usage()
+    }
+
+    /// The hash to verify and keep an upload with when the client named none.
+    pub fn upload_algo(&self) -> HashAlgo {
+        self.settings.upload_algo
     }
 
     /// Brings usage back in line with what the storage holds, after

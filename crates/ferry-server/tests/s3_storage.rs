@@ -83,7 +83,8 @@ async fn server(cfg: &StorageConfig, creds: &S3Credentials, prefix: &str) -> Ser
     let storage: Arc<dyn Storage> = Arc::new(bucket.storage_at(prefix));
     let used = storage.usage().await.unwrap();
     let quota = Arc::new(UserQuota::new(used.bytes, None));
-    let settings = HomeSettings { fsync: false, partial_expiry: Duration::from_secs(3600) };
+    let settings =
+        HomeSettings { fsync: false, partial_expiry: Duration::from_secs(3600), upload_algo: HashAlgo::Sha256 };
     Server { home: Arc::new(Home::new(Arc::clone(&storage), quota, settings)), storage }
 }
 

@@ -115,7 +115,8 @@ async fn pg_expire_leases(db: &Database) {
 }
 
 fn home_on(q: &Arc<UserQuota>) -> Arc<Home> {
-    let settings = HomeSettings { fsync: false, partial_expiry: Duration::from_secs(3600) };
+    let settings =
+        HomeSettings { fsync: false, partial_expiry: Duration::from_secs(3600), upload_algo: HashAlgo::Sha256 };
     Arc::new(Home::new(Arc::new(MemStorage::new()), Arc::clone(q), settings))
 }
 
@@ -159,7 +160,8 @@ async fn uploads_through_two_homes_are_refused_past_the_shared_quota() {
 /// over the storage both servers share.
 async fn shared_home(db: &Arc<Database>, storage: &Arc<dyn Storage>) -> Arc<Home> {
     let quota = quota_on(db, 1 << 30, None).await;
-    let settings = HomeSettings { fsync: false, partial_expiry: Duration::from_secs(3600) };
+    let settings =
+        HomeSettings { fsync: false, partial_expiry: Duration::from_secs(3600), upload_algo: HashAlgo::Sha256 };
     let home = Home::new(Arc::clone(storage), quota, settings);
     Arc::new(home.with_shared_claims(PgClaimLedger::start(Arc::clone(db)), "alice"))
 }

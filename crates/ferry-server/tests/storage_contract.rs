@@ -111,8 +111,11 @@ async fn fixture_with(make: fn() -> Backend, limit: Option<u64>, partial_expiry:
     let (storage, guard) = make();
     let used = storage.usage().await.unwrap().bytes;
     let quota = Arc::new(UserQuota::new(used, limit));
-    let home =
-        Arc::new(Home::new(Arc::clone(&storage), Arc::clone(&quota), HomeSettings { fsync: false, partial_expiry }));
+    let home = Arc::new(Home::new(
+        Arc::clone(&storage),
+        Arc::clone(&quota),
+        HomeSettings { fsync: false, partial_expiry, upload_algo: HashAlgo::Sha256 },
+    ));
     Fixture { storage, home, quota, _guard: guard }
 }
 
@@ -1196,7 +1199,7 @@ mod cases {
         let patient = Home::new(
             Arc::clone(&fx.storage),
             Arc::clone(&fx.quota),
-            HomeSettings { fsync: false, partial_expiry: LONG },
+            HomeSettings { fsync: false, partial_expiry: LONG, upload_algo: HashAlgo::Sha256 },
         );
         patient.expire_partials().await;
         assert_eq!(fx.partials().await, 3);

@@ -234,7 +234,7 @@ impl StorageBackend<FtpUser> for HomeStorage {
     ) -> Result<u64> {
         let vp = resolve(path.as_ref())?;
         let home = &user.home;
-        let spec = UploadSpec { overwrite: true, resumable: false, ..Default::default() };
+        let spec = UploadSpec { overwrite: true, resumable: false, algo: home.upload_algo(), ..Default::default() };
         let mut upload = home.begin_upload(&vp, spec).await.map_err(to_ftp)?;
         if start_pos > 0
             && let Err(e) = keep_prefix(home, &vp, start_pos, &mut upload).await
@@ -312,22 +312,31 @@ async fn keep_prefix(home: &Home, vp: &VirtualPath, keep: u64, upload: &mut Uplo
 /// [`WRITE_CHUNK`] bytes; returns the bytes received.
 async fn receive<R: AsyncRead + Unpin>(mut input: R, upload: &mut Upload) -> Result<u64> {
     let mut received = 0u64;
+    let (mut block, mut eof) = read_block(&mut input).await?;
+    // The next block is read while the last one is written: the socket and
+    // the storage work at once, as they do for the framed protocol.
     loop {
-        let mut buf = BytesMut::with_capacity(WRITE_CHUNK);
-        let mut eof = false;
-        while buf.len() < WRITE_CHUNK {
-            // Bounded: each pass either fills the buffer or ends at EOF.
-            if input.read_buf(&mut buf).await.map_err(Error::from)? == 0 {
-                eof = true;
-                break;
-            }
-        }
-        received += buf.len() as u64;
-        if !buf.is_empty() {
-            upload.write(buf.freeze()).await.map_err(to_ftp)?;
-        }
+        received += block.len() as u64;
         if eof {
+            if !block.is_empty() {
+                upload.write(block).await.map_err(to_ftp)?;
+            }
             return Ok(received);
         }
+        let (written, next) = tokio::join!(upload.write(block), read_block(&mut input));
+        written.map_err(to_ftp)?;
+        (block, eof) = next?;
     }
+}
+
+/// Up to [`WRITE_CHUNK`] bytes, and whether the input ended.
+async fn read_block<R: AsyncRead + Unpin>(input: &mut R) -> Result<(Bytes, bool)> {
+    let mut buf = BytesMut::with_capacity(WRITE_CHUNK);
+    while buf.len() < WRITE_CHUNK {
+        // Bounded: each pass either fills the buffer or ends at EOF.
+        if input.read_buf(&mut buf).await.map_err(Error::from)? == 0 {
+            return Ok((buf.freeze(), true));
+        }
+    }
+    Ok((buf.freeze(), false))
 }

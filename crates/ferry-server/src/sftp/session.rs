@@ -575,7 +575,13 @@ impl Sftp {
             Some(e) if flags & proto::SSH_FXF_TRUNC == 0 => Some(e.size),
             _ => None,
         };
-        let spec = UploadSpec { size: None, overwrite: !excl, resumable: false, ..UploadSpec::default() };
+        let spec = UploadSpec {
+            size: None,
+            overwrite: !excl,
+            resumable: false,
+            algo: self.home.upload_algo(),
+            ..UploadSpec::default()
+        };
         let upload = self.home.begin_upload(&target, spec).await?;
         let w = Writing {
             upload: Some(upload),
@@ -788,11 +794,12 @@ mod tests {
     /// session holds at most `HELD_ENTRIES` entries in them.
     #[tokio::test]
     async fn listings_held_in_open_directories_are_bounded() {
-        use crate::home::HomeSettings;
+        use crate::home::{HashAlgo, HomeSettings};
         use crate::quota::UserQuota;
         let storage: Arc<dyn crate::storage::Storage> = Arc::new(crate::storage::MemStorage::new());
         let quota = Arc::new(UserQuota::new(0, None));
-        let settings = HomeSettings { fsync: false, partial_expiry: Duration::from_secs(3600) };
+        let settings =
+            HomeSettings { fsync: false, partial_expiry: Duration::from_secs(3600), upload_algo: HashAlgo::Sha256 };
         let home = Arc::new(Home::new(storage, quota, settings));
         let vp = |s: &str| VirtualPath::parse(s).unwrap();
         home.mkdir(&vp("/small/one"), true).await.unwrap();
