@@ -24,6 +24,7 @@ pub use ferry_proto::hash::HashAlgo;
 use ferry_proto::hash::Hasher;
 use tokio::sync::mpsc;
 
+use crate::metrics::HomeMetrics;
 use crate::quota::{FileLimitReached, QuotaExceeded, Reservation, Usage, UserQuota};
 use crate::storage::{
     Amount, Entry, EntryKind, FileRead, PartialMeta, PartialWrite, SmallFile, SmallWrite, Storage, VfsError,
@@ -170,9 +171,9 @@ impl Claim {
     }
 }
 
-/// The upload ids being written in one home.
+/// The upload ids being written in one home (and where takeovers are counted).
 #[derive(Debug, Default)]
-struct Claims(Mutex<HashMap<String, Arc<Claim>>>);
+struct Claims(Mutex<HashMap<String, Arc<Claim>>>, HomeMetrics);
 
 struct ClaimGuard {
     claims: Arc<Claims>,
@@ -204,6 +205,7 @@ impl Claims {
             drop(older.busy.lock().await);
             drop(older.reservation().take());
             tracing::info!(upload_id = %id, "upload taken over by a newer session");
+            self.1.upload_taken_over();
         }
         Ok(ClaimGuard { claims: Arc::clone(self), id: id.to_string(), claim })
     }
@@ -225,11 +227,20 @@ pub struct Home {
     quota: Arc<UserQuota>,
     claims: Arc<Claims>,
     settings: HomeSettings,
+    metrics: HomeMetrics,
 }
 
 impl Home {
     pub fn new(storage: Arc<dyn Storage>, quota: Arc<UserQuota>, settings: HomeSettings) -> Home {
-        Home { storage, quota, claims: Arc::default(), settings }
+        Home { storage, quota, claims: Arc::default(), settings, metrics: HomeMetrics::default() }
+    }
+
+    /// Counts this home's quota refusals and upload takeovers in `metrics`
+    /// (the server's; a home made without it counts nowhere).
+    pub fn with_metrics(mut self, metrics: HomeMetrics) -> Home {
+        self.claims = Arc::new(Claims(Mutex::default(), metrics.clone()));
+        self.metrics = metrics;
+        self
     }
 
     pub fn usage(&self) -> Usage {
@@ -276,7 +287,7 @@ impl Home {
     pub async fn mkdir(&self, path: &VirtualPath, parents: bool) -> Result<(), HomeError> {
         // Each missing component may become a directory.
         let most = if parents { path.components().count().max(1) as u64 } else { 1 };
-        let entries = self.quota.reserve_files(most)?;
+        let entries = self.quota.reserve_files(most).inspect_err(|_| self.metrics.quota_refused())?;
         let made = self.storage.mkdir(path, parents).await?;
         entries.settle(made.dirs);
         Ok(())
@@ -384,8 +395,9 @@ impl Home {
                 if put.target.is_root() {
                     return Err(VfsError::IsADirectory("/".into()).into());
                 }
-                let entry = self.quota.reserve_files(1)?;
-                Ok((expected, (self.quota.reserve(put.data.len() as u64)?, entry)))
+                let entry = self.quota.reserve_files(1).inspect_err(|_| self.metrics.quota_refused())?;
+                let room = self.quota.reserve(put.data.len() as u64).inspect_err(|_| self.metrics.quota_refused())?;
+                Ok((expected, (room, entry)))
             })();
             match checked {
                 Ok((expected, reservation)) => {
@@ -477,7 +489,8 @@ impl Home {
         }
         // Room for the rest of a known size, reserved before a byte lands.
         let reserve = || -> Result<Option<Reservation>, HomeError> {
-            Ok(spec.size.map(|size| self.quota.reserve(size - spec.offset)).transpose()?)
+            let reserved = spec.size.map(|size| self.quota.reserve(size - spec.offset)).transpose();
+            Ok(reserved.inspect_err(|_| self.metrics.quota_refused())?)
         };
         let mut meta = PartialMeta { path, size: spec.size, ..PartialMeta::default() };
         if let Some(p) = &promised {
@@ -486,7 +499,7 @@ impl Home {
         let (id, claim, writer, hasher, meta) = if spec.offset == 0 {
             let reservation = reserve()?;
             // The partial is an entry from its creation (a scan counts it).
-            let entry = self.quota.reserve_files(1)?;
+            let entry = self.quota.reserve_files(1).inspect_err(|_| self.metrics.quota_refused())?;
             let id = new_upload_id();
             let claim = self.claims.claim(&id, false).await?;
             *claim.claim.reservation() = reservation;
@@ -671,7 +684,7 @@ impl Upload {
                 growth -= r.take(growth);
             }
             if growth > 0 {
-                self.home.quota.try_add(growth)?;
+                self.home.quota.try_add(growth).inspect_err(|_| self.home.metrics.quota_refused())?;
             }
             self.len = end;
         }

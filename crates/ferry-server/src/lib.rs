@@ -15,6 +15,7 @@ pub mod exec;
 pub mod ftp;
 pub mod home;
 pub mod listener;
+pub mod metrics;
 pub mod pg;
 pub mod quota;
 pub mod services;
