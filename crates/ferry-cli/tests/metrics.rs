@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use ferry_testkit::{ServerProcess, add_user_cli, free_port_range, http_get, metric, sha256_file, write_random_file};
+use ferry_testkit::{
+    Postgres, ServerProcess, add_user_cli, free_port_range, http_get, metric, sha256_file, write_random_file,
+};
 use tempfile::TempDir;
 
 const USER: &str = "alice";
@@ -223,4 +225,52 @@ fn issue16_an_ftps_transfer_shows_under_its_frontend_label() {
         let labels = [("frontend", "ftp"), ("direction", direction)];
         assert!(value(&text, "ferry_transfer_duration_seconds_count", &labels) >= 1.0, "{direction}: {text}");
     }
+}
+
+/// `/healthz` until its status is `want`, asked every 200 ms for at most 30 s.
+fn healthz_until(addr: std::net::SocketAddr, want: u16) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = http_get(addr, "/healthz").unwrap();
+        if status == want {
+            return body;
+        }
+        assert!(std::time::Instant::now() < deadline, "/healthz stayed {status} {body:?}, not {want}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// With the users in PostgreSQL: a database that stops taking connections
+/// makes `/healthz` a 503 that names the user store (and never the
+/// password); once it takes them again, 200.
+#[test]
+fn issue16_healthz_names_the_user_database_when_it_refuses_connections() {
+    let Some(pg) = Postgres::start().unwrap() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("ferry.toml");
+    std::fs::write(&config, "[users]\nkind = \"postgres\"\n").unwrap();
+    let args = ["--metrics-listen", "127.0.0.1:0", "--config", config.to_str().unwrap(), "--no-sftp"];
+    let server =
+        ServerProcess::spawn_env(&ferry(), &tmp.path().join("data"), &args, &[("FERRY_DATABASE_URL", &pg.url)])
+            .unwrap();
+    let addr = server.metrics_addr.expect("the banner names the metrics address");
+    assert_eq!(healthz_until(addr, 200), "ok\n");
+
+    let db = pg.database().to_string();
+    pg.execute_outside(&format!(
+        "ALTER DATABASE {db} ALLOW_CONNECTIONS false; \
+         SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}' AND pid <> pg_backend_pid();"
+    ))
+    .unwrap();
+    let body = healthz_until(addr, 503);
+    eprintln!("/healthz with the database refusing connections: 503 {body}");
+    assert!(body.starts_with("users: "), "{body}");
+    assert!(!body.contains("storage"), "the homes folder is fine: {body}");
+    let password = pg.url.split_once("://").and_then(|(_, r)| r.split_once('@')).and_then(|(c, _)| c.split_once(':'));
+    if let Some((_, password)) = password {
+        assert!(!body.contains(password), "the password must not show: {body}");
+    }
+
+    pg.execute_outside(&format!("ALTER DATABASE {db} ALLOW_CONNECTIONS true")).unwrap();
+    assert_eq!(healthz_until(addr, 200), "ok\n");
 }

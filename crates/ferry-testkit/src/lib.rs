@@ -707,6 +707,29 @@ impl Postgres {
     }
 }
 
+impl Postgres {
+    /// The database's name: the URL's last path segment.
+    pub fn database(&self) -> &str {
+        let path = self.url.rsplit_once('/').map_or("", |(_, db)| db);
+        path.split('?').next().unwrap_or(path)
+    }
+
+    /// Runs `sql` from outside the database, with rights over it (from the
+    /// server's `postgres` database as its owner, or through
+    /// `FERRY_TEST_DATABASE_URL`): for tests that take it away and give it
+    /// back (`ALTER DATABASE ... ALLOW_CONNECTIONS false`).
+    pub fn execute_outside(&self, sql: &str) -> Result<()> {
+        let url = match &self.owned {
+            PostgresOwned::Database { admin_url, .. } => admin_url.clone(),
+            PostgresOwned::Server(_) => {
+                let (base, _) = self.url.rsplit_once('/').context("no database name in the URL")?;
+                format!("{base}/postgres")
+            }
+        };
+        pg_execute(&url, sql)
+    }
+}
+
 impl Drop for Postgres {
     fn drop(&mut self) {
         match &self.owned {
