@@ -81,6 +81,10 @@ pub struct ServeArgs {
     /// Also serve FTP/FTPS on this address (turns `[ftp]` on).
     #[arg(long, value_name = "ADDR")]
     pub ftp_listen: Option<SocketAddr>,
+    /// Serve /metrics (Prometheus) and /healthz over HTTP on this address
+    /// (sets `[metrics] listen`; port 0 picks a free one).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
     #[arg(long)]
     pub max_connections: Option<usize>,
     #[arg(long)]

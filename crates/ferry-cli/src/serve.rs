@@ -35,6 +35,9 @@ fn config_from(a: &ServeArgs) -> Result<ServerConfig> {
         c.ftp.enabled = true;
         c.ftp.listen = addr;
     }
+    if let Some(addr) = a.metrics_listen {
+        c.metrics.listen = Some(addr);
+    }
     if let Some(n) = a.max_connections {
         c.limits.max_connections = n;
     }
@@ -85,6 +88,9 @@ pub async fn run(a: ServeArgs) -> Result<u8> {
     }
     if let Some(addr) = running.ftp_addr {
         println!("ferry FTP listening on {addr}");
+    }
+    if let Some(addr) = running.metrics_addr {
+        println!("metrics listening on http://{addr}/metrics (health: /healthz)");
     }
     if prepared.user_count == 0 {
         println!("no users yet; add one with:  ferry user add NAME --data {}", data_dir.display());

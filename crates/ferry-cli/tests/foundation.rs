@@ -121,6 +121,7 @@ fn restart_on_port(data: &Path, port: u16) -> ServerProcess {
         sftp_addr: None,
         ssh_fingerprint: None,
         fingerprint,
+        metrics_addr: None,
         banner: vec![],
     }
 }

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use ferry_testkit::{ServerProcess, add_user_cli, connect_from, sha256_file, write_random_file};
+use ferry_testkit::{ServerProcess, add_user_cli, connect_from, free_port_range, sha256_file, write_random_file};
 
 const PW: &str = "ftp-secret-15";
 
@@ -28,26 +28,6 @@ fn skip(tool: &str) -> bool {
     }
     eprintln!("SKIP: {tool} is not installed (.ci/run installs it)");
     true
-}
-
-/// `count` consecutive free ports on 127.0.0.1 for the passive range
-/// (checked by binding each; another process may still take one later).
-fn free_port_range(count: u16) -> u16 {
-    let seed =
-        std::process::id() as u64 ^ std::time::SystemTime::now().elapsed().map(|d| d.as_nanos() as u64).unwrap_or(0);
-    let mut x = seed | 1;
-    for _ in 0..200 {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let base = 20_000 + (x % 30_000) as u16;
-        let held: Vec<_> =
-            (base..base + count).map_while(|p| std::net::TcpListener::bind(("127.0.0.1", p)).ok()).collect();
-        if held.len() == count as usize {
-            return base;
-        }
-    }
-    panic!("no free port range");
 }
 
 struct FtpServer {

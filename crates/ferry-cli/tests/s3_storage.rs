@@ -2,7 +2,8 @@
 //! "s3"`: a user uploads and downloads through the framed client; an upload
 //! cut on one server resumes on another server (a different process and
 //! data folder, the same bucket); a missing bucket, a wrong key or missing
-//! credentials stop the start with a message naming which.
+//! credentials stop the start with a message naming which; `/healthz` checks
+//! the bucket and the storage metrics cover S3 calls.
 //!
 //! Needs a real S3 server (`eval "$(scripts/garage.sh start)"`); the tests
 //! that do say why they skip when its environment is not set.
@@ -12,7 +13,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use ferry_client::{Client, ConnectOptions, GetOptions, NoProgress, PutOptions, Remote, Session};
-use ferry_testkit::{Fault, FaultProxy, ServerProcess, add_user_cli, sha256_file, write_random_file};
+use ferry_testkit::{Fault, FaultProxy, ServerProcess, add_user_cli, http_get, metric, sha256_file, write_random_file};
 
 const MIB: u64 = 1 << 20;
 
@@ -72,7 +73,8 @@ fn start(tmp: &Path, name: &str, config: &Path) -> ServerProcess {
     let data = tmp.join(name);
     add_user_cli(&ferry(), &data, "alice", "pw", &[]).unwrap();
     let config = config.to_str().unwrap();
-    ServerProcess::spawn(&ferry(), &data, &["--config", config, "--insecure-plaintext", "--no-sftp"]).unwrap()
+    let args = ["--config", config, "--insecure-plaintext", "--no-sftp", "--metrics-listen", "127.0.0.1:0"];
+    ServerProcess::spawn(&ferry(), &data, &args).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -102,6 +104,16 @@ async fn a_user_uploads_and_downloads_with_s3_storage() {
     s.get_file("small.txt", &back, &get, &NoProgress).await.unwrap();
     assert_eq!(std::fs::read(&back).unwrap(), b"hello from S3\n");
     s.close().await.unwrap();
+
+    // Issue 16, item 4: the bucket answers, and its calls were measured.
+    let addr = server.metrics_addr.expect("the banner names the metrics address");
+    let (health, text) =
+        tokio::task::spawn_blocking(move || (http_get(addr, "/healthz"), http_get(addr, "/metrics"))).await.unwrap();
+    assert_eq!(health.unwrap(), (200, "ok\n".to_string()));
+    let text = text.unwrap().1;
+    let commits = metric(&text, "ferry_storage_operation_duration_seconds_count", &[("operation", "commit")]);
+    assert!(commits.is_some_and(|n| n >= 1.0), "{text}");
+    assert_eq!(metric(&text, "ferry_storage_errors_total", &[("operation", "commit")]), Some(0.0), "{text}");
 }
 
 /// `ferry put` cut mid-way on server A; A stops; `ferry put -c` on server B

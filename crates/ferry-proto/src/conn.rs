@@ -23,11 +23,21 @@ pub struct Connection<S> {
     rbuf: BytesMut,
     wbuf: BytesMut,
     codec: FrameCodec,
+    /// Body bytes read and written so far (file data, for a server's metrics).
+    body_read: u64,
+    body_written: u64,
 }
 
 impl<S> Connection<S> {
     pub fn new(io: S, codec: FrameCodec) -> Self {
-        Connection { io, rbuf: BytesMut::with_capacity(HEADER_RESERVE), wbuf: BytesMut::with_capacity(4 * 1024), codec }
+        Connection {
+            io,
+            rbuf: BytesMut::with_capacity(HEADER_RESERVE),
+            wbuf: BytesMut::with_capacity(4 * 1024),
+            codec,
+            body_read: 0,
+            body_written: 0,
+        }
     }
 
     pub fn get_ref(&self) -> &S {
@@ -69,7 +79,15 @@ impl<S> Connection<S> {
     }
 
     pub fn note_body_written(&mut self, n: u64) -> Result<(), FrameError> {
-        self.codec.note_body_written(n)
+        self.codec.note_body_written(n)?;
+        self.body_written += n;
+        Ok(())
+    }
+
+    /// Body bytes read and written since the connection opened (headers
+    /// not included), for a server that counts the file data it moves.
+    pub fn body_bytes(&self) -> (u64, u64) {
+        (self.body_read, self.body_written)
     }
 
     pub fn into_inner(self) -> S {
@@ -83,6 +101,9 @@ impl<S: AsyncRead + Unpin> Connection<S> {
     pub async fn next_item(&mut self) -> Result<Option<FrameItem>, FrameError> {
         loop {
             if let Some(item) = self.codec.decode(&mut self.rbuf)? {
+                if let FrameItem::Body(b) = &item {
+                    self.body_read += b.len() as u64;
+                }
                 return Ok(Some(item));
             }
             // Large reads only inside a body: an idle session keeps a small buffer.
@@ -157,6 +178,7 @@ impl<S: AsyncWrite + Unpin> Connection<S> {
     pub async fn write_body(&mut self, data: &[u8]) -> Result<(), FrameError> {
         if data.len() < DIRECT_WRITE {
             self.codec.encode(data, &mut self.wbuf)?;
+            self.body_written += data.len() as u64;
             if self.wbuf.len() >= READ_RESERVE {
                 self.flush_buffer().await?;
             }
@@ -165,6 +187,7 @@ impl<S: AsyncWrite + Unpin> Connection<S> {
         self.codec.note_body_written(data.len() as u64)?;
         self.flush_buffer().await?;
         self.io.write_all(data).await?;
+        self.body_written += data.len() as u64;
         Ok(())
     }
 

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 /// The documented default port (docs/PROTOCOL.md, README).
 pub const DEFAULT_PORT: u16 = 7733;
@@ -41,6 +41,33 @@ pub struct ServerConfig {
     /// Where homes are kept (`[storage]`, issue 16): the local disk, or an
     /// S3 bucket.
     pub storage: StorageConfig,
+    /// The HTTP endpoint for Prometheus and load balancers (`[metrics]`).
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`: where `/metrics` (Prometheus text) and `/healthz` are
+/// served over plain HTTP. Off unless an address is given: a fixed default
+/// port would collide when several servers (or tests) run on one machine.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// `"127.0.0.1:9733"`; empty or absent: no endpoint. Port 0 picks a free
+    /// port (printed at start). Keep it on a private address: the numbers
+    /// are not secret, but they are not for the public either.
+    #[serde(deserialize_with = "optional_address")]
+    pub listen: Option<SocketAddr>,
+}
+
+/// An address as a string, the empty string being none.
+fn optional_address<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let text = String::deserialize(d)?;
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse().map(Some).map_err(|_| {
+        serde::de::Error::custom(format!("`{text}` is not an address: write IP:PORT (IPv6 as [::1]:9733)"))
+    })
 }
 
 /// Which backend holds the homes.
@@ -298,6 +325,7 @@ impl Default for ServerConfig {
             ftp: Default::default(),
             users: UsersConfig::default(),
             storage: StorageConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -515,6 +543,18 @@ mod tests {
         assert!(err.contains("secret_access_key"), "credentials are not configuration keys: {err}");
         let err = parse("[storage]\nkind = \"tape\"\n").unwrap_err().to_string();
         assert!(err.contains("tape"), "{err}");
+    }
+
+    #[test]
+    fn metrics_listen_is_an_address_or_nothing() {
+        assert_eq!(parse("").unwrap().metrics.listen, None, "off by default");
+        assert_eq!(parse("[metrics]\nlisten = \"\"\n").unwrap().metrics.listen, None);
+        let c = parse("[metrics]\nlisten = \"127.0.0.1:9733\"\n").unwrap();
+        assert_eq!(c.metrics.listen, Some(SocketAddr::from(([127, 0, 0, 1], 9733))));
+        let err = parse("[metrics]\nlisten = \"localhost\"\n").unwrap_err().to_string();
+        assert!(err.contains("localhost") && err.contains("IP:PORT"), "{err}");
+        let err = parse("[metrics]\nport = 9733\n").unwrap_err().to_string();
+        assert!(err.contains("port"), "{err}");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! `Core`: what every front end shares (framed protocol now; SFTP and FTP
 //! beside it): configuration, user store, authenticator, quotas, the open
-//! homes, exec limits, the server's certificate, the shutdown signal and
-//! admission (one gate for every front end). TLS acceptors belong to each
+//! homes, exec limits, the server's certificate, the shutdown signal,
+//! admission (one gate for every front end) and the metrics. TLS acceptors belong to each
 //! listener, not here.
 
 use std::path::Path;
@@ -22,9 +22,10 @@ use crate::claims::postgres::PgClaimLedger;
 use crate::config::{ServerConfig, StorageKind};
 use crate::exec::ExecLimits;
 use crate::home::{Home, HomeError, HomeSettings};
+use crate::metrics::Metrics;
 use crate::quota::QuotaRegistry;
 use crate::quota::postgres::PgQuotaLedger;
-use crate::storage::{FsStorage, S3Bucket, S3Credentials, Storage};
+use crate::storage::{FsStorage, Metered, S3Bucket, S3Credentials, Storage};
 
 pub struct Core {
     pub config: ServerConfig,
@@ -44,6 +45,8 @@ pub struct Core {
     pub storage: StorageBackend,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
+    /// The server's metrics (`metrics.rs`), served by `monitor.rs`.
+    pub metrics: Arc<Metrics>,
 }
 
 /// The backend of every home.
@@ -140,6 +143,7 @@ impl Core {
             tracker: TaskTracker::new(),
             quotas,
             claims,
+            metrics: Arc::new(Metrics::new()),
             store,
             authenticator,
             tls,
@@ -197,7 +201,7 @@ impl Core {
             // is always offered, so the fallback is never reached.
             upload_algo: self.config.transfer.hashes.first().copied().unwrap_or_default(),
         };
-        let mut home = Home::new(storage, quota, settings);
+        let mut home = Home::new(storage, quota, settings).with_metrics(self.metrics.home());
         if let Some(claims) = &self.claims {
             home = home.with_shared_claims(Arc::clone(claims), &user.name);
         }
@@ -218,15 +222,19 @@ impl Core {
         }
     }
 
+    /// The user's storage, measured (`storage/metered.rs`) whatever the backend.
     async fn open_storage(&self, user: &UserRecord) -> Result<Arc<dyn Storage>, HomeError> {
-        if let StorageBackend::S3(bucket) = &self.storage {
-            return Ok(Arc::new(bucket.home(&user.name)));
-        }
-        let path = crate::users::home_of(&self.config, user);
-        let storage = tokio::task::spawn_blocking(move || FsStorage::open(&path))
-            .await
-            .map_err(|_| crate::vfs::VfsError::Io(std::io::Error::other("cannot open the home")))??;
-        Ok(Arc::new(storage))
+        let storage: Arc<dyn Storage> = match &self.storage {
+            StorageBackend::S3(bucket) => Arc::new(bucket.home(&user.name)),
+            StorageBackend::Local => {
+                let path = crate::users::home_of(&self.config, user);
+                let storage = tokio::task::spawn_blocking(move || FsStorage::open(&path))
+                    .await
+                    .map_err(|_| crate::vfs::VfsError::Io(std::io::Error::other("cannot open the home")))??;
+                Arc::new(storage)
+            }
+        };
+        Ok(Arc::new(Metered::new(storage, self.metrics.storage())))
     }
 }
 

@@ -24,6 +24,7 @@ use ferry_proto::hash::Hasher;
 use tokio::sync::mpsc;
 
 use crate::claims::{CHECK_EVERY, ClaimGuard, ClaimLedger, Claims};
+use crate::metrics::HomeMetrics;
 use crate::quota::{
     FileLimitReached, FileReservation, FilesRefused, QuotaExceeded, QuotaRefused, QuotaUnavailable, Reservation, Usage,
     UserQuota,
@@ -183,18 +184,32 @@ pub struct Home {
     quota: Arc<UserQuota>,
     claims: Arc<Claims>,
     settings: HomeSettings,
+    metrics: HomeMetrics,
 }
 
 impl Home {
     pub fn new(storage: Arc<dyn Storage>, quota: Arc<UserQuota>, settings: HomeSettings) -> Home {
-        Home { storage, quota, claims: Arc::default(), settings }
+        Home { storage, quota, claims: Arc::default(), settings, metrics: HomeMetrics::default() }
+    }
+
+    /// Counts this home's quota refusals and upload takeovers in `metrics`
+    /// (the server's; a home made without it counts nowhere).
+    pub fn with_metrics(mut self, metrics: HomeMetrics) -> Home {
+        // A home being built: its claims are not shared with anyone yet.
+        if let Some(claims) = Arc::get_mut(&mut self.claims) {
+            claims.count_takeovers_in(metrics.clone());
+        }
+        self.metrics = metrics;
+        self
     }
 
     /// Upload claims shared through `ledger` with the other servers that
     /// hold `user`'s home.
     #[must_use]
     pub fn with_shared_claims(mut self, ledger: Arc<dyn ClaimLedger>, user: &str) -> Home {
-        self.claims = Arc::new(Claims::shared(ledger, user));
+        if let Some(claims) = Arc::get_mut(&mut self.claims) {
+            claims.share(ledger, user);
+        }
         self
     }
 
@@ -247,7 +262,7 @@ impl Home {
     pub async fn mkdir(&self, path: &VirtualPath, parents: bool) -> Result<(), HomeError> {
         // Each missing component may become a directory.
         let most = if parents { path.components().count().max(1) as u64 } else { 1 };
-        let entries = self.quota.reserve_files(most)?;
+        let entries = self.quota.reserve_files(most).inspect_err(|_| self.metrics.quota_refused())?;
         let made = self.storage.mkdir(path, parents).await?;
         entries.settle(made.dirs);
         Ok(())
@@ -355,8 +370,9 @@ impl Home {
                 if put.target.is_root() {
                     return Err(VfsError::IsADirectory("/".into()).into());
                 }
-                let entry = self.quota.reserve_files(1)?;
-                Ok((expected, (self.quota.reserve(put.data.len() as u64)?, entry)))
+                let entry = self.quota.reserve_files(1).inspect_err(|_| self.metrics.quota_refused())?;
+                let room = self.quota.reserve(put.data.len() as u64).inspect_err(|_| self.metrics.quota_refused())?;
+                Ok((expected, (room, entry)))
             })();
             match checked {
                 Ok((expected, reservation)) => {
@@ -502,7 +518,8 @@ impl Home {
         }
         // Room for the rest of a known size, reserved before a byte lands.
         let reserve = || -> Result<Option<Reservation>, HomeError> {
-            Ok(spec.size.map(|size| self.quota.reserve(size - spec.offset)).transpose()?)
+            let reserved = spec.size.map(|size| self.quota.reserve(size - spec.offset)).transpose();
+            Ok(reserved.inspect_err(|_| self.metrics.quota_refused())?)
         };
         let mut meta = PartialMeta { path, size: spec.size, ..PartialMeta::default() };
         if let Some(p) = &promised {
@@ -511,7 +528,7 @@ impl Home {
         let (id, claim, writer, hasher, meta) = if spec.offset == 0 {
             let reservation = reserve()?;
             // The partial is an entry from its creation (a scan counts it).
-            let entry = self.quota.reserve_files(1)?;
+            let entry = self.quota.reserve_files(1).inspect_err(|_| self.metrics.quota_refused())?;
             let id = new_upload_id();
             let claim = self.claims.claim(&id, false).await?;
             *claim.claim.reservation() = reservation;
@@ -859,7 +876,7 @@ impl Staged {
             }
             drop(reservation);
             if growth > 0 {
-                self.home.quota.try_add(growth)?;
+                self.home.quota.try_add(growth).inspect_err(|_| self.home.metrics.quota_refused())?;
             }
             self.len = end;
         }

@@ -14,8 +14,11 @@ pub mod config;
 pub mod core;
 pub mod exec;
 pub mod ftp;
+pub mod health;
 pub mod home;
 pub mod listener;
+pub mod metrics;
+pub mod monitor;
 pub mod pg;
 pub mod quota;
 pub mod services;
@@ -34,7 +37,8 @@ pub use listener::Running;
 
 /// Prepares the data folder and starts serving in the background.
 /// The SSH front end (SFTP, scp, ssh) starts beside the framed listener
-/// unless `[sftp] enabled = false`; both stop on the same shutdown token.
+/// unless `[sftp] enabled = false`, FTP with `[ftp]`, and the metrics
+/// endpoint with `[metrics] listen`; all stop on the same shutdown token.
 pub async fn start(config: ServerConfig) -> anyhow::Result<(Running, Prepared)> {
     exec::log_startup(&config.exec);
     let prepared = Core::prepare(config)?;
@@ -47,5 +51,6 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<(Running, Prepared)> 
     let mut running = listener::start(std::sync::Arc::clone(&prepared.core)).await?;
     running.ssh = ssh;
     running.ftp_addr = ftp::start(std::sync::Arc::clone(&prepared.core)).await?;
+    running.metrics_addr = monitor::start(std::sync::Arc::clone(&prepared.core)).await?;
     Ok((running, prepared))
 }

@@ -40,6 +40,8 @@ pub struct Running {
     pub ssh: Option<crate::sftp::SshRunning>,
     /// The FTP front end's control address, when it runs.
     pub ftp_addr: Option<SocketAddr>,
+    /// The metrics and health endpoint's address, when it runs.
+    pub metrics_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     done: tokio::task::JoinHandle<()>,
 }
@@ -115,7 +117,7 @@ pub async fn start(core: Arc<Core>) -> Result<Running> {
         info!("server stopped");
     });
     let fingerprint = shared.core.tls.as_ref().map(|t| t.1.clone());
-    Ok(Running { tcp_addrs, fingerprint, ssh: None, ftp_addr: None, shutdown, done })
+    Ok(Running { tcp_addrs, fingerprint, ssh: None, ftp_addr: None, metrics_addr: None, shutdown, done })
 }
 
 pub(crate) fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {

@@ -19,6 +19,7 @@ use crate::cmd;
 use crate::core::Core;
 use crate::home::Home;
 use crate::listener::Framed;
+use crate::metrics::Frontend;
 use crate::stream::Stream;
 use crate::vfs::VirtualPath;
 
@@ -109,6 +110,7 @@ pub async fn run(front: Arc<Framed>, stream: Stream, peer: String, ip: Option<Ip
     let idle = shared.config.idle_timeout();
     let span = info_span!("session", id, peer = %peer);
     async move {
+        let _open = shared.metrics.session(Frontend::Framed);
         info!("session start");
         let mut conn = Connection::new(stream, FrameCodec::new(shared.config.limits.max_header_bytes));
         let end = match login_phase(&shared, &mut conn, ip).await {
@@ -231,6 +233,9 @@ async fn login_exchange(
                 }
                 let auth = Arc::clone(&shared.authenticator);
                 let begun = tokio::task::spawn_blocking(move || auth.begin(&data, throttle_ip, Instant::now())).await;
+                if let Ok(Err(e)) = &begun {
+                    shared.metrics.login_error(Frontend::Framed, e);
+                }
                 match begun {
                     Ok(Ok(attempt)) => {
                         conn.send(&ok_header(
@@ -269,6 +274,7 @@ async fn login_exchange(
                 // Off the runtime: the outcome is counted, maybe in a shared database.
                 let finished = tokio::task::spawn_blocking(move || attempt.finish(&data, Instant::now())).await;
                 let Ok(finished) = finished else { return Err(End::LoginRefused) };
+                shared.metrics.login(Frontend::Framed, &finished);
                 match finished {
                     Ok((server_final, user)) => {
                         info!(user = %user.name, hash = %hash, "login succeeded");

@@ -1421,6 +1421,13 @@ contract_suite!(fs, || {
     (Arc::new(s) as Arc<dyn Storage>, Some(dir))
 });
 contract_suite!(mem, || (Arc::new(MemStorage::new()) as Arc<dyn Storage>, None));
+// The metrics decorator `Core` puts around every home's storage changes nothing.
+contract_suite!(metered_fs, || {
+    let dir = tempfile::tempdir().unwrap();
+    let s: Arc<dyn Storage> = Arc::new(FsStorage::open(dir.path()).unwrap());
+    let metrics = ferry_server::metrics::Metrics::new().storage();
+    (Arc::new(ferry_server::storage::Metered::new(s, metrics)) as Arc<dyn Storage>, Some(dir))
+});
 contract_suite!(s3, s3_backend, skip_unless = s3_unavailable());
 
 /// The S3 server the suite runs against, from the environment.

@@ -31,6 +31,8 @@ pub struct TestServer {
     pub fingerprint: Option<String>,
     /// The SSH front end's address, when enabled.
     pub sftp_addr: Option<SocketAddr>,
+    /// The metrics endpoint's address, with `[metrics] listen`.
+    pub metrics_addr: Option<SocketAddr>,
     running: Option<Running>,
 }
 
@@ -59,7 +61,8 @@ impl TestServer {
         let addr = running.tcp_addrs[0];
         let fingerprint = running.fingerprint.clone();
         let sftp_addr = running.ssh.as_ref().map(|s| s.addr);
-        Ok(TestServer { dir, config, addr, fingerprint, sftp_addr, running: Some(running) })
+        let metrics_addr = running.metrics_addr;
+        Ok(TestServer { dir, config, addr, fingerprint, sftp_addr, metrics_addr, running: Some(running) })
     }
 
     pub fn admin(&self) -> Result<Admin> {
@@ -148,6 +151,8 @@ pub struct ServerProcess {
     /// `SHA256:...` of the SSH host key.
     pub ssh_fingerprint: Option<String>,
     pub fingerprint: Option<String>,
+    /// The metrics endpoint's address, with `--metrics-listen`.
+    pub metrics_addr: Option<SocketAddr>,
     /// Everything the server printed on stdout before it was ready.
     pub banner: Vec<String>,
 }
@@ -190,7 +195,7 @@ impl ServerProcess {
         let mut banner = Vec::new();
         let mut addr = None;
         let mut fingerprint = None;
-        let (mut sftp_addr, mut ssh_fingerprint) = (None, None);
+        let (mut sftp_addr, mut ssh_fingerprint, mut metrics_addr) = (None, None, None);
         while Instant::now() < deadline {
             let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) else {
                 if let Some(status) = child.try_wait()? {
@@ -213,6 +218,9 @@ impl ServerProcess {
             if let Some(f) = line.strip_prefix("ssh host key fingerprint: ") {
                 ssh_fingerprint = f.split_whitespace().next().map(str::to_string);
             }
+            if let Some(a) = metrics_address(&line) {
+                metrics_addr = Some(a);
+            }
             let done = line.starts_with("certificate fingerprint") || line.starts_with("WARNING");
             banner.push(line);
             if addr.is_some() && done {
@@ -222,7 +230,7 @@ impl ServerProcess {
         // Keep draining stdout so the server never blocks on a full pipe.
         std::thread::spawn(move || while rx.recv().is_ok() {});
         let addr = addr.context("ferry serve did not report its address in time")?;
-        Ok(ServerProcess { child, addr, sftp_addr, ssh_fingerprint, fingerprint, banner })
+        Ok(ServerProcess { child, addr, sftp_addr, ssh_fingerprint, fingerprint, metrics_addr, banner })
     }
 
     pub fn port(&self) -> u16 {
@@ -252,6 +260,12 @@ impl Drop for ServerProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The address in `metrics listening on http://ADDR/metrics ...`.
+fn metrics_address(line: &str) -> Option<SocketAddr> {
+    let rest = line.strip_prefix("metrics listening on http://")?;
+    rest.split('/').next()?.parse().ok()
 }
 
 /// Tests run in parallel: the SSH front end listens on port 0 unless the
@@ -391,7 +405,7 @@ impl ServerProcess {
         let stdout = child.stdout.take().context("no stdout")?;
         let mut lines = BufReader::new(stdout).lines();
         let (mut addr, mut fingerprint, mut banner) = (None, None, Vec::new());
-        let (mut sftp_addr, mut ssh_fingerprint) = (None, None);
+        let (mut sftp_addr, mut ssh_fingerprint, mut metrics_addr) = (None, None, None);
         // `lines` ends when the server exits, so this loop is bounded by the
         // server's banner (a few lines) or its death.
         for line in lines.by_ref() {
@@ -408,6 +422,9 @@ impl ServerProcess {
             if let Some(f) = line.strip_prefix("ssh host key fingerprint: ") {
                 ssh_fingerprint = f.split_whitespace().next().map(str::to_string);
             }
+            if let Some(a) = metrics_address(&line) {
+                metrics_addr = Some(a);
+            }
             let done = line.starts_with("certificate fingerprint") || line.starts_with("WARNING");
             banner.push(line);
             if addr.is_some() && done {
@@ -420,7 +437,7 @@ impl ServerProcess {
             let _ = child.wait();
             bail!("ferry serve did not start; log: {}", std::fs::read_to_string(&log_path).unwrap_or_default());
         };
-        Ok(ServerProcess { child, addr, sftp_addr, ssh_fingerprint, fingerprint, banner })
+        Ok(ServerProcess { child, addr, sftp_addr, ssh_fingerprint, fingerprint, metrics_addr, banner })
     }
 }
 
@@ -690,6 +707,29 @@ impl Postgres {
     }
 }
 
+impl Postgres {
+    /// The database's name: the URL's last path segment.
+    pub fn database(&self) -> &str {
+        let path = self.url.rsplit_once('/').map_or("", |(_, db)| db);
+        path.split('?').next().unwrap_or(path)
+    }
+
+    /// Runs `sql` from outside the database, with rights over it (from the
+    /// server's `postgres` database as its owner, or through
+    /// `FERRY_TEST_DATABASE_URL`): for tests that take it away and give it
+    /// back (`ALTER DATABASE ... ALLOW_CONNECTIONS false`).
+    pub fn execute_outside(&self, sql: &str) -> Result<()> {
+        let url = match &self.owned {
+            PostgresOwned::Database { admin_url, .. } => admin_url.clone(),
+            PostgresOwned::Server(_) => {
+                let (base, _) = self.url.rsplit_once('/').context("no database name in the URL")?;
+                format!("{base}/postgres")
+            }
+        };
+        pg_execute(&url, sql)
+    }
+}
+
 impl Drop for Postgres {
     fn drop(&mut self) {
         match &self.owned {
@@ -708,4 +748,68 @@ impl Drop for Postgres {
             }
         }
     }
+}
+
+/// `GET path` over a fresh TCP connection (HTTP/1.1, `Connection: close`),
+/// as a scraper or a load balancer sends it: the status code and the body.
+/// Bounded: 10 s per read or write.
+pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    use std::io::Read;
+    let mut tcp = std::net::TcpStream::connect(addr)?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
+    tcp.set_write_timeout(Some(Duration::from_secs(10)))?;
+    write!(tcp, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    let mut raw = Vec::new();
+    tcp.read_to_end(&mut raw)?;
+    let text = String::from_utf8(raw).context("the answer is not UTF-8")?;
+    let (head, body) = text.split_once("\r\n\r\n").context("no end of headers")?;
+    let status = head.split_whitespace().nth(1).context("no status line")?.parse()?;
+    Ok((status, body.to_string()))
+}
+
+/// The value of the sample `name` whose labels are exactly `labels` (in
+/// any order) in Prometheus text; `None` when there is no such sample.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut want: Vec<(String, String)> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    want.sort();
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let (sample, got) = match series.split_once('{') {
+            Some((sample, rest)) => {
+                let inner = rest.strip_suffix('}')?;
+                let mut got: Vec<(String, String)> = inner
+                    .split(',')
+                    .filter(|p| !p.is_empty())
+                    .map(|p| {
+                        let (k, v) = p.split_once('=')?;
+                        Some((k.to_string(), v.trim_matches('"').to_string()))
+                    })
+                    .collect::<Option<_>>()?;
+                got.sort();
+                (sample, got)
+            }
+            None => (series, Vec::new()),
+        };
+        (sample == name && got == want).then(|| value.parse().ok()).flatten()
+    })
+}
+
+/// `count` consecutive free ports on 127.0.0.1 for the passive range
+/// (checked by binding each; another process may still take one later).
+pub fn free_port_range(count: u16) -> u16 {
+    let seed = std::process::id() as u64
+        ^ std::time::SystemTime::UNIX_EPOCH.elapsed().map(|d| d.as_nanos() as u64).unwrap_or(0);
+    let mut x = seed | 1;
+    for _ in 0..200 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let base = 20_000 + (x % 30_000) as u16;
+        let held: Vec<_> =
+            (base..base + count).map_while(|p| std::net::TcpListener::bind(("127.0.0.1", p)).ok()).collect();
+        if held.len() == count as usize {
+            return base;
+        }
+    }
+    panic!("no free port range");
 }

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::home::HomeError;
+use crate::metrics::HomeMetrics;
 use crate::quota::Reservation;
 
 pub mod postgres;
@@ -76,6 +77,8 @@ struct Shared {
 pub(crate) struct Claims {
     map: Mutex<HashMap<String, Arc<Claim>>>,
     shared: Option<Shared>,
+    /// Where takeovers are counted.
+    metrics: HomeMetrics,
 }
 
 pub(crate) struct ClaimGuard {
@@ -87,9 +90,13 @@ pub(crate) struct ClaimGuard {
 }
 
 impl Claims {
-    /// Claims shared through `ledger` with the other servers of `user`'s home.
-    pub(crate) fn shared(ledger: Arc<dyn ClaimLedger>, user: &str) -> Self {
-        Claims { map: Mutex::default(), shared: Some(Shared { ledger, user: user.to_string() }) }
+    /// Shares the claims through `ledger` with the other servers of `user`'s home.
+    pub(crate) fn share(&mut self, ledger: Arc<dyn ClaimLedger>, user: &str) {
+        self.shared = Some(Shared { ledger, user: user.to_string() });
+    }
+
+    pub(crate) fn count_takeovers_in(&mut self, metrics: HomeMetrics) {
+        self.metrics = metrics;
     }
 
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Claim>>> {
@@ -118,6 +125,7 @@ impl Claims {
             map.insert(id.to_string(), Arc::clone(&guard.claim));
             older
         };
+        let took_over = older.is_some() || guard.generation.is_some_and(|g| g > 1);
         if let Some(older) = older {
             older.revoked.store(true, Ordering::SeqCst);
             // The older writer's write in flight ends before ours begins;
@@ -125,6 +133,9 @@ impl Claims {
             drop(older.busy.lock().await);
             drop(older.reservation().take());
             tracing::info!(upload_id = %id, "upload taken over by a newer session");
+        }
+        if took_over {
+            self.metrics.upload_taken_over();
         }
         Ok(guard)
     }

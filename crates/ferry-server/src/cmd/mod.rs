@@ -9,6 +9,7 @@ mod transfer;
 use ferry_proto::{ErrorCode, FrameError, Request, WireError};
 
 use crate::home::HomeError;
+use crate::metrics::{Direction, Frontend};
 use crate::session::{Conn, Session, reply_error_skip};
 use crate::vfs::VfsError;
 
@@ -26,6 +27,15 @@ pub async fn dispatch(
         return reply_error_skip(conn, id, &WireError::new(ErrorCode::BadRequest, "this operation takes no body"))
             .await;
     }
+    // Uploads and downloads are measured here, once for every path a put or
+    // get may take (streamed, batched, resumed): the file data is the body
+    // bytes the request moved, counted by the connection.
+    let direction = match req {
+        Request::Put { .. } => Some(Direction::Upload),
+        Request::Get { .. } => Some(Direction::Download),
+        _ => None,
+    };
+    let transfer = direction.map(|d| (session.core.metrics.transfer(Frontend::Framed, d), conn.body_bytes()));
     let result = match req {
         Request::Pwd => fs::pwd(session, conn, id),
         Request::Cd { path } => fs::cd(session, conn, id, path).await,
@@ -59,11 +69,20 @@ pub async fn dispatch(
         }
         Request::Bye => Ok(()),
     };
-    match result {
+    let completed = result.is_ok();
+    let answered = match result {
         Ok(()) => Ok(()),
         Err(Reply::Wire(err)) => reply_error_skip(conn, id, &err).await,
         Err(Reply::Stream(e)) => Err(e),
+    };
+    if let Some((transfer, (read_before, written_before))) = transfer {
+        let (read, written) = conn.body_bytes();
+        transfer.add((read - read_before) + (written - written_before));
+        if completed && answered.is_ok() {
+            transfer.finish();
+        }
     }
+    answered
 }
 
 /// A handler's failure: an answer for the client, or a broken stream.

@@ -16,6 +16,7 @@ use unftp_core::auth::{
 use super::storage::FtpUser;
 use crate::auth::AuthError;
 use crate::core::Core;
+use crate::metrics::Frontend;
 
 /// Checks `USER`/`PASS` against the user store.
 pub struct FtpAuthenticator {
@@ -49,6 +50,7 @@ impl Authenticator for FtpAuthenticator {
             .map_err(|e| AuthenticationError::with_source("login check failed", e))?;
         // The throttle's delay applies to success and failure alike.
         tokio::time::sleep(outcome.delay).await;
+        self.core.metrics.login(Frontend::Ftp, &outcome.result);
         match outcome.result {
             Ok(user) => {
                 tracing::info!(user = %user.name, %ip, "ftp login");
@@ -109,6 +111,6 @@ impl UserDetailProvider for FtpUsers {
         if let Some(tx) = self.logged_in.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = tx.send(());
         }
-        Ok(FtpUser { name: record.name, home })
+        Ok(FtpUser { name: record.name, home, metrics: Arc::clone(&self.core.metrics) })
     }
 }

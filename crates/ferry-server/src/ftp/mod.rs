@@ -210,6 +210,7 @@ const END_WITHIN: Duration = Duration::from_secs(5);
 /// One control connection: libunftp serves it; we hold its seat, watch for
 /// its login, and cut it at the login deadline or at shutdown.
 async fn serve(front: Arc<Ftp>, socket: TcpStream, peer: SocketAddr, mut admission: Admission) {
+    let _open = front.core.metrics.session(crate::metrics::Frontend::Ftp);
     // Replies are small writes that follow one another (`150`, then `226`
     // after the data): with Nagle on, the second waits for the client's
     // delayed ACK of the first, 40 ms per file transferred.

@@ -19,6 +19,7 @@ use unftp_core::auth::UserDetail;
 use unftp_core::storage::{Error, ErrorKind, FEATURE_RESTART, Fileinfo, Metadata, Permissions, Result, StorageBackend};
 
 use crate::home::{HashAlgo, Home, HomeError, Remove, Upload, UploadSpec};
+use crate::metrics::{Direction, Frontend, Metrics, Transfer};
 use crate::storage::READ_BLOCK;
 use crate::vfs::{Entry, EntryKind, VfsError, VirtualPath};
 
@@ -27,6 +28,8 @@ use crate::vfs::{Entry, EntryKind, VfsError, VirtualPath};
 pub struct FtpUser {
     pub name: String,
     pub home: Arc<Home>,
+    /// The server's metrics: RETR and STOR are transfers.
+    pub metrics: Arc<Metrics>,
 }
 
 impl fmt::Display for FtpUser {
@@ -179,6 +182,7 @@ impl StorageBackend<FtpUser> for HomeStorage {
     {
         let vp = resolve(path.as_ref())?;
         let download = user.home.open_download(&vp, start_pos).await.map_err(to_ftp)?;
+        let transfer = user.metrics.transfer(Frontend::Ftp, Direction::Download);
         let (tx, mut rx) = mpsc::channel::<Bytes>(4);
         let streaming = tokio::spawn(download.stream(tx, HashAlgo::Sha256));
         let mut sent = 0u64;
@@ -186,9 +190,13 @@ impl StorageBackend<FtpUser> for HomeStorage {
             // On a write error `rx` drops and the read ends with a broken pipe.
             output.write_all(&block).await.map_err(Error::from)?;
             sent += block.len() as u64;
+            transfer.add(block.len() as u64);
         }
         match streaming.await {
-            Ok(Ok(_sha256)) => Ok(sent),
+            Ok(Ok(_sha256)) => {
+                transfer.finish();
+                Ok(sent)
+            }
             Ok(Err(e)) => Err(to_ftp(e)),
             Err(e) => Err(Error::new(ErrorKind::LocalError, e)),
         }
@@ -236,13 +244,14 @@ impl StorageBackend<FtpUser> for HomeStorage {
         let home = &user.home;
         let spec = UploadSpec { overwrite: true, resumable: false, algo: home.upload_algo(), ..Default::default() };
         let mut upload = home.begin_upload(&vp, spec).await.map_err(to_ftp)?;
+        let transfer = user.metrics.transfer(Frontend::Ftp, Direction::Upload);
         if start_pos > 0
             && let Err(e) = keep_prefix(home, &vp, start_pos, &mut upload).await
         {
             upload.abort().await;
             return Err(e);
         }
-        let received = match receive(input, &mut upload).await {
+        let received = match receive(input, &mut upload, &transfer).await {
             Ok(n) => n,
             Err(e) => {
                 upload.abort().await;
@@ -250,6 +259,7 @@ impl StorageBackend<FtpUser> for HomeStorage {
             }
         };
         upload.commit(None).await.map_err(to_ftp)?;
+        transfer.finish();
         Ok(received)
     }
 
@@ -309,14 +319,15 @@ async fn keep_prefix(home: &Home, vp: &VirtualPath, keep: u64, upload: &mut Uplo
 }
 
 /// Reads the data connection to its end into `upload`, in writes of
-/// [`WRITE_CHUNK`] bytes; returns the bytes received.
-async fn receive<R: AsyncRead + Unpin>(mut input: R, upload: &mut Upload) -> Result<u64> {
+/// [`WRITE_CHUNK`] bytes, each counted in `transfer`; returns the bytes received.
+async fn receive<R: AsyncRead + Unpin>(mut input: R, upload: &mut Upload, transfer: &Transfer) -> Result<u64> {
     let mut received = 0u64;
     let (mut block, mut eof) = read_block(&mut input).await?;
     // The next block is read while the last one is written: the socket and
     // the storage work at once, as they do for the framed protocol.
     loop {
         received += block.len() as u64;
+        transfer.add(block.len() as u64);
         if eof {
             if !block.is_empty() {
                 upload.write(block).await.map_err(to_ftp)?;

@@ -40,6 +40,7 @@ use tracing::{debug, info, warn};
 use crate::admission::{Admission, Refusal};
 use crate::auth::{AuthError, Decision, UserRecord};
 use crate::core::Core;
+use crate::metrics::Frontend;
 
 pub use exec::split_command;
 
@@ -202,6 +203,7 @@ async fn connection(
     mut admission: Admission,
     budgets: Arc<HandleBudgets>,
 ) {
+    let _open = core.metrics.session(Frontend::Sftp);
     let (authed_tx, authed_rx) = oneshot::channel();
     let channels = TaskTracker::new();
     let handler = SshHandler {
@@ -337,6 +339,7 @@ impl russh::server::Handler for SshHandler {
         let Ok(outcome) = outcome else { return Ok(reject()) };
         // Throttled together with the framed login: same counters, same ban.
         tokio::time::sleep(outcome.delay).await;
+        self.core.metrics.login(Frontend::Sftp, &outcome.result);
         match outcome.result {
             Ok(record) => {
                 info!(user = %record.name, peer = %self.peer, method = "password", "SSH login");
@@ -363,6 +366,7 @@ impl russh::server::Handler for SshHandler {
         match self.key_allowed(user, key.public_key).await {
             Some(record) => {
                 info!(user = %record.name, peer = %self.peer, method = "publickey", "SSH login");
+                self.core.metrics.login_ok(Frontend::Sftp);
                 self.user = Some(record);
                 Ok(Auth::Accept)
             }
@@ -508,6 +512,7 @@ impl russh::server::Handler for SshHandler {
             user_handles: self.budgets.of(&user.name, sftp.max_handles_per_user),
             keep_cut_uploads: sftp.keep_cut_uploads,
             write_timeout: self.core.config.idle_timeout(),
+            metrics: Arc::clone(&self.core.metrics),
         };
         let shutdown = self.core.shutdown.clone();
         let (handle, id) = (session.handle(), channel.id());

@@ -38,6 +38,7 @@ use tracing::{debug, info, warn};
 
 use super::proto::{self, Attrs, Encoder, Request, Status};
 use crate::home::{Download, Home, HomeError, Remove, Upload, UploadSpec};
+use crate::metrics::{Direction, Frontend, Metrics, Transfer};
 use crate::vfs::{Entry, EntryKind, VfsError, VirtualPath};
 
 /// Parsed requests waiting to be answered, at most.
@@ -66,11 +67,13 @@ pub struct Settings {
     pub keep_cut_uploads: bool,
     /// Longest wait for the client to take an answer (the idle timeout).
     pub write_timeout: Duration,
+    /// The server's metrics: each file handle is a transfer.
+    pub metrics: Arc<Metrics>,
 }
 
 enum Handle {
     Dir { entries: Vec<Entry>, next: usize },
-    Read { download: Download, cache: (u64, Bytes) },
+    Read { download: Download, cache: (u64, Bytes), transfer: Transfer },
     Write(Box<Writing>),
 }
 
@@ -84,6 +87,7 @@ struct Writing {
     written: bool,
     /// The first failed write: the upload is discarded at close.
     failed: Option<String>,
+    transfer: Transfer,
 }
 
 /// Serves SFTP on `stream` until the client closes it or the server stops;
@@ -551,7 +555,8 @@ impl Sftp {
         self.check_handles()?;
         if flags & proto::SSH_FXF_WRITE == 0 && flags & proto::SSH_FXF_APPEND == 0 {
             let download = self.home.open_download(&target, 0).await?;
-            let h = self.add_handle(Handle::Read { download, cache: (0, Bytes::new()) })?;
+            let transfer = self.settings.metrics.transfer(Frontend::Sftp, Direction::Download);
+            let h = self.add_handle(Handle::Read { download, cache: (0, Bytes::new()), transfer })?;
             self.out.handle(id, &h);
             return Ok(());
         }
@@ -590,6 +595,7 @@ impl Sftp {
             append: flags & proto::SSH_FXF_APPEND != 0,
             written: false,
             failed: None,
+            transfer: self.settings.metrics.transfer(Frontend::Sftp, Direction::Upload),
         };
         let h = self.add_handle(Handle::Write(Box::new(w)))?;
         self.out.handle(id, &h);
@@ -597,7 +603,7 @@ impl Sftp {
     }
 
     async fn read(&mut self, id: u32, handle: &Bytes, offset: u64, len: u32) -> Result<(), Fail> {
-        let Some(Handle::Read { download, cache }) = self.handles.get_mut(handle) else {
+        let Some(Handle::Read { download, cache, transfer }) = self.handles.get_mut(handle) else {
             return match self.handles.get(handle) {
                 Some(_) => Err(fail(Status::Failure, "this handle is not open for reading")),
                 None => Err(bad_handle()),
@@ -617,6 +623,7 @@ impl Sftp {
             return Err(fail(Status::Eof, "end of file"));
         }
         let to = (from + len).min(block.len());
+        transfer.add((to - from) as u64);
         self.out.data(id, &block[from..to]);
         Ok(())
     }
@@ -631,7 +638,11 @@ impl Sftp {
         if let Some(e) = &w.failed {
             return Err(fail(Status::Failure, format!("an earlier write failed: {e}")));
         }
+        let len = data.len() as u64;
         let result = write_into(&self.home, w, offset, data).await;
+        if result.is_ok() {
+            w.transfer.add(len);
+        }
         if let Err(Fail(_, message)) = &result {
             warn!(user = %self.settings.user, path = %w.target, error = %message, "sftp write refused; upload discarded at close");
             w.failed = Some(message.clone());
@@ -643,7 +654,9 @@ impl Sftp {
 
     async fn close(&mut self, id: u32, handle: &Bytes) -> Result<(), Fail> {
         let Some(h) = self.remove_handle(handle) else { return Err(bad_handle()) };
-        if let Handle::Write(mut w) = h {
+        if let Handle::Read { transfer, .. } = h {
+            transfer.finish();
+        } else if let Handle::Write(mut w) = h {
             let Some(upload) = w.upload.take() else { return Err(bad_handle()) };
             if let Some(e) = w.failed {
                 upload.abort().await;
@@ -655,6 +668,7 @@ impl Sftp {
             } else {
                 let committed = upload.commit(None).await?;
                 info!(user = %self.settings.user, path = %w.target, bytes = committed.size, "sftp upload committed");
+                w.transfer.finish();
             }
         }
         self.out.status(id, Status::Ok, "");
@@ -814,6 +828,7 @@ mod tests {
             user_handles: Arc::new(Semaphore::new(16)),
             keep_cut_uploads: false,
             write_timeout: Duration::from_secs(30),
+            metrics: Arc::new(Metrics::new()),
         };
         let session = tokio::spawn(run(theirs, home, settings, CancellationToken::new(), async {}));
         let mut c = Client(ours);

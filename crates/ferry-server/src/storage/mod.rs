@@ -16,6 +16,7 @@
 
 mod fs;
 mod mem;
+mod metered;
 pub mod s3;
 
 use std::time::SystemTime;
@@ -29,6 +30,7 @@ use tokio::sync::mpsc;
 pub use crate::vfs::{Entry, EntryKind, VfsError, VirtualPath};
 pub use fs::FsStorage;
 pub use mem::MemStorage;
+pub use metered::Metered;
 pub use s3::{S3Bucket, S3Credentials, S3Storage};
 
 /// Bytes, files (and links) and directories held or freed.
