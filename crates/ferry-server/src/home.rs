@@ -1050,6 +1050,18 @@ impl Download {
         self.file.local_file()
     }
 
+    /// Sends the bytes into `tx` in blocks, unhashed: for front ends whose
+    /// clients check nothing (FTP). A file that shrank while being read is
+    /// `FileChanged`.
+    pub async fn send(self, tx: mpsc::Sender<Bytes>) -> Result<(), HomeError> {
+        let path = self.path.to_string();
+        match self.file.stream(self.offset, None, tx).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(VfsError::Io(e).into()),
+            Err(_) => Err(HomeError::FileChanged(path)),
+        }
+    }
+
     /// Sends the bytes into `tx` in blocks and returns the whole file's
     /// hash in `algo` (the recorded one when there is one). A file that
     /// shrank or changed while being read is `FileChanged`.

@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use unftp_core::auth::UserDetail;
 use unftp_core::storage::{Error, ErrorKind, FEATURE_RESTART, Fileinfo, Metadata, Permissions, Result, StorageBackend};
 
-use crate::home::{HashAlgo, Home, HomeError, Remove, Upload, UploadSpec};
+use crate::home::{Home, HomeError, Remove, Upload, UploadSpec};
 use crate::metrics::{Direction, Frontend, Metrics, Transfer};
 use crate::storage::READ_BLOCK;
 use crate::vfs::{Entry, EntryKind, VfsError, VirtualPath};
@@ -93,6 +93,9 @@ pub struct HomeStorage;
 
 /// Bytes gathered from the data connection before one write to the home.
 const WRITE_CHUNK: usize = 256 * 1024;
+
+/// Files up to this size are sent from one read.
+const SMALL_FILE: u64 = 64 * 1024;
 
 /// The one mapping from `Home` outcomes to FTP reply classes; the message
 /// stays with the error for the log.
@@ -183,8 +186,21 @@ impl StorageBackend<FtpUser> for HomeStorage {
         let vp = resolve(path.as_ref())?;
         let download = user.home.open_download(&vp, start_pos).await.map_err(to_ftp)?;
         let transfer = user.metrics.transfer(Frontend::Ftp, Direction::Download);
+        let len = download.len();
+        if len <= SMALL_FILE {
+            // A small file in one read: no reader task for a few kilobytes.
+            let data = download.read_at(start_pos, len as usize).await.map_err(to_ftp)?;
+            if data.len() as u64 != len {
+                return Err(to_ftp(HomeError::FileChanged(vp.to_string())));
+            }
+            output.write_all(&data).await.map_err(Error::from)?;
+            transfer.add(len);
+            transfer.finish();
+            return Ok(len);
+        }
         let (tx, mut rx) = mpsc::channel::<Bytes>(4);
-        let streaming = tokio::spawn(download.stream(tx, HashAlgo::Sha256));
+        // Unhashed: an FTP client checks nothing (HASH reads the file itself).
+        let streaming = tokio::spawn(download.send(tx));
         let mut sent = 0u64;
         while let Some(block) = rx.recv().await {
             // On a write error `rx` drops and the read ends with a broken pipe.
@@ -193,7 +209,7 @@ impl StorageBackend<FtpUser> for HomeStorage {
             transfer.add(block.len() as u64);
         }
         match streaming.await {
-            Ok(Ok(_sha256)) => {
+            Ok(Ok(())) => {
                 transfer.finish();
                 Ok(sent)
             }
@@ -215,7 +231,7 @@ impl StorageBackend<FtpUser> for HomeStorage {
         let (mut writer, reader) = tokio::io::duplex(READ_BLOCK);
         tokio::spawn(async move {
             let (tx, mut rx) = mpsc::channel::<Bytes>(4);
-            let streaming = tokio::spawn(download.stream(tx, HashAlgo::Sha256));
+            let streaming = tokio::spawn(download.send(tx));
             while let Some(block) = rx.recv().await {
                 if writer.write_all(&block).await.is_err() {
                     break;
@@ -302,7 +318,7 @@ async fn keep_prefix(home: &Home, vp: &VirtualPath, keep: u64, upload: &mut Uplo
     }
     let (tx, mut rx) = mpsc::channel::<Bytes>(4);
     // Dropping `rx` once the prefix is copied ends this read (broken pipe).
-    tokio::spawn(download.stream(tx, HashAlgo::Sha256));
+    tokio::spawn(download.send(tx));
     let mut left = keep;
     while left > 0 {
         let Some(mut block) = rx.recv().await else { break };
