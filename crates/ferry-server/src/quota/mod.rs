@@ -157,6 +157,17 @@ impl Counts {
     fn files(&self) -> u64 {
         u64::try_from(self.files.max(0)).unwrap_or(u64::MAX)
     }
+
+    /// Refuses `bytes` more if used and reserved bytes would pass the limit.
+    fn room_for(&self, bytes: u64) -> Result<(), QuotaExceeded> {
+        if let Some(limit) = self.limit {
+            let committed = self.used().saturating_add(self.reserved);
+            if committed.saturating_add(bytes) > limit {
+                return Err(QuotaExceeded { needed: bytes, free: limit.saturating_sub(committed), limit });
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The user's numbers in a [`QuotaLedger`], and the last usage read from it
@@ -308,12 +319,7 @@ impl UserQuota {
             };
         }
         let mut s = self.lock();
-        if let Some(limit) = s.limit {
-            let committed = s.used().saturating_add(s.reserved);
-            if committed.saturating_add(bytes) > limit {
-                return Err(QuotaExceeded { needed: bytes, free: limit.saturating_sub(committed), limit }.into());
-            }
-        }
+        s.room_for(bytes)?;
         s.reserved += bytes;
         Ok(Reservation::new(self, bytes, None))
     }
@@ -339,12 +345,7 @@ impl UserQuota {
             };
         }
         let mut s = self.lock();
-        if let Some(limit) = s.limit {
-            let committed = s.used().saturating_add(s.reserved);
-            if committed.saturating_add(bytes) > limit {
-                return Err(QuotaExceeded { needed: bytes, free: limit.saturating_sub(committed), limit }.into());
-            }
-        }
+        s.room_for(bytes)?;
         s.used += i128::from(bytes);
         Ok(())
     }
