@@ -17,10 +17,13 @@ use tokio_util::task::TaskTracker;
 
 use crate::admission::Gate;
 use crate::auth::{Authenticator, Throttle, ThrottleConfig, UserRecord, UserStore};
+use crate::claims::ClaimLedger;
+use crate::claims::postgres::PgClaimLedger;
 use crate::config::{ServerConfig, StorageKind};
 use crate::exec::ExecLimits;
 use crate::home::{Home, HomeError, HomeSettings};
 use crate::quota::QuotaRegistry;
+use crate::quota::postgres::PgQuotaLedger;
 use crate::storage::{FsStorage, S3Bucket, S3Credentials, Storage};
 
 pub struct Core {
@@ -33,6 +36,8 @@ pub struct Core {
     pub exec: ExecLimits,
     /// Seats for connections, on every front end (`admission.rs`).
     pub admission: Gate,
+    /// Upload claims shared with the other servers (shared homes only).
+    claims: Option<Arc<dyn ClaimLedger>>,
     /// Open homes by user, shared by all of a user's sessions.
     homes: tokio::sync::Mutex<HashMap<String, Weak<Home>>>,
     /// Where homes live (`[storage]`).
@@ -117,6 +122,15 @@ impl Core {
             let id = crate::tls::load_or_generate(&config.data_dir)?;
             (Some((id.config, id.fingerprint)), id.generated)
         };
+        let (quotas, claims) = match (&opened.database, &storage) {
+            // Shared homes and a shared database: so are the quota and the
+            // upload claims (issue 16). With a disk each, they stay per server.
+            (Some(db), StorageBackend::S3(_)) => {
+                let claims: Arc<dyn ClaimLedger> = PgClaimLedger::start(Arc::clone(db));
+                (QuotaRegistry::shared(PgQuotaLedger::start(Arc::clone(db))), Some(claims))
+            }
+            _ => (QuotaRegistry::default(), None),
+        };
         let core = Core {
             exec: ExecLimits::new(config.exec.max_total),
             admission: Gate::new(config.limits.max_connections, config.limits.max_unauthenticated_per_ip),
@@ -124,7 +138,8 @@ impl Core {
             storage,
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
-            quotas: QuotaRegistry::default(),
+            quotas,
+            claims,
             store,
             authenticator,
             tls,
@@ -171,15 +186,19 @@ impl Core {
         let storage = self.open_storage(user).await?;
         let quota = self
             .quotas
-            .get_or_scan(&user.name, user.quota_bytes, self.max_files(user), async {
-                storage.usage().await.map(|a| (a.bytes, a.entries()))
+            .get_or_scan::<HomeError>(&user.name, user.quota_bytes, self.max_files(user), async {
+                Ok(storage.usage().await.map(|a| (a.bytes, a.entries()))?)
             })
             .await?;
         let settings = HomeSettings {
             fsync: self.config.transfer.fsync,
             partial_expiry: Duration::from_secs(self.config.transfer.partial_expiry_secs),
         };
-        let home = Arc::new(Home::new(storage, quota, settings));
+        let mut home = Home::new(storage, quota, settings);
+        if let Some(claims) = &self.claims {
+            home = home.with_shared_claims(Arc::clone(claims), &user.name);
+        }
+        let home = Arc::new(home);
         // After the scan, so that the bytes of expired partials leave the
         // usage whether it was just measured or already tracked.
         home.expire_partials().await;

@@ -14,9 +14,8 @@
 //!   algorithm the front end asked for (SHA-256 or BLAKE3), and the verified
 //!   hash is kept for downloads, one per algorithm.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -24,7 +23,10 @@ pub use ferry_proto::hash::HashAlgo;
 use ferry_proto::hash::Hasher;
 use tokio::sync::mpsc;
 
-use crate::quota::{FileLimitReached, QuotaExceeded, Reservation, Usage, UserQuota};
+use crate::claims::{CHECK_EVERY, ClaimGuard, ClaimLedger, Claims};
+use crate::quota::{
+    FileLimitReached, FilesRefused, QuotaExceeded, QuotaRefused, QuotaUnavailable, Reservation, Usage, UserQuota,
+};
 use crate::storage::{
     Amount, Entry, EntryKind, FileRead, PartialMeta, PartialWrite, SmallFile, SmallWrite, Storage, VfsError,
     VirtualPath,
@@ -41,6 +43,8 @@ pub enum HomeError {
     Quota(#[from] QuotaExceeded),
     #[error(transparent)]
     FileLimit(#[from] FileLimitReached),
+    #[error(transparent)]
+    QuotaUnavailable(#[from] QuotaUnavailable),
     #[error("no partial upload {0} for this path and size")]
     UploadNotFound(String),
     #[error("partial upload holds {have} bytes, not {asked}")]
@@ -59,6 +63,24 @@ pub enum HomeError {
     Incomplete { have: u64, size: u64 },
     #[error("{0}")]
     BadRange(String),
+}
+
+impl From<QuotaRefused> for HomeError {
+    fn from(e: QuotaRefused) -> Self {
+        match e {
+            QuotaRefused::Exceeded(e) => e.into(),
+            QuotaRefused::Unavailable(e) => e.into(),
+        }
+    }
+}
+
+impl From<FilesRefused> for HomeError {
+    fn from(e: FilesRefused) -> Self {
+        match e {
+            FilesRefused::Limit(e) => e.into(),
+            FilesRefused::Unavailable(e) => e.into(),
+        }
+    }
 }
 
 /// A hash in `algo` as 64 hex digits, lowercased.
@@ -150,74 +172,6 @@ pub struct SmallPut {
     pub overwrite: bool,
 }
 
-/// One writer's hold on an upload id. A newer writer may revoke it: the
-/// older one's next write fails, and the newer waits until the older's
-/// write in flight (under `busy`) has finished.
-#[derive(Debug, Default)]
-struct Claim {
-    revoked: AtomicBool,
-    busy: tokio::sync::Mutex<()>,
-    /// The room reserved for the rest of the upload. Kept here rather than
-    /// in the `Upload`, so that a newer writer taking over withdraws it: a
-    /// silent session's promise must not keep its own resume out of the
-    /// quota.
-    reservation: Mutex<Option<Reservation>>,
-}
-
-impl Claim {
-    fn reservation(&self) -> std::sync::MutexGuard<'_, Option<Reservation>> {
-        self.reservation.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-/// The upload ids being written in one home.
-#[derive(Debug, Default)]
-struct Claims(Mutex<HashMap<String, Arc<Claim>>>);
-
-struct ClaimGuard {
-    claims: Arc<Claims>,
-    id: String,
-    claim: Arc<Claim>,
-}
-
-impl Claims {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Claim>>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Claims `id`; a held claim is busy unless `take_over`.
-    async fn claim(self: &Arc<Self>, id: &str, take_over: bool) -> Result<ClaimGuard, HomeError> {
-        let claim = Arc::new(Claim::default());
-        let older = {
-            let mut map = self.map();
-            let older = map.get(id).cloned();
-            if older.is_some() && !take_over {
-                return Err(HomeError::Busy(id.to_string()));
-            }
-            map.insert(id.to_string(), Arc::clone(&claim));
-            older
-        };
-        if let Some(older) = older {
-            older.revoked.store(true, Ordering::SeqCst);
-            // The older writer's write in flight ends before ours begins;
-            // it writes no more, so the room it reserved is withdrawn.
-            drop(older.busy.lock().await);
-            drop(older.reservation().take());
-            tracing::info!(upload_id = %id, "upload taken over by a newer session");
-        }
-        Ok(ClaimGuard { claims: Arc::clone(self), id: id.to_string(), claim })
-    }
-}
-
-impl Drop for ClaimGuard {
-    fn drop(&mut self) {
-        let mut map = self.claims.map();
-        if map.get(&self.id).is_some_and(|c| Arc::ptr_eq(c, &self.claim)) {
-            map.remove(&self.id);
-        }
-    }
-}
-
 /// A user's home: storage, quota and upload claims.
 #[derive(Debug)]
 pub struct Home {
@@ -230,6 +184,14 @@ pub struct Home {
 impl Home {
     pub fn new(storage: Arc<dyn Storage>, quota: Arc<UserQuota>, settings: HomeSettings) -> Home {
         Home { storage, quota, claims: Arc::default(), settings }
+    }
+
+    /// Upload claims shared through `ledger` with the other servers that
+    /// hold `user`'s home.
+    #[must_use]
+    pub fn with_shared_claims(mut self, ledger: Arc<dyn ClaimLedger>, user: &str) -> Home {
+        self.claims = Arc::new(Claims::shared(ledger, user));
+        self
     }
 
     pub fn usage(&self) -> Usage {
@@ -534,6 +496,7 @@ impl Home {
             len: offset,
             hasher,
             hashed: offset,
+            unchecked: 0,
             finished: false,
         })
     }
@@ -613,8 +576,13 @@ pub struct Upload {
     /// came in order.
     hasher: Option<Hasher>,
     hashed: u64,
+    /// Bytes written since the shared claim was last asked about.
+    unchecked: u64,
     finished: bool,
 }
+
+/// What an upload of untold size reserves at once from a shared quota.
+const GROWTH_AHEAD: u64 = 8 << 20;
 
 /// Writes smaller than this are hashed in place rather than beside the write.
 const HASH_INLINE: usize = 64 * 1024;
@@ -642,9 +610,14 @@ impl Upload {
         &self.target
     }
 
-    fn check_claim(&self) -> Result<(), HomeError> {
-        if self.claim.claim.revoked.load(Ordering::SeqCst) {
-            return Err(HomeError::TakenOver(self.id.clone()));
+    /// Fails once a newer writer took the upload over. A claim shared with
+    /// other servers is asked of the ledger every [`CHECK_EVERY`] bytes and
+    /// before a commit (`always`).
+    fn check_claim(&mut self, always: bool) -> Result<(), HomeError> {
+        let ask = always || self.unchecked >= CHECK_EVERY;
+        self.claim.check(ask)?;
+        if ask {
+            self.unchecked = 0;
         }
         Ok(())
     }
@@ -653,7 +626,8 @@ impl Upload {
     pub async fn write_at(&mut self, offset: u64, data: Bytes) -> Result<(), HomeError> {
         let claim = Arc::clone(&self.claim.claim);
         let _busy = claim.busy.lock().await;
-        self.check_claim()?;
+        self.check_claim(false)?;
+        self.unchecked += data.len() as u64;
         let end = offset
             .checked_add(data.len() as u64)
             .ok_or_else(|| HomeError::BadRange("write past the largest offset".into()))?;
@@ -667,9 +641,20 @@ impl Upload {
         }
         if end > self.len {
             let mut growth = end - self.len;
-            if let Some(r) = self.claim.claim.reservation().as_mut() {
+            let mut reservation = self.claim.claim.reservation();
+            if let Some(r) = reservation.as_mut() {
                 growth -= r.take(growth);
             }
+            if growth > 0 && self.home.quota.is_shared() {
+                // Growth past what was reserved (a size not told): reserve
+                // ahead, so that a shared quota is asked once per chunk,
+                // not once per write.
+                if let Ok(mut ahead) = self.home.quota.reserve(growth.max(GROWTH_AHEAD)) {
+                    growth -= ahead.take(growth);
+                    *reservation = Some(ahead);
+                }
+            }
+            drop(reservation);
             if growth > 0 {
                 self.home.quota.try_add(growth)?;
             }
@@ -721,7 +706,7 @@ impl Upload {
     /// it, or data that does not hash to it, is a mismatch and the partial
     /// is discarded.
     pub async fn commit(mut self, hash: Option<&str>) -> Result<Committed, HomeError> {
-        self.check_claim()?;
+        self.check_claim(true)?;
         if let Some(size) = self.spec.size
             && self.len != size
         {

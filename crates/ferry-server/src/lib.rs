@@ -8,6 +8,7 @@
 
 pub mod admission;
 pub mod auth;
+pub mod claims;
 mod cmd;
 pub mod config;
 pub mod core;

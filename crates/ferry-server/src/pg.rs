@@ -45,6 +45,7 @@ const MIGRATION_LOCK: i64 = 0x6665_7272_795f_6d31; // "ferry_m1"
 const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "0001_users", include_str!("../migrations/postgres/0001_users.sql")),
     (2, "0002_login_failures", include_str!("../migrations/postgres/0002_login_failures.sql")),
+    (3, "0003_shared_homes", include_str!("../migrations/postgres/0003_shared_homes.sql")),
 ];
 
 /// Why the database could not be used. The text names the database
@@ -109,6 +110,8 @@ pub struct Database {
 
 struct Inner {
     config: Config,
+    /// Names this process in rows it must renew (leases, claims).
+    server_id: String,
     /// "PostgreSQL database "ferry" as ferry at 127.0.0.1:5432", for messages.
     name: String,
     slots: Vec<tokio::sync::Mutex<Option<Arc<Client>>>>,
@@ -129,6 +132,17 @@ impl Drop for Database {
             rt.shutdown_background();
         }
     }
+}
+
+/// 16 hex digits, random (or, without randomness, from the clock: an id
+/// only needs to differ between servers).
+fn random_id() -> String {
+    let mut id = [0u8; 8];
+    if getrandom::fill(&mut id).is_err() {
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        id.copy_from_slice(&(t.as_nanos() as u64).to_le_bytes());
+    }
+    hex::encode(id)
 }
 
 /// Says which database a URL points at, without its password.
@@ -170,6 +184,7 @@ impl Database {
             .build()
             .map_err(|e| PgError::Unreachable { db: describe(&config), reason: format!("no runtime: {e}") })?;
         let inner = Arc::new(Inner {
+            server_id: random_id(),
             name: describe(&config),
             config,
             slots: (0..CONNECTIONS).map(|_| tokio::sync::Mutex::new(None)).collect(),
@@ -186,6 +201,13 @@ impl Database {
             Ok(())
         })?;
         Ok(db)
+    }
+
+    /// This process's id among the servers on the database: rows it holds
+    /// (quota leases, upload claims) carry it.
+    #[must_use]
+    pub fn server_id(&self) -> &str {
+        &self.inner.server_id
     }
 
     /// Which database this is, for messages (no password).
@@ -216,6 +238,24 @@ impl Database {
     {
         let inner = Arc::clone(&self.inner);
         self.inner.handle.spawn(async move { inner.call(call).await }).await.map_err(|_| PgError::Stopped)?
+    }
+
+    /// Runs `work` every `period` on the database's runtime, for as long as
+    /// both the database and `state` live (upkeep such as renewing leases).
+    pub fn every<S, F, Fut>(self: &Arc<Self>, period: Duration, state: &Arc<S>, work: F)
+    where
+        S: Send + Sync + 'static,
+        F: Fn(Arc<Database>, Arc<S>) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send,
+    {
+        let (db, state) = (Arc::downgrade(self), Arc::downgrade(state));
+        self.inner.handle.spawn(async move {
+            loop {
+                tokio::time::sleep(period).await;
+                let (Some(db), Some(state)) = (db.upgrade(), state.upgrade()) else { return };
+                work(db, state).await;
+            }
+        });
     }
 
     /// Runs `work` on the database's runtime and waits on a channel.

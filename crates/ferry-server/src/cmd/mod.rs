@@ -127,7 +127,8 @@ impl From<HomeError> for WireError {
                 ErrorCode::UploadNotFound
             }
             HomeError::ChecksumMismatch { .. } => ErrorCode::ChecksumMismatch,
-            HomeError::Busy(_) | HomeError::TakenOver(_) => ErrorCode::Busy,
+            // Retryable: the quota's database is back in a moment, or not.
+            HomeError::Busy(_) | HomeError::TakenOver(_) | HomeError::QuotaUnavailable(_) => ErrorCode::Busy,
             HomeError::BadHash(_) | HomeError::BadRange(_) => ErrorCode::BadRequest,
             HomeError::FileChanged(_) => ErrorCode::FileChanged,
             _ => ErrorCode::Internal,

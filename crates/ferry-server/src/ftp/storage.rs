@@ -117,7 +117,7 @@ pub(crate) fn to_ftp(e: HomeError) -> Error {
             VfsError::InvalidMove(_) => ErrorKind::PermanentFileNotAvailable,
             VfsError::Io(io) => return Error::from(std::io::Error::new(io.kind(), io.to_string())),
         },
-        HomeError::Busy(_) => ErrorKind::TransientFileNotAvailable,
+        HomeError::Busy(_) | HomeError::QuotaUnavailable(_) => ErrorKind::TransientFileNotAvailable,
         HomeError::BadRange(_) | HomeError::UploadNotFound(_) | HomeError::OffsetMismatch { .. } => {
             ErrorKind::PermanentFileNotAvailable
         }
