@@ -401,6 +401,7 @@ check_quota_shared() {
   fy 'dave pass 3' df "dave@127.0.0.1:${port[a]}" && used_a=$(df_used) || used_a="?"
   fy 'dave pass 3' df "dave@127.0.0.1:${port[b]}" && used_b=$(df_used) || used_b="?"
   say "quota-shared: uploads through A rc=$ra, through B rc=$rb; stored $stored bytes; df used A $used_a, B $used_b"
+  [ $ok = 2 ] || say "quota-shared: refused: $(cat "$TMP/q1.err" "$TMP/q2.err" | head -n 1)"
   if [ $ok -gt 1 ]; then
     fail quota-shared "both 60 MiB uploads succeeded under a 100 MiB quota (stored $stored bytes)"
   elif [ "$stored" -gt "$quota" ]; then
