@@ -28,7 +28,6 @@ BUCKET=ferry-test
 REGION=garage
 KEY_ID=GK0123456789abcdef01234567
 KEY_SECRET=0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef
-RPC_SECRET=c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00
 ADMIN_TOKEN=ferry-test-admin-token
 
 say() { echo "garage.sh: $*" >&2; }
@@ -136,6 +135,11 @@ start() {
   # A start that fails half-way leaves no node running.
   trap 'say "start failed; stopping the nodes (logs were in $DIR)"; tail -n 5 "$DIR"/n*.log >&2 || true; stop' ERR
   mapfile -t ports < <(free_ports 9)
+  # A secret of this cluster's own: with one shared by every cluster on the
+  # machine, a node of another (stopped) cluster that still dials a port now
+  # ours joins us, and node health waits on peers that are not ours.
+  local rpc_secret
+  rpc_secret="$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
   : >"$DIR/pids"
   for i in 1 2 3; do
     local rpc=${ports[$(((i - 1) * 3))]} s3=${ports[$(((i - 1) * 3 + 1))]} admin=${ports[$(((i - 1) * 3 + 2))]}
@@ -150,7 +154,7 @@ replication_factor = 3
 consistency_mode = "consistent"
 rpc_bind_addr = "127.0.0.1:$rpc"
 rpc_public_addr = "127.0.0.1:$rpc"
-rpc_secret = "$RPC_SECRET"
+rpc_secret = "$rpc_secret"
 
 [s3_api]
 s3_region = "$REGION"
