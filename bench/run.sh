@@ -8,6 +8,11 @@
 # every run, integrity checked afterwards), stops every server it started (by PID, also on failure) and prints one
 # Markdown table: each ferry row against its peers and its floor, as ratios against the issues' targets.
 #
+# S3 (issue 16): a 3-node Garage cluster (scripts/garage.sh, replication factor 3) holds the homes of a third ferry
+# server ([storage] kind = "s3", TLS); rclone (Debian's package, installed if missing) talks S3 to the same cluster
+# directly, configured through its environment only. Rows ferry-s3-* against rclone-s3-*; skipped with a message when
+# Garage or rclone cannot be had, and not started at all when ONLY selects none of them (e.g. ONLY='s3' runs only them).
+#
 # The floor (issue 17): `ferry-load pipe` moves the same 1 GiB file through a loopback socket, plain or TLS 1.3
 # AES-128-GCM, with no hash or with SHA-256/BLAKE3 on both ends, into tmpfs: the least work a (verified) transfer can
 # do. One-core primitive speeds (openssl speed, b3sum, sha256sum) are printed beside.
@@ -18,7 +23,7 @@
 # Settings (environment): RUNS (default 5: the peers swing by 1.5x between runs here; quote medians of two whole
 #   runs), BD, ST, RES, SSH_PORT, RSYNC_PORT, FTP_PORT (see the peers' env.sh), FTPS_PORT (2122, the FTPS vsftpd),
 #   FERRY_TLS_PORT (7741), FERRY_PLAIN_PORT (7742), FERRY_SFTP_PORT (7743), FERRY_FTPS_PORT (7744), FERRY_FTP_PORT
-#   (7745), PEERS (the peers' folder), CARGO_TARGET_DIR, FERRY and FERRY_LOAD (prebuilt binaries: skip the build),
+#   (7745), FERRY_S3_PORT (7746, the server on S3), FERRY_GARAGE_DIR (default $ST/garage), PEERS (the peers' folder), CARGO_TARGET_DIR, FERRY and FERRY_LOAD (prebuilt binaries: skip the build),
 #   FTP_SMALL_RUNS (default 3: the lftp small-file rows), ONLY (a regular expression: run only the measurement ids it matches, e.g. ONLY='sftp|pipe').
 set -uo pipefail
 
@@ -47,7 +52,7 @@ export RUNS=${RUNS:-5}
 export FTP_SMALL_RUNS=${FTP_SMALL_RUNS:-3}
 export FTPS_PORT=${FTPS_PORT:-2122}
 export FERRY_SFTP_PORT=${FERRY_SFTP_PORT:-7743} FERRY_FTPS_PORT=${FERRY_FTPS_PORT:-7744} FERRY_FTP_PORT=${FERRY_FTP_PORT:-7745}
-export FERRY_TLS_PORT=${FERRY_TLS_PORT:-7741}
+export FERRY_TLS_PORT=${FERRY_TLS_PORT:-7741} FERRY_S3_PORT=${FERRY_S3_PORT:-7746}
 export FERRY_PLAIN_PORT=${FERRY_PLAIN_PORT:-7742}
 # shellcheck source=/dev/null
 . "$PEERS/lib.sh"   # env.sh (ports, URLs, BIG_BYTES, SMALL_N) + bench/record/same_file/same_dir
@@ -59,7 +64,7 @@ done
 
 # Refuse ports someone else is listening on (else the start scripts would "find" a foreign server).
 for p in "$SSH_PORT" "$RSYNC_PORT" "$FTP_PORT" "$FTPS_PORT" "$FERRY_TLS_PORT" "$FERRY_PLAIN_PORT" "$FERRY_SFTP_PORT" \
-  "$FERRY_FTPS_PORT" "$FERRY_FTP_PORT"; do
+  "$FERRY_FTPS_PORT" "$FERRY_FTP_PORT" "$FERRY_S3_PORT"; do
   if ss -ltnH "sport = :$p" | grep -q .; then
     echo "port $p is already in use on this machine; pick others (SSH_PORT, RSYNC_PORT, FTP_PORT, FERRY_*_PORT)"
     exit 1
@@ -79,8 +84,10 @@ export FERRY FERRY_LOAD
 [ -x "$FERRY" ] || { echo "no ferry binary at $FERRY"; exit 1; }
 [ -x "$FERRY_LOAD" ] || { echo "no ferry-load binary at $FERRY_LOAD (the floor pipe): set FERRY_LOAD"; exit 1; }
 
+garage_started=0
 cleanup() {
-  bash "$PEERS/99-stop-servers.sh"   # stops every PID in $ST/pids (peers and both ferry servers), removes FTP user
+  bash "$PEERS/99-stop-servers.sh"   # stops every PID in $ST/pids (peers and the ferry servers), removes FTP user
+  [ $garage_started = 0 ] || bash "$root/scripts/garage.sh" stop
   rm -rf "$BD/dst" "$BD/ftp" "$BD"/ferry-*
   if [ $keep = 0 ]; then rm -rf "$BD"; echo "removed test data $BD (keep it with --keep-data)"; fi
 }
@@ -175,6 +182,68 @@ sed -i -e "s/^listen_port=.*/listen_port=$FTPS_PORT/" -e 's/^pasv_min_port=.*/pa
   -e 's/^pasv_max_port=.*/pasv_max_port=31999/' "$ST/ftp/vsftpd-tls.conf"
 vsftpd "$ST/ftp/vsftpd-tls.conf" >"$ST/ftp/vsftpd-tls.out" 2>&1 & echo $! >"$ST/pids/vsftpd-tls"
 wait_listen "$FTPS_PORT" || { echo "FTPS vsftpd did not start:"; cat "$ST/ftp/vsftpd-tls.out"; exit 1; }
+
+# ---------------------------------------------------------------- 3b. S3 (issue 16): Garage, ferry on it, rclone
+S3_IDS="ferry-s3-big-up ferry-s3-big-down ferry-s3-small-up ferry-s3-small-down
+  rclone-s3-big-up rclone-s3-big-down rclone-s3-small-up rclone-s3-small-down"
+s3_wanted() {
+  [ -z "${ONLY:-}" ] && return 0
+  local i; for i in $S3_IDS; do [[ $i =~ $ONLY ]] && return 0; done
+  return 1
+}
+s3=0
+if s3_wanted; then
+  if ! command -v rclone >/dev/null; then
+    echo "#### installing rclone (apt-get install -y rclone)"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rclone; } >/dev/null 2>&1
+  fi
+  # Garage's data on disk (as a store's would be), under our own state folder unless told otherwise.
+  export FERRY_GARAGE_DIR=${FERRY_GARAGE_DIR:-$ST/garage}
+  if ! command -v rclone >/dev/null; then
+    echo "#### SKIPPED the S3 rows: rclone is missing and could not be installed (apt-get install -y rclone)"
+  elif ! genv=$(bash "$root/scripts/garage.sh" start 2>"$ST/garage-start.log"); then
+    echo "#### SKIPPED the S3 rows: Garage did not start (scripts/garage.sh start):"; tail -n 5 "$ST/garage-start.log"
+  else
+    garage_started=1
+    eval "$genv"
+    export AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY
+    export FERRY_S3=bench@127.0.0.1:$FERRY_S3_PORT
+    rm -rf "$ST/ferry-s3"; mkdir -p "$ST/ferry-s3"
+    cat >"$ST/ferry-s3.toml" <<CFG
+[sftp]
+enabled = false
+[storage]
+kind = "s3"
+endpoint = "$FERRY_TEST_S3_ENDPOINT"
+bucket = "$FERRY_TEST_S3_BUCKET"
+region = "$FERRY_TEST_S3_REGION"
+path_style = true
+prefix = "ferry/"
+CFG
+    echo "$FERRY_PASSWORD" | "$FERRY" user add bench --password-stdin --data "$ST/ferry-s3" >/dev/null || exit 1
+    "$FERRY" serve --data "$ST/ferry-s3" --config "$ST/ferry-s3.toml" --listen "127.0.0.1:$FERRY_S3_PORT" \
+      >"$ST/ferry-s3.log" 2>&1 &
+    echo $! >"$ST/pids/ferry-s3"
+    wait_listen "$FERRY_S3_PORT" || { echo "ferry on S3 did not start:"; cat "$ST/ferry-s3.log"; exit 1; }
+    "$FERRY" login -q --accept-new --known-hosts "$FKH" "$FERRY_S3" || { echo "ferry login (S3) failed"; exit 1; }
+    # rclone from the environment only (no configuration file): remote "garage", path-style, provider Other.
+    export RCLONE_CONFIG_GARAGE_TYPE=s3 RCLONE_CONFIG_GARAGE_PROVIDER=Other
+    export RCLONE_CONFIG_GARAGE_ENDPOINT=$FERRY_TEST_S3_ENDPOINT RCLONE_CONFIG_GARAGE_REGION=$FERRY_TEST_S3_REGION
+    export RCLONE_CONFIG_GARAGE_ACCESS_KEY_ID=$AWS_ACCESS_KEY_ID RCLONE_CONFIG_GARAGE_SECRET_ACCESS_KEY=$AWS_SECRET_ACCESS_KEY
+    export RCLONE_CONFIG_GARAGE_FORCE_PATH_STYLE=true RCLONE_CONFIG=$ST/rclone-unused.conf
+    # The endpoint is plain HTTP on loopback; rclone 1.60 fails on any AWS_CA_BUNDLE ("unable to load custom CA
+    # bundle, HTTPClient's transport unsupported type"), which some machines set for their own HTTPS.
+    unset AWS_CA_BUNDLE
+    export RC=garage:$FERRY_TEST_S3_BUCKET/rclone
+    # The served copies for the downloads, each written by its own tool.
+    "$FERRY" put -q -f --known-hosts "$FKH" "$BD/big.bin" "$FERRY_S3/big.bin" &&
+      "$FERRY" put -q -r -f --known-hosts "$FKH" "$BD/small" "$FERRY_S3/small" &&
+      rclone copyto -q "$BD/big.bin" "$RC/big.bin" && rclone copy -q "$BD/small" "$RC/small" ||
+      { echo "could not store the served copies on S3"; tail -n 20 "$ST/ferry-s3.log"; exit 1; }
+    s3=1
+    echo "Garage at $FERRY_TEST_S3_ENDPOINT (bucket $FERRY_TEST_S3_BUCKET); ferry on S3 on 127.0.0.1:$FERRY_S3_PORT; $(rclone version | head -n 1)"
+  fi
+fi
 
 # ---------------------------------------------------------------- 4. measurements
 # m ID TOOL DIRECTION UNIT AMOUNT CMD PREPARE [CHECK...]: one row (skipped unless ONLY matches ID), then its check.
@@ -282,6 +351,43 @@ RUNS=$FTP_SMALL_RUNS m ferry-ftp-small-down  "lftp mirror -> ferry FTP" download
 RUNS=$FTP_SMALL_RUNS m ferry-ftps-small-up   "lftp mirror -R -> ferry FTPS" upload   files $SMALL_N "$FLFTPS mirror -R \$BD/small small_up\"" 'rm -rf $FHOME_TLS/small_up' same_dir "$BD/small" "$FHOME_TLS/small_up"
 RUNS=$FTP_SMALL_RUNS m ferry-ftps-small-down "lftp mirror -> ferry FTPS" download files $SMALL_N "$FLFTPS mirror small \$BD/dst/small_down\"" "$SDOWN" same_dir "$BD/small" "$BD/dst/small_down"
 rm -rf "$FHOME_PLAIN/big.up" "$FHOME_TLS/big.up" "$FHOME_PLAIN/small_up" "$FHOME_TLS/small_up" "$BD/dst/big.down" "$BD/dst/small_down"
+
+if [ $s3 = 1 ]; then
+  echo "#### S3 (Garage, 3 nodes, replication 3): ferry (TLS, SHA-256 verified) on S3Storage, rclone straight to S3"
+  # An upload's check reads it back through the same tool into tmpfs and compares.
+  s3_back() {  # TOOL big|small REMOTE-NAME
+    local out=$BD/dst/s3check ok
+    rm -rf "$out"
+    case $1-$2 in
+      ferry-big) "$FERRY" get -q -f --known-hosts "$FKH" "$FERRY_S3/$3" "$out" ;;
+      ferry-small) "$FERRY" get -q -r -f --known-hosts "$FKH" "$FERRY_S3/$3" "$out" ;;
+      rclone-big) rclone copyto -q "$RC/$3" "$out" ;;
+      rclone-small) rclone copy -q "$RC/$3" "$out" ;;
+    esac
+    if [ "$2" = big ]; then same_file "$BD/big.bin" "$out"; else same_dir "$BD/small" "$out"; fi
+    ok=$?
+    rm -rf "$out"
+    return $ok
+  }
+  FS3='$FERRY_S3' O='--known-hosts $FKH'
+  m ferry-s3-big-up "ferry (TLS) -> S3Storage" upload MB $BIG_BYTES "\$FERRY put -q -f $O \$BD/big.bin $FS3/big.up" \
+    "\$FERRY rm -q $O $FS3/big.up >/dev/null 2>&1; true" s3_back ferry big big.up
+  m rclone-s3-big-up "rclone -> S3" upload MB $BIG_BYTES 'rclone copyto -q $BD/big.bin $RC/big.up' \
+    'rclone deletefile -q $RC/big.up >/dev/null 2>&1; true' s3_back rclone big big.up
+  m ferry-s3-big-down "ferry (TLS) -> S3Storage" download MB $BIG_BYTES "\$FERRY get -q -f $O $FS3/big.bin \$BD/dst/big.down" \
+    "$DOWN" same_big_down
+  m rclone-s3-big-down "rclone -> S3" download MB $BIG_BYTES 'rclone copyto -q $RC/big.bin $BD/dst/big.down' "$DOWN" same_big_down
+  rm -f "$BD/dst/big.down"
+  m ferry-s3-small-up "ferry (TLS) -> S3Storage" upload files $SMALL_N "\$FERRY put -q -r -f $O \$BD/small $FS3/small_up" \
+    "\$FERRY rm -q -r $O $FS3/small_up >/dev/null 2>&1; true" s3_back ferry small small_up
+  m rclone-s3-small-up "rclone -> S3" upload files $SMALL_N 'rclone copy -q $BD/small $RC/small_up' \
+    'rclone purge -q $RC/small_up >/dev/null 2>&1; true' s3_back rclone small small_up
+  m ferry-s3-small-down "ferry (TLS) -> S3Storage" download files $SMALL_N "\$FERRY get -q -r -f $O $FS3/small \$BD/dst/small_down" \
+    "$SDOWN" same_dir "$BD/small" "$BD/dst/small_down"
+  m rclone-s3-small-down "rclone -> S3" download files $SMALL_N 'rclone copy -q $RC/small $BD/dst/small_down' \
+    "$SDOWN" same_dir "$BD/small" "$BD/dst/small_down"
+  rm -rf "$BD/dst/small_down"
+fi
 echo "#### load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 # Each ferry server served every run of its mode (1 GiB up and down included):
@@ -311,7 +417,11 @@ specs='17|1 GiB upload, TLS|ferry-tls-big-up|0.8|pipe-tls-blake3|1.5|scp-aes128-
 15|FTP 2000 x 4 KiB upload|ferry-ftp-small-up|1.0|small-ftp-lftp-up
 15|FTP 2000 x 4 KiB download|ferry-ftp-small-down|1.0|small-ftp-lftp-down
 15|FTPS 2000 x 4 KiB upload|ferry-ftps-small-up|1.0|small-ftps-lftp-up
-15|FTPS 2000 x 4 KiB download|ferry-ftps-small-down|1.0|small-ftps-lftp-down'
+15|FTPS 2000 x 4 KiB download|ferry-ftps-small-down|1.0|small-ftps-lftp-down
+16|S3 (Garage) 1 GiB upload|ferry-s3-big-up|0.8|rclone-s3-big-up
+16|S3 (Garage) 1 GiB download|ferry-s3-big-down|0.8|rclone-s3-big-down
+16|S3 (Garage) 2000 x 4 KiB upload|ferry-s3-small-up|0.8|rclone-s3-small-up
+16|S3 (Garage) 2000 x 4 KiB download|ferry-s3-small-down|0.8|rclone-s3-small-down'
 {
   echo
   echo "## ferry vs peers and floor (median of $RUNS runs after 1 warm-up, min-max beside; MB/s = 10^6 B/s; files/s)"

@@ -5,6 +5,12 @@
 #   eval "$(scripts/garage.sh start)"   # starts it; prints the env to export
 #   scripts/garage.sh env               # prints that env again
 #   scripts/garage.sh stop              # stops the nodes, removes their data
+#   scripts/garage.sh kill-node N       # SIGKILLs node N (1-3) alone, as a crash would
+#   scripts/garage.sh start-node N      # starts node N again on its data, reconnects it
+#
+# kill-node and start-node are for failure tests (scripts/scale-test.sh):
+# with replication factor 3, the two other nodes keep a quorum. The S3
+# endpoint printed by `start` is node 1's, so kill node 2 or 3 to keep it.
 #
 # Garage is installed if missing: `cargo install garage --version 2.5.0
 # --locked` into ${FERRY_TOOLS:-~/.cache/ferry-tools} (outside the clone,
@@ -22,7 +28,6 @@ BUCKET=ferry-test
 REGION=garage
 KEY_ID=GK0123456789abcdef01234567
 KEY_SECRET=0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef
-RPC_SECRET=c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00
 ADMIN_TOKEN=ferry-test-admin-token
 
 say() { echo "garage.sh: $*" >&2; }
@@ -83,6 +88,46 @@ stop() {
   rm -rf "$DIR"
 }
 
+# Node N's line in the pids file (1-3), checked.
+node_arg() {
+  case "${1:-}" in
+    1 | 2 | 3) ;;
+    *) say "expected a node number 1, 2 or 3, got '${1:-}'"; return 1 ;;
+  esac
+  [ -f "$DIR/pids" ] || { say "not running (no $DIR/pids)"; return 1; }
+}
+
+kill_node() {
+  node_arg "$1"
+  local pid
+  pid="$(sed -n "${1}p" "$DIR/pids")"
+  kill -9 "$pid" 2>/dev/null || { say "node $1 (pid $pid) was not running"; return 0; }
+  for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  say "killed node $1 (pid $pid)"
+}
+
+start_node() {
+  node_arg "$1"
+  local n=$1 pid
+  pid="$(sed -n "${n}p" "$DIR/pids")"
+  if kill -0 "$pid" 2>/dev/null; then
+    say "node $n (pid $pid) is already running"
+    return 0
+  fi
+  RUST_LOG=warn "$GARAGE" -c "$DIR/n$n.toml" server >>"$DIR/n$n.log" 2>&1 &
+  sed -i "${n}s/.*/$!/" "$DIR/pids"
+  wait_for "node $n" "$GARAGE" -c "$DIR/n$n.toml" status
+  # A restarted node answers 503 for seconds unless it dials the others itself.
+  local i
+  for i in 1 2 3; do
+    [ "$i" = "$n" ] && continue
+    wait_for "node $n to reach node $i" "$GARAGE" -c "$DIR/n$n.toml" node connect \
+      "$("$GARAGE" -c "$DIR/n$i.toml" node id -q 2>/dev/null)"
+  done
+  wait_for "node $n health" http_ok "http://127.0.0.1:$(cat "$DIR/n$n.admin")/health"
+  say "node $n up again (pid $(sed -n "${n}p" "$DIR/pids"))"
+}
+
 start() {
   install_garage
   if [ -f "$DIR/pids" ]; then stop; fi
@@ -90,6 +135,11 @@ start() {
   # A start that fails half-way leaves no node running.
   trap 'say "start failed; stopping the nodes (logs were in $DIR)"; tail -n 5 "$DIR"/n*.log >&2 || true; stop' ERR
   mapfile -t ports < <(free_ports 9)
+  # A secret of this cluster's own: with one shared by every cluster on the
+  # machine, a node of another (stopped) cluster that still dials a port now
+  # ours joins us, and node health waits on peers that are not ours.
+  local rpc_secret
+  rpc_secret="$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
   : >"$DIR/pids"
   for i in 1 2 3; do
     local rpc=${ports[$(((i - 1) * 3))]} s3=${ports[$(((i - 1) * 3 + 1))]} admin=${ports[$(((i - 1) * 3 + 2))]}
@@ -104,7 +154,7 @@ replication_factor = 3
 consistency_mode = "consistent"
 rpc_bind_addr = "127.0.0.1:$rpc"
 rpc_public_addr = "127.0.0.1:$rpc"
-rpc_secret = "$RPC_SECRET"
+rpc_secret = "$rpc_secret"
 
 [s3_api]
 s3_region = "$REGION"
@@ -154,5 +204,7 @@ case "${1:-}" in
   start) start ;;
   stop) stop ;;
   env) print_env ;;
-  *) echo "usage: $0 start|stop|env" >&2; exit 2 ;;
+  kill-node) kill_node "${2:-}" ;;
+  start-node) start_node "${2:-}" ;;
+  *) echo "usage: $0 start|stop|env|kill-node N|start-node N" >&2; exit 2 ;;
 esac

@@ -714,6 +714,11 @@ impl Storage for S3Storage {
         }
     }
 
+    /// The GETs go out [`PARALLEL`] at a time (one by one, a recursive
+    /// download of small files paid S3's latency per file: 30 files/s on
+    /// Garage, bench/RESULTS.md); their bodies are taken in order, so the
+    /// budget is spent exactly as one by one, and a body too large for it is
+    /// dropped unread.
     async fn read_small(
         &self,
         paths: Vec<VirtualPath>,
@@ -723,8 +728,19 @@ impl Storage for S3Storage {
     ) -> Vec<Result<Option<SmallFile>, VfsError>> {
         let mut budget = budget;
         let mut out = Vec::with_capacity(paths.len());
-        for p in &paths {
-            out.push(self.read_one(p, max_each, &mut budget, algo).await);
+        // Owned paths: a closure over borrowed ones is not general enough
+        // for the Send bound `async_trait` puts on this future.
+        let mut gets = futures::stream::iter(paths)
+            .map(|p| async move {
+                let got = self.get_small(&p).await;
+                (p, got)
+            })
+            .buffered(PARALLEL);
+        while let Some((p, got)) = gets.next().await {
+            out.push(match got {
+                Ok(got) => take_small(&p, got, max_each, &mut budget, algo).await,
+                Err(e) => Err(e),
+            });
         }
         out
     }
@@ -798,40 +814,43 @@ impl Storage for S3Storage {
 }
 
 impl S3Storage {
-    async fn read_one(
-        &self,
-        p: &VirtualPath,
-        max_each: u64,
-        budget: &mut u64,
-        algo: HashAlgo,
-    ) -> Result<Option<SmallFile>, VfsError> {
+    /// The GET of one small file (its body not read yet).
+    async fn get_small(&self, p: &VirtualPath) -> Result<object_store::GetResult, VfsError> {
         if p.is_root() {
             return Err(VfsError::IsADirectory("/".into()));
         }
-        let got = match self.store().get(&self.path(p)?).await {
-            Ok(g) => g,
-            Err(e) if is_not_found(&e) => {
-                return match self.dir_time(p).await? {
-                    Some(_) => Err(VfsError::IsADirectory(p.to_string())),
-                    None => Err(self.missing(p).await),
-                };
-            }
-            Err(e) => return Err(backend_error(e)),
-        };
-        let size = got.meta.size;
-        if size > max_each || size > *budget {
-            // The body is dropped unread.
-            return Ok(None);
+        match self.store().get(&self.path(p)?).await {
+            Ok(g) => Ok(g),
+            Err(e) if is_not_found(&e) => match self.dir_time(p).await? {
+                Some(_) => Err(VfsError::IsADirectory(p.to_string())),
+                None => Err(self.missing(p).await),
+            },
+            Err(e) => Err(backend_error(e)),
         }
-        let entry = file_entry(p.file_name().unwrap_or("/"), &got.meta);
-        let data = got.bytes().await.map_err(backend_error)?;
-        if data.len() as u64 != size {
-            return Err(VfsError::Io(std::io::ErrorKind::UnexpectedEof.into()));
-        }
-        *budget -= size;
-        let hash = algo.digest_hex(&data);
-        Ok(Some(SmallFile { entry, data: data.to_vec(), hash }))
     }
+}
+
+/// The body of a small file's GET, if it fits `max_each` and what is left
+/// of `budget` (then spent); `None` drops the body unread.
+async fn take_small(
+    p: &VirtualPath,
+    got: object_store::GetResult,
+    max_each: u64,
+    budget: &mut u64,
+    algo: HashAlgo,
+) -> Result<Option<SmallFile>, VfsError> {
+    let size = got.meta.size;
+    if size > max_each || size > *budget {
+        return Ok(None);
+    }
+    let entry = file_entry(p.file_name().unwrap_or("/"), &got.meta);
+    let data = got.bytes().await.map_err(backend_error)?;
+    if data.len() as u64 != size {
+        return Err(VfsError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+    }
+    *budget -= size;
+    let hash = algo.digest_hex(&data);
+    Ok(Some(SmallFile { entry, data: data.to_vec(), hash }))
 }
 
 /// The verified hash an object keeps: only SHA-256 has a metadata slot.
