@@ -8,7 +8,10 @@
 //!   time its written prefix holds a whole part (`[storage] part_size`), that
 //!   part is sent (up to four side by side), and, in order, its ETag, size
 //!   and the hasher state after it are recorded in the upload's state
-//!   ([`super::state`]), shared and durable;
+//!   ([`super::state`]), shared and durable. The record is saved in the
+//!   background (one save at a time, always of the latest state), so the
+//!   writer never waits for it: a server that dies loses at most the parts
+//!   acknowledged since the last save, which a resume sends again;
 //! - writes may come out of order within `[storage] max_buffer` bytes past
 //!   the sent parts; a write below the sent parts, or further ahead, is
 //!   refused with a clear error (no silent rewrite of what S3 holds);
@@ -33,9 +36,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 use ferry_proto::hash::HashAlgo;
-use futures::{StreamExt, TryStreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::{ObjectStoreExt, PutPayload};
 use sha2::{Digest, Sha256};
@@ -84,6 +87,8 @@ pub(crate) struct Live {
     sending: Arc<tokio::sync::Mutex<VecDeque<Sending>>>,
     /// Serialises the durable steps: records, tail, commit, removal, reopening.
     io: Arc<tokio::sync::Mutex<()>>,
+    /// The background save of the state (see [`save_soon`]), if one ran.
+    saver: Mutex<Option<tokio::task::JoinHandle<Result<(), VfsError>>>>,
     inner: Mutex<Inner>,
 }
 
@@ -93,8 +98,9 @@ struct Inner {
     flushed: u64,
     /// SHA-256 of those bytes.
     hasher: Sha256,
-    /// The bytes after them; holes are zeros.
-    buf: Vec<u8>,
+    /// The bytes after them; holes are zeros. `BytesMut`, so handing a
+    /// sent part's bytes back costs nothing (no shift of the rest).
+    buf: BytesMut,
     /// The first bytes of `buf` handed to parts being sent.
     sending: u64,
     /// SHA-256 of the recorded bytes and those being sent.
@@ -112,6 +118,11 @@ struct Inner {
     modified: SystemTime,
     /// Committed or removed.
     gone: bool,
+    /// Parts were acknowledged since the state was last saved.
+    unsaved: bool,
+    /// The saved state names a tail object that the parts since made
+    /// stale: deleted once a state without it is saved.
+    stale_tail: bool,
 }
 
 impl Inner {
@@ -214,12 +225,13 @@ impl S3Storage {
             id: id.to_string(),
             sending: Arc::default(),
             io: Arc::default(),
+            saver: Mutex::default(),
             inner: Mutex::new(Inner {
                 state: d.state,
                 flushed,
                 send_hasher: d.hasher.clone(),
                 hasher: d.hasher,
-                buf: d.tail,
+                buf: BytesMut::from(&d.tail[..]),
                 sending: 0,
                 filled,
                 dirty: false,
@@ -227,6 +239,8 @@ impl S3Storage {
                 generation: 1,
                 modified: d.modified,
                 gone: false,
+                unsaved: false,
+                stale_tail: false,
             }),
         })
     }
@@ -397,7 +411,7 @@ pub(super) async fn open(s: &S3Storage, id: &str, meta: &PartialMeta) -> Result<
         let mut q = live.sending.lock().await;
         // The parts an older writer sent are recorded first; one that
         // failed is simply not part of what the new writer continues.
-        if let Err(e) = drain(s, &live, &mut q).await {
+        if let Err(e) = drain(&live, &mut q).await {
             tracing::info!(error = %e, upload_id = %id, "a part of the older writer was not sent");
         }
         let _io = live.io.lock().await;
@@ -408,12 +422,17 @@ pub(super) async fn open(s: &S3Storage, id: &str, meta: &PartialMeta) -> Result<
         if let Some((mut state, stored)) = state {
             state.meta = meta.clone();
             state.epoch += 1;
-            if stored {
+            let stale_tail = stored && {
                 s.bucket.states.save(&s.home, id, &state).await?;
+                std::mem::take(&mut live.lock().stale_tail)
+            };
+            if stale_tail {
+                let _ = s.store().delete(&s.tail_path(id)?).await;
             }
             let generation = {
                 let mut inner = live.lock();
                 inner.state = state;
+                inner.unsaved &= !stored;
                 inner.generation += 1;
                 inner.generation
             };
@@ -632,10 +651,11 @@ impl S3Partial {
     async fn pump(&self) -> Result<(), VfsError> {
         let part_size = self.part_size();
         let mut q = self.live.sending.lock().await;
-        // Parts already done are recorded without waiting.
+        // Parts already done are taken without waiting.
         while q.front().is_some_and(|h| h.is_finished()) {
-            record_front(&self.s, &self.live, &mut q).await?;
+            ack_front(&self.live, &mut q).await?;
         }
+        save_soon(&self.s, &self.live)?;
         if !self.live.lock().part_ready(part_size) {
             return Ok(());
         }
@@ -660,7 +680,8 @@ impl S3Partial {
                 }));
             }
             if q.len() >= PARTS_IN_FLIGHT && self.live.lock().part_ready(part_size) {
-                record_front(&self.s, &self.live, &mut q).await?;
+                ack_front(&self.live, &mut q).await?;
+                save_soon(&self.s, &self.live)?;
             } else {
                 return Ok(());
             }
@@ -668,9 +689,10 @@ impl S3Partial {
     }
 }
 
-/// Waits for the oldest part being sent and records it (ETag, size, the
-/// hasher state after it) in the state, then in memory.
-async fn record_front(s: &S3Storage, live: &Live, q: &mut VecDeque<Sending>) -> Result<(), VfsError> {
+/// Waits for the oldest part being sent and takes it into the state in
+/// memory (ETag, size, the hasher state after it); [`save_soon`] or the
+/// next durable step saves it.
+async fn ack_front(live: &Live, q: &mut VecDeque<Sending>) -> Result<(), VfsError> {
     let Some(h) = q.pop_front() else { return Ok(()) };
     let failed = |q: &mut VecDeque<Sending>, e: VfsError| {
         for h in q.drain(..) {
@@ -684,49 +706,80 @@ async fn record_front(s: &S3Storage, live: &Live, q: &mut VecDeque<Sending>) -> 
         Ok(Err(e)) => return Err(failed(q, e)),
         Err(_) => return Err(failed(q, VfsError::Io(std::io::Error::other("part upload failed")))),
     };
-    let _io = live.io.lock().await;
-    let (mut state, stored) = {
-        let inner = live.lock();
-        if inner.gone {
-            return Err(failed(q, not_found(&live.id)));
-        }
-        (inner.state.clone(), inner.stored)
-    };
-    state.parts.push(PartRecord {
+    let mut inner = live.lock();
+    if inner.gone {
+        drop(inner);
+        return Err(failed(q, not_found(&live.id)));
+    }
+    inner.state.parts.push(PartRecord {
         number: sent.number,
         etag: api::part_etag(&sent.content_id),
         content_id: sent.content_id,
         size: sent.size,
         hash_state: hashing::save(&sent.hasher),
     });
-    let stale_tail = std::mem::take(&mut state.tail) > 0;
-    if let Err(e) = s.save_checked(&live.id, &state, stored).await {
-        return Err(failed(q, e));
+    if std::mem::take(&mut inner.state.tail) > 0 {
+        inner.stale_tail = true;
     }
-    {
-        let mut inner = live.lock();
-        inner.stored = true;
-        inner.state = state;
-        inner.flushed += sent.size;
-        inner.sending -= sent.size;
-        inner.hasher = sent.hasher;
-        inner.buf.drain(..sent.size as usize);
-        let flushed = inner.flushed;
-        inner.filled.retain(|r| r.end > flushed);
-        if let Some(first) = inner.filled.first_mut() {
-            first.start = first.start.max(flushed);
-        }
-    }
-    if stale_tail {
-        let _ = s.store().delete(&s.tail_path(&live.id)?).await;
+    inner.unsaved = true;
+    inner.flushed += sent.size;
+    inner.sending -= sent.size;
+    inner.hasher = sent.hasher;
+    inner.buf.advance(sent.size as usize);
+    let flushed = inner.flushed;
+    inner.filled.retain(|r| r.end > flushed);
+    if let Some(first) = inner.filled.first_mut() {
+        first.start = first.start.max(flushed);
     }
     Ok(())
 }
 
-/// Records every part being sent.
-async fn drain(s: &S3Storage, live: &Live, q: &mut VecDeque<Sending>) -> Result<(), VfsError> {
+/// Starts a background save of the state when parts were taken since the
+/// last one and none is running; reports the last save's failure.
+fn save_soon(s: &S3Storage, live: &Arc<Live>) -> Result<(), VfsError> {
+    let mut saver = live.saver.lock().unwrap_or_else(|e| e.into_inner());
+    if saver.as_ref().is_some_and(|h| !h.is_finished()) || !live.lock().unsaved {
+        return Ok(());
+    }
+    let last = saver.take();
+    let (s2, l2) = (s.clone(), Arc::clone(live));
+    *saver = Some(tokio::spawn(async move {
+        let _io = l2.io.lock().await;
+        save_state(&s2, &l2).await
+    }));
+    match last.and_then(|h| h.now_or_never()) {
+        Some(Ok(Err(e))) => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Saves the state in memory if it has parts not yet saved, then deletes
+/// a tail it no longer names. Called with `io` held.
+async fn save_state(s: &S3Storage, live: &Live) -> Result<(), VfsError> {
+    let (state, stored, stale_tail) = {
+        let mut inner = live.lock();
+        if inner.gone || !inner.unsaved {
+            return Ok(());
+        }
+        inner.unsaved = false;
+        (inner.state.clone(), inner.stored, inner.stale_tail)
+    };
+    if let Err(e) = s.save_checked(&live.id, &state, stored).await {
+        live.lock().unsaved = true;
+        return Err(e);
+    }
+    live.lock().stored = true;
+    if stale_tail {
+        let _ = s.store().delete(&s.tail_path(&live.id)?).await;
+        live.lock().stale_tail = false;
+    }
+    Ok(())
+}
+
+/// Takes every part being sent into the state in memory.
+async fn drain(live: &Live, q: &mut VecDeque<Sending>) -> Result<(), VfsError> {
     while !q.is_empty() {
-        record_front(s, live, q).await?;
+        ack_front(live, q).await?;
     }
     Ok(())
 }
@@ -734,16 +787,16 @@ async fn drain(s: &S3Storage, live: &Live, q: &mut VecDeque<Sending>) -> Result<
 /// Stores the buffer of a writer that went away as the tail (and the
 /// state, if it was never stored), so a resume anywhere finds it.
 async fn store_tail(s: &S3Storage, live: &Live, generation: u64) -> Result<(), VfsError> {
-    let (mut state, buf, stored) = {
+    let (mut state, buf, stored, stale_tail) = {
         let inner = live.lock();
-        if inner.gone || inner.generation != generation || (inner.stored && !inner.dirty) {
+        if inner.gone || inner.generation != generation || (inner.stored && !inner.dirty && !inner.unsaved) {
             return Ok(());
         }
-        (inner.state.clone(), Bytes::copy_from_slice(&inner.buf), inner.stored)
+        (inner.state.clone(), Bytes::copy_from_slice(&inner.buf), inner.stored, inner.stale_tail)
     };
     let path = s.tail_path(&live.id)?;
     if buf.is_empty() {
-        if state.tail > 0 {
+        if state.tail > 0 || stale_tail {
             let _ = s.store().delete(&path).await;
         }
     } else {
@@ -753,9 +806,11 @@ async fn store_tail(s: &S3Storage, live: &Live, generation: u64) -> Result<(), V
     s.save_checked(&live.id, &state, stored).await?;
     let mut inner = live.lock();
     inner.stored = true;
+    inner.stale_tail = false;
     if inner.generation == generation {
         inner.state.tail = state.tail;
         inner.dirty = false;
+        inner.unsaved = false;
     }
     Ok(())
 }
@@ -817,13 +872,13 @@ impl PartialWrite for S3Partial {
         let sha256 = hash.and_then(|(algo, h)| super::sha256_of(algo, h));
         let sending = Arc::clone(&self.live.sending);
         let mut q = sending.lock().await;
-        drain(&self.s, &self.live, &mut q).await?;
+        drain(&self.live, &mut q).await?;
         let io = Arc::clone(&self.live.io);
         let _io = io.lock().await;
-        let (mut state, buf, mut stored) = {
+        let (mut state, buf, mut stored, stale_tail) = {
             let inner = self.live.lock();
             self.check(&inner)?;
-            (inner.state.clone(), Bytes::copy_from_slice(&inner.buf), inner.stored)
+            (inner.state.clone(), Bytes::copy_from_slice(&inner.buf), inner.stored, inner.stale_tail)
         };
         let s = self.s.clone();
         let id = self.live.id.clone();
@@ -874,7 +929,7 @@ impl PartialWrite for S3Partial {
         self.done = true;
         self.live.lock().gone = true;
         s.unregister(&self.live);
-        if state.tail > 0 {
+        if state.tail > 0 || stale_tail {
             let _ = s.store().delete(&s.tail_path(&id)?).await;
         }
         if stored && let Err(e) = s.bucket.states.delete(&s.home, &id).await {
@@ -892,7 +947,7 @@ impl Drop for S3Partial {
         {
             let inner = self.live.lock();
             // Stored even when empty: the partial stays one entry, as on disk.
-            let settled = inner.stored && !inner.dirty && inner.sending == 0;
+            let settled = inner.stored && !inner.dirty && !inner.unsaved && inner.sending == 0;
             if inner.gone || inner.generation != self.generation || settled {
                 return;
             }
@@ -905,7 +960,7 @@ impl Drop for S3Partial {
         let tasks = self.s.bucket.tasks.clone();
         tasks.spawn_on(
             async move {
-                if let Err(e) = drain(&s, &live, &mut q).await {
+                if let Err(e) = drain(&live, &mut q).await {
                     tracing::warn!(error = %e, upload_id = %live.id, "a part of an unfinished upload was not sent");
                 }
                 let _io = live.io.lock().await;
