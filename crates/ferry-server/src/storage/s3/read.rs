@@ -16,6 +16,12 @@ use tokio::sync::mpsc;
 
 use super::super::{Entry, FileRead, READ_BLOCK};
 
+/// A long read is fetched as ranged GETs of this size, [`SEGMENTS_IN_FLIGHT`]
+/// at once: one GET stream is bound by one node's pace, and S3 (Garage,
+/// AWS) serves ranges side by side, as rclone's multi-thread downloads use.
+const SEGMENT: u64 = 4 << 20;
+const SEGMENTS_IN_FLIGHT: usize = 4;
+
 pub(super) struct S3Read {
     store: Arc<AmazonS3>,
     location: Path,
@@ -33,6 +39,20 @@ impl S3Read {
         sha256: Option<String>,
     ) -> S3Read {
         S3Read { store, location, entry, e_tag, sha256 }
+    }
+
+    /// The bytes of `range`, whole, from the version opened.
+    async fn get_all(&self, range: Range<u64>) -> std::io::Result<Bytes> {
+        let want = range.end - range.start;
+        let mut body = self.get(range).await?;
+        let mut out = BytesMut::with_capacity(want as usize);
+        while let Some(chunk) = body.next().await {
+            out.extend_from_slice(&chunk.map_err(io_error)?);
+        }
+        if out.len() as u64 != want {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(out.freeze())
     }
 
     /// The bytes of `range` as a stream of chunks, from the version opened.
@@ -92,7 +112,26 @@ impl FileRead for S3Read {
         // Hashing needs the prefix too: read it, send only from `offset`.
         let start = if hash.is_some() { 0 } else { offset.min(size) };
         let mut at = start;
-        if start < size {
+        if size - start > SEGMENT {
+            let this = &self;
+            let segments = (start..size).step_by(SEGMENT as usize).map(|from| from..(from + SEGMENT).min(size));
+            let mut fetched = futures::stream::iter(segments).map(|r| this.get_all(r)).buffered(SEGMENTS_IN_FLIGHT);
+            while let Some(segment) = fetched.next().await {
+                let segment = segment?;
+                if let Some(h) = hasher.as_mut() {
+                    h.update(&segment);
+                }
+                let skip = offset.saturating_sub(at).min(segment.len() as u64) as usize;
+                at += segment.len() as u64;
+                let mut rest = segment.slice(skip..);
+                while !rest.is_empty() {
+                    let block = rest.split_to(rest.len().min(READ_BLOCK));
+                    if tx.send(block).await.is_err() {
+                        return Err(std::io::ErrorKind::BrokenPipe.into());
+                    }
+                }
+            }
+        } else if start < size {
             let mut body = self.get(start..size).await?;
             let mut block = BytesMut::new();
             while let Some(chunk) = body.next().await {
@@ -125,15 +164,7 @@ impl FileRead for S3Read {
         if offset >= end {
             return Ok(Bytes::new());
         }
-        let mut body = self.get(offset..end).await?;
-        let mut out = BytesMut::with_capacity((end - offset) as usize);
-        while let Some(chunk) = body.next().await {
-            out.extend_from_slice(&chunk.map_err(io_error)?);
-        }
-        if out.len() as u64 != end - offset {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        Ok(out.freeze())
+        self.get_all(offset..end).await
     }
 
     async fn hash_prefix(self: Box<Self>, len: u64, algo: HashAlgo) -> std::io::Result<(String, u64)> {
