@@ -86,7 +86,15 @@ impl Core {
         let user_count = store.list().context("reading users")?.len();
         let storage = match config.storage.kind {
             StorageKind::Local => StorageBackend::Local,
-            StorageKind::S3 => StorageBackend::S3(S3Bucket::new(&config.storage, S3Credentials::from_env()?)?),
+            StorageKind::S3 => {
+                // With a shared database, partial-upload states live there,
+                // beside the quotas and claims; else in the bucket.
+                let states = opened.database.as_ref().map(|db| {
+                    Arc::new(crate::storage::s3::PgPartialStore::new(Arc::clone(db)))
+                        as Arc<dyn crate::storage::s3::PartialStore>
+                });
+                StorageBackend::S3(S3Bucket::with_states(&config.storage, S3Credentials::from_env()?, states)?)
+            }
         };
         if config.storage.kind == StorageKind::S3 {
             // A partial in S3 keeps SHA-256 hasher states only (BLAKE3's

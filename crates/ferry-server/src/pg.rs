@@ -46,6 +46,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "0001_users", include_str!("../migrations/postgres/0001_users.sql")),
     (2, "0002_login_failures", include_str!("../migrations/postgres/0002_login_failures.sql")),
     (3, "0003_shared_homes", include_str!("../migrations/postgres/0003_shared_homes.sql")),
+    (4, "0004_s3_partials", include_str!("../migrations/postgres/0004_s3_partials.sql")),
 ];
 
 /// Why the database could not be used. The text names the database

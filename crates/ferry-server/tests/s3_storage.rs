@@ -7,7 +7,8 @@
 //! outside it, listings follow pages, directories are explicit.
 //!
 //! "Another server" is a second `S3Bucket` client with its own memory: it
-//! shares nothing with the first but the bucket.
+//! shares nothing with the first but the bucket (and, in one test, the
+//! PostgreSQL database that keeps the partial-upload states).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,11 +16,13 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use ferry_server::config::{StorageConfig, StorageKind};
 use ferry_server::home::{HashAlgo, Home, HomeSettings, SmallPut, UploadSpec};
+use ferry_server::pg::Database;
 use ferry_server::quota::UserQuota;
+use ferry_server::storage::s3::{PartialStore, PgPartialStore};
 use ferry_server::storage::{EntryKind, PartialMeta, S3Bucket, S3Credentials, Storage, VfsError, VirtualPath};
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path;
-use object_store::{ObjectStoreExt, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
@@ -79,7 +82,13 @@ struct Server {
 }
 
 async fn server(cfg: &StorageConfig, creds: &S3Credentials, prefix: &str) -> Server {
-    let bucket = S3Bucket::new(cfg, creds.clone()).unwrap();
+    server_with(cfg, creds, prefix, None).await
+}
+
+/// A server whose partial-upload states are in `db` rather than the bucket.
+async fn server_with(cfg: &StorageConfig, creds: &S3Credentials, prefix: &str, db: Option<&Arc<Database>>) -> Server {
+    let states = db.map(|db| Arc::new(PgPartialStore::new(Arc::clone(db))) as Arc<dyn PartialStore>);
+    let bucket = S3Bucket::with_states(cfg, creds.clone(), states).unwrap();
     let storage: Arc<dyn Storage> = Arc::new(bucket.storage_at(prefix));
     let used = storage.usage().await.unwrap();
     let quota = Arc::new(UserQuota::new(used.bytes, None));
@@ -175,6 +184,59 @@ async fn a_resume_continues_on_another_server() {
     assert!(b.storage.partial_list().await.unwrap().is_empty());
     let c = server(&cfg, &creds, &home).await;
     assert_eq!(c.home.usage().used, data.len() as u64, "nothing pending is left");
+}
+
+/// Rows of `s3_partials` for `home`.
+async fn state_rows(db: &Database, home: &str) -> i64 {
+    let home = home.to_owned();
+    db.run(move |c| async move {
+        c.query_one("SELECT count(*) FROM s3_partials WHERE home = $1", &[&home]).await.map(|r| r.get(0))
+    })
+    .await
+    .unwrap()
+}
+
+/// With a shared database (`[users] kind = "postgres"`), a partial's state
+/// is a row there, not an object in the bucket; a cut upload still resumes
+/// through another server, and the row goes with the commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn states_in_the_database_resume_on_another_server() {
+    let Some((cfg, creds)) = env() else { return };
+    let Some(pg) = ferry_testkit::Postgres::start().unwrap() else { return };
+    let (db_a, db_b) = (Arc::new(Database::open(&pg.url).unwrap()), Arc::new(Database::open(&pg.url).unwrap()));
+    let home = prefix("pgstate");
+    let data = bytes(2 * PART + MIB + 5, 9);
+    let cut = PART + MIB + 7;
+    let size = Some(data.len() as u64);
+    let a = server_with(&cfg, &creds, &home, Some(&db_a)).await;
+    let spec = UploadSpec { size, resumable: true, ..Default::default() };
+    let mut up = a.home.begin_upload(&vp("/f.bin"), spec.clone()).await.unwrap();
+    write_all(&mut up, &data[..cut]).await;
+    drop(up);
+
+    let b = server_with(&cfg, &creds, &home, Some(&db_b)).await;
+    wait_for_partial(&b, cut as u64).await;
+    assert_eq!(state_rows(&db_b, &home).await, 1, "the state is a row");
+    let store = raw(&cfg, &creds);
+    let kept: Vec<String> = store
+        .list_with_delimiter(Some(&Path::parse(format!("{home}.ferry-partial")).unwrap()))
+        .await
+        .unwrap()
+        .objects
+        .into_iter()
+        .map(|o| o.location.to_string())
+        .collect();
+    assert!(kept.iter().all(|k| k.ends_with(".tail")) && kept.len() == 1, "only the tail is in the bucket: {kept:?}");
+
+    let b = server_with(&cfg, &creds, &home, Some(&db_b)).await;
+    let st = b.home.upload_status(&vp("/f.bin"), size, None, HashAlgo::Sha256).await.unwrap().expect("the partial");
+    assert_eq!((st.offset, st.prefix_hash.as_str()), (cut as u64, sha(&data[..cut]).as_str()));
+    let resume = UploadSpec { offset: st.offset, upload_id: Some(st.upload_id.clone()), ..spec };
+    let mut up = b.home.begin_upload(&vp("/f.bin"), resume).await.unwrap();
+    write_all(&mut up, &data[cut..]).await;
+    up.commit(Some(&sha(&data))).await.unwrap();
+    assert!(download(&a.home, "/f.bin").await.0 == data, "server A reads what B committed");
+    assert_eq!(state_rows(&db_a, &home).await, 0, "the row goes with the commit");
 }
 
 /// A server that dies before it stores its buffer loses only that: the

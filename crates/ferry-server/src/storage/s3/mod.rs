@@ -49,7 +49,7 @@ use super::{
 };
 use crate::config::StorageConfig;
 pub use api::RawError;
-pub use state::{BucketPartialStore, PartRecord, PartialState, PartialStore};
+pub use state::{BucketPartialStore, PartRecord, PartialState, PartialStore, PgPartialStore};
 
 /// The object metadata name of the verified hash (`x-amz-meta-ferry-sha256`).
 pub(crate) const HASH_META: &str = "ferry-sha256";
@@ -138,9 +138,19 @@ impl std::fmt::Debug for S3Bucket {
 }
 
 impl S3Bucket {
-    /// A client for the bucket of `[storage]`; no request is made yet
-    /// ([`S3Bucket::check`] makes one).
+    /// A client for the bucket of `[storage]`, keeping partial-upload states
+    /// in the bucket; no request is made yet ([`S3Bucket::check`] makes one).
     pub fn new(cfg: &StorageConfig, creds: S3Credentials) -> Result<Arc<S3Bucket>, S3StartError> {
+        Self::with_states(cfg, creds, None)
+    }
+
+    /// As [`S3Bucket::new`], keeping partial-upload states in `states` (the
+    /// shared database's) instead of the bucket, when given.
+    pub fn with_states(
+        cfg: &StorageConfig,
+        creds: S3Credentials,
+        states: Option<Arc<dyn PartialStore>>,
+    ) -> Result<Arc<S3Bucket>, S3StartError> {
         // reqwest is built without a bundled TLS provider: ferry's is ring.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let endpoint = api::Endpoint::new(cfg.endpoint.as_deref(), &cfg.bucket, &cfg.region, cfg.path_style);
@@ -180,7 +190,7 @@ impl S3Bucket {
             token: None,
         };
         let raw = api::RawS3::new(endpoint, credential, &options).map_err(|e| other(e.to_string()))?;
-        let states = Arc::new(BucketPartialStore::new(Arc::clone(&store)));
+        let states = states.unwrap_or_else(|| Arc::new(BucketPartialStore::new(Arc::clone(&store))));
         let mut prefix = cfg.prefix.clone();
         if !prefix.is_empty() && !prefix.ends_with('/') {
             prefix.push('/');

@@ -4,11 +4,14 @@
 //! small object of their own while no one writes).
 //!
 //! It must be shared by every server and survive restarts, so that a resume
-//! continues anywhere. It sits behind [`PartialStore`]; the implementation
-//! here, [`BucketPartialStore`], keeps each state as a small JSON object in
-//! the bucket itself, `<home>/.ferry-partial/<id>.json` (a name no user can
-//! spell, never listed): as shared and as durable as the data, with no
-//! other service to run. A database could implement the same trait.
+//! continues anywhere. It sits behind [`PartialStore`], with two homes:
+//! - [`PgPartialStore`], the shared PostgreSQL database, when the servers
+//!   have one (`[users] kind = "postgres"`): one row per partial in
+//!   `s3_partials`, a small write next to the users, quotas and claims;
+//! - [`BucketPartialStore`] otherwise: a small JSON object in the bucket
+//!   itself, `<home>/.ferry-partial/<id>.json` (a name no user can spell,
+//!   never listed), as shared and as durable as the data, with no other
+//!   service to run.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -22,6 +25,7 @@ use object_store::{ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
 use super::{backend_error, is_not_found};
+use crate::pg::{Database, PgError};
 use crate::storage::{PartialMeta, VfsError};
 
 /// One part sent, as recorded after S3 took it.
@@ -160,5 +164,96 @@ impl PartialStore for BucketPartialStore {
             .try_collect()
             .await?;
         Ok(loaded.into_iter().flatten().collect())
+    }
+}
+
+/// States as rows of `s3_partials` in the shared database
+/// (`migrations/postgres/0004_s3_partials.sql`), the JSON of
+/// [`PartialState`] in `state`.
+#[derive(Debug, Clone)]
+pub struct PgPartialStore {
+    db: Arc<Database>,
+}
+
+impl PgPartialStore {
+    pub fn new(db: Arc<Database>) -> PgPartialStore {
+        PgPartialStore { db }
+    }
+}
+
+/// The database failed: logged here, reported without its details.
+fn db_error(e: PgError) -> VfsError {
+    tracing::warn!(error = %e, "the partial-upload state in the database is unreachable");
+    VfsError::Io(std::io::Error::other("the upload state database did not answer"))
+}
+
+/// A row's state and its age in seconds since the epoch.
+fn stored_row(id: String, json: &str, modified: f64) -> Option<Stored> {
+    // A state that does not parse is an upload no one can resume.
+    let state = serde_json::from_str(json).ok()?;
+    let modified = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs_f64(modified.max(0.0));
+    Some(Stored { id, state, modified })
+}
+
+#[async_trait]
+impl PartialStore for PgPartialStore {
+    async fn load(&self, home: &str, id: &str) -> Result<Option<Stored>, VfsError> {
+        let (h, i) = (home.to_owned(), id.to_owned());
+        let row = self
+            .db
+            .run(move |c| async move {
+                c.query_opt(
+                    "SELECT state, extract(epoch FROM modified)::float8 FROM s3_partials WHERE home = $1 AND id = $2",
+                    &[&h, &i],
+                )
+                .await
+            })
+            .await
+            .map_err(db_error)?;
+        Ok(row.and_then(|r| stored_row(id.to_owned(), r.get(0), r.get(1))))
+    }
+
+    async fn save(&self, home: &str, id: &str, state: &PartialState) -> Result<(), VfsError> {
+        let json = serde_json::to_string(state).map_err(std::io::Error::other)?;
+        let (h, i) = (home.to_owned(), id.to_owned());
+        self.db
+            .run(move |c| async move {
+                c.execute(
+                    "INSERT INTO s3_partials (home, id, state) VALUES ($1, $2, $3)
+                     ON CONFLICT (home, id) DO UPDATE SET state = EXCLUDED.state, modified = now()",
+                    &[&h, &i, &json],
+                )
+                .await
+            })
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+
+    async fn delete(&self, home: &str, id: &str) -> Result<(), VfsError> {
+        let (h, i) = (home.to_owned(), id.to_owned());
+        self.db
+            .run(move |c| async move {
+                c.execute("DELETE FROM s3_partials WHERE home = $1 AND id = $2", &[&h, &i]).await
+            })
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+
+    async fn list(&self, home: &str) -> Result<Vec<Stored>, VfsError> {
+        let h = home.to_owned();
+        let rows = self
+            .db
+            .run(move |c| async move {
+                c.query(
+                    "SELECT id, state, extract(epoch FROM modified)::float8 FROM s3_partials WHERE home = $1",
+                    &[&h],
+                )
+                .await
+            })
+            .await
+            .map_err(db_error)?;
+        Ok(rows.into_iter().filter_map(|r| stored_row(r.get(0), r.get(1), r.get(2))).collect())
     }
 }
