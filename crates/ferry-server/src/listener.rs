@@ -128,21 +128,31 @@ pub(crate) fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(4096)
 }
 
-async fn accept_tcp(shared: Arc<Framed>, listener: TcpListener) {
+/// The next connection on `listener`, or `None` at shutdown: what every
+/// front end's accept loop waits for. A failed accept (EMFILE and friends)
+/// is logged and retried after a pause instead of spinning.
+pub(crate) async fn next_connection(
+    core: &Core,
+    listener: &TcpListener,
+    front: &'static str,
+) -> Option<(TcpStream, SocketAddr)> {
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
-            _ = shared.core.shutdown.cancelled() => return,
+            _ = core.shutdown.cancelled() => return None,
         };
-        let (socket, peer) = match accepted {
-            Ok(x) => x,
+        match accepted {
+            Ok(x) => return Some(x),
             Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                warn!(error = %e, "accept failed");
+                warn!(error = %e, front, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
             }
-        };
+        }
+    }
+}
+
+async fn accept_tcp(shared: Arc<Framed>, listener: TcpListener) {
+    while let Some((socket, peer)) = next_connection(&shared.core, &listener, "framed").await {
         let _ = socket.set_nodelay(true);
         match shared.core.admission.admit(peer.ip()) {
             Ok(admission) => {

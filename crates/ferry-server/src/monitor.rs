@@ -67,19 +67,7 @@ async fn accept_loop(monitor: Arc<Monitor>, listener: TcpListener) {
             _ = core.shutdown.cancelled() => return,
         };
         let Ok(permit) = permit else { return };
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
-            _ = core.shutdown.cancelled() => return,
-        };
-        let (socket, peer) = match accepted {
-            Ok(x) => x,
-            Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                warn!(error = %e, "metrics: accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+        let Some((socket, peer)) = crate::listener::next_connection(core, &listener, "metrics").await else { return };
         let monitor2 = Arc::clone(&monitor);
         core.tracker.spawn(async move {
             let _permit = permit;

@@ -173,20 +173,7 @@ pub async fn start(core: Arc<Core>) -> Result<Option<SocketAddr>> {
 
 async fn accept_loop(front: Arc<Ftp>, listener: TcpListener) {
     let core = &front.core;
-    loop {
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
-            _ = core.shutdown.cancelled() => return,
-        };
-        let (socket, peer) = match accepted {
-            Ok(x) => x,
-            Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                warn!(error = %e, "ftp: accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+    while let Some((socket, peer)) = crate::listener::next_connection(core, &listener, "ftp").await {
         match core.admission.admit(peer.ip()) {
             Ok(admission) => {
                 core.tracker.spawn(serve(Arc::clone(&front), socket, peer, admission));

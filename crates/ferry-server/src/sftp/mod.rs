@@ -156,18 +156,7 @@ async fn accept_loop(
             _ = core.shutdown.cancelled() => return,
         };
         let Ok(permit) = permit else { return };
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
-            _ = core.shutdown.cancelled() => return,
-        };
-        let (socket, peer) = match accepted {
-            Ok(x) => x,
-            Err(e) => {
-                warn!(error = %e, "SSH accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+        let Some((socket, peer)) = crate::listener::next_connection(&core, &listener, "ssh").await else { return };
         let admission = match core.admission.admit(peer.ip()) {
             Ok(a) => a,
             Err(refusal) => {
