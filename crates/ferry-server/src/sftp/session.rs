@@ -5,13 +5,18 @@
 //!
 //! Requests are answered in order, one at a time (as OpenSSH's sftp-server
 //! does); a reader task parses the next packets meanwhile, at most
-//! `IN_FLIGHT` ahead, so a client that pipelines is never read without bound.
+//! `QUEUED_BYTES` ahead (each request weighing at least `MIN_WEIGHT`), so a
+//! client that pipelines is never read without bound. The bound is in bytes,
+//! not requests: a client may keep thousands of small reads in flight
+//! (`sftp -R 256`); had the reader stopped at a count below that, russh
+//! would block delivering the next request and never read the window
+//! update our answers wait for.
 //! Answers are written in batches: flushed when no parsed request waits.
 //!
 //! A client that pipelines and never reads (issue 14) is held, then cut:
 //! answers wait in at most one batch (`FLUSH_AT` plus one answer) and in
 //! the client's SSH window, which russh never overfills; while a write
-//! waits, no request is answered, so the reader stops at `IN_FLIGHT` and
+//! waits, no request is answered, so the reader stops at `QUEUED_BYTES` and
 //! russh stops reading the connection (its channel queue is bounded too).
 //! A write that waits longer than the idle timeout ends the session.
 //!
@@ -41,8 +46,10 @@ use crate::home::{Download, Home, HomeError, Remove, Upload, UploadSpec};
 use crate::metrics::{Direction, Frontend, Metrics, Transfer};
 use crate::vfs::{Entry, EntryKind, VfsError, VirtualPath};
 
-/// Parsed requests waiting to be answered, at most.
-const IN_FLIGHT: usize = 64;
+/// Bytes of parsed requests waiting to be answered, at most; each request
+/// weighs its length, and at least `MIN_WEIGHT`.
+const QUEUED_BYTES: usize = 16 << 20;
+const MIN_WEIGHT: usize = 1024;
 /// Bytes read from the home at once for a file being read; later reads are
 /// served from this block while they fall inside it.
 const READ_AHEAD: usize = 256 * 1024;
@@ -103,8 +110,9 @@ pub async fn run<S>(
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (reader, mut writer) = tokio::io::split(stream);
-    let (tx, mut rx) = mpsc::channel(IN_FLIGHT);
-    let read_task = tokio::spawn(read_packets(reader, tx));
+    let (tx, mut rx) = mpsc::channel(QUEUED_BYTES / MIN_WEIGHT);
+    let budget = Arc::new(Semaphore::new(QUEUED_BYTES));
+    let read_task = tokio::spawn(read_packets(reader, tx, budget));
     let mut s = Sftp {
         home,
         settings,
@@ -120,7 +128,8 @@ pub async fn run<S>(
             r = rx.recv() => r,
             _ = shutdown.cancelled() => None,
         };
-        let Some(packet) = next else { break };
+        // The request's weight goes back to the reader once it is answered.
+        let Some((packet, _weight)) = next else { break };
         let keep_going = match packet {
             Ok(req) => {
                 requests += 1;
@@ -186,20 +195,24 @@ fn reuse(mut b: BytesMut) -> BytesMut {
 
 /// Reads length-prefixed packets and parses them. A length over the cap is
 /// a protocol violation: the session ends (answering would mean reading it).
-async fn read_packets<R: AsyncRead>(reader: R, tx: mpsc::Sender<Result<Request, proto::DecodeError>>) {
+type Parsed = (Result<Request, proto::DecodeError>, Option<OwnedSemaphorePermit>);
+
+async fn read_packets<R: AsyncRead>(reader: R, tx: mpsc::Sender<Parsed>, budget: Arc<Semaphore>) {
     tokio::pin!(reader);
     loop {
         let Ok(len) = reader.read_u32().await else { return };
         if len == 0 || len > proto::MAX_PACKET {
             warn!(len, "sftp: packet length out of bounds; closing");
-            let _ = tx.send(Err(proto::DecodeError { id: None, message: "packet too large" })).await;
+            let _ = tx.send((Err(proto::DecodeError { id: None, message: "packet too large" }), None)).await;
             return;
         }
+        let weight = (len as usize).max(MIN_WEIGHT) as u32;
+        let Ok(permit) = Arc::clone(&budget).acquire_many_owned(weight).await else { return };
         let mut body = BytesMut::zeroed(len as usize);
         if reader.read_exact(&mut body).await.is_err() {
             return;
         }
-        if tx.send(proto::decode(body.freeze())).await.is_err() {
+        if tx.send((proto::decode(body.freeze()), Some(permit))).await.is_err() {
             return;
         }
     }
