@@ -247,11 +247,21 @@ fi
 
 # ---------------------------------------------------------------- 4. measurements
 # m ID TOOL DIRECTION UNIT AMOUNT CMD PREPARE [CHECK...]: one row (skipped unless ONLY matches ID), then its check.
+# Peak RSS per ferry row: every ferry server's high-water mark (VmHWM) is reset (clear_refs 5) before the row and
+# read after it, one line "ID SERVER KiB" per server in $ST/rss.txt.
+ferry_pids() { for n in ferry-tls ferry-plain ferry-s3; do [ -f "$ST/pids/$n" ] && echo "$n $(cat "$ST/pids/$n")"; done; }
+rss_reset() { ferry_pids | while read -r _ p; do echo 5 >"/proc/$p/clear_refs" 2>/dev/null; done; }
+rss_read() {
+  ferry_pids | while read -r n p; do awk -v id="$1" -v n="$n" '/^VmHWM/ { print id, n, $2 }' "/proc/$p/status" 2>/dev/null; done >>"$ST/rss.txt"
+}
+rm -f "$ST/rss.txt"
 m() {
   local id=$1; shift
   [ -z "${ONLY:-}" ] || [[ $id =~ $ONLY ]] || return 0
   local tool=$1 dir=$2 unit=$3 amount=$4 cmd=$5 prep=$6; shift 6
+  [[ $id == ferry-* ]] && rss_reset
   bench "$id" "$tool" "$dir" "$unit" "$amount" "$cmd" "$prep" || return 1
+  [[ $id == ferry-* ]] && rss_read "$id"
   [ $# = 0 ] || "$@"
 }
 UP='rm -f $BD/dst/big.up'; DOWN='rm -f $BD/dst/big.down'
@@ -390,10 +400,12 @@ if [ $s3 = 1 ]; then
 fi
 echo "#### load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 
-# Each ferry server served every run of its mode (1 GiB up and down included):
-# its peak resident set over all of them, against the 64 MiB target.
-hwm() { awk '/^VmHWM/ { printf "%.1f MiB", $2 / 1024 }' "/proc/$(cat "$ST/pids/$1" 2>/dev/null)/status" 2>/dev/null || echo "?"; }
-mem_line="Server peak RSS (VmHWM) over all its runs (all front ends): TLS $(hwm ferry-tls), plaintext $(hwm ferry-plain) (target: under 64 MiB)"
+# Each ferry server's peak resident set over every ferry row (the highest of the per-row peaks), and the row it was
+# reached in, against the 64 MiB target; then each row's peak (the highest of the servers).
+hwm() { awk -v n="$1" '$2 == n && $3 > m { m = $3; r = $1 } END { if (m) printf "%.1f MiB (%s)", m / 1024, r; else printf "?" }' "$ST/rss.txt" 2>/dev/null || echo "?"; }
+mem_line="Server peak RSS (VmHWM) over all its runs (all front ends): TLS $(hwm ferry-tls), plaintext $(hwm ferry-plain), S3 $(hwm ferry-s3) (target: under 64 MiB)"
+mem_rows=$(awk '{ if ($3 > m[$1]) m[$1] = $3; if (!($1 in o)) { o[$1] = ++k; ids[k] = $1 } }
+  END { for (i = 1; i <= k; i++) printf "%s%s %.1f", (i > 1 ? ", " : ""), ids[i], m[ids[i]] / 1024 }' "$ST/rss.txt" 2>/dev/null)
 
 # ---------------------------------------------------------------- 5. the table
 # spec: issue | measurement | ferry id | target ratio | against (ids; the best of them wins) | ...
@@ -444,6 +456,7 @@ specs='17|1 GiB upload, TLS|ferry-tls-big-up|0.8|pipe-tls-blake3|1.5|scp-aes128-
     }'
   echo
   echo "$mem_line"
+  echo "Peak RSS per ferry row, MiB: $mem_rows"
   echo
   echo "Raw rows (median, min-max over the timed runs; CPU = busy % of all cores during one extra run):"
   echo
