@@ -767,6 +767,26 @@ impl Upload {
         self.write_at(self.len(), data).await
     }
 
+    /// Hands the upload to a task of its own that appends the blocks sent
+    /// to it, at most `depth` waiting: the network side receives the next
+    /// blocks while the last ones are hashed and written, and never waits
+    /// for each write in turn (that lock-step cost FTP a third of its
+    /// upload speed).
+    pub fn feed(self, depth: usize) -> UploadFeed {
+        let (tx, mut rx) = mpsc::channel::<Bytes>(depth);
+        let task = tokio::spawn(async move {
+            let mut upload = self;
+            while let Some(block) = rx.recv().await {
+                if let Err(e) = upload.write(block).await {
+                    // Sends fail from now on: the sender learns it failed.
+                    return (upload, Err(e));
+                }
+            }
+            (upload, Ok(()))
+        });
+        UploadFeed { tx, task }
+    }
+
     /// Verifies and commits. `hash` is the hash (in the upload's algorithm)
     /// the client sent at the end, if any; a promised hash that differs from
     /// it, or data that does not hash to it, is a mismatch and nothing is
@@ -783,6 +803,27 @@ impl Upload {
         if let State::Staged(s) = self.state {
             s.abort().await;
         }
+    }
+}
+
+/// An upload being appended to by its own task; see [`Upload::feed`].
+pub struct UploadFeed {
+    tx: mpsc::Sender<Bytes>,
+    task: tokio::task::JoinHandle<(Upload, Result<(), HomeError>)>,
+}
+
+impl UploadFeed {
+    /// Queues `block`. False once a write failed: what is sent after is
+    /// dropped, and [`finish`](Self::finish) says why.
+    pub async fn send(&self, block: Bytes) -> bool {
+        self.tx.send(block).await.is_ok()
+    }
+
+    /// Waits for every queued block to be written; gives the upload back
+    /// with the first write error, if any. Err only if the writer task died.
+    pub async fn finish(self) -> Result<(Upload, Result<(), HomeError>), HomeError> {
+        drop(self.tx);
+        self.task.await.map_err(|_| VfsError::Io(std::io::Error::other("upload writer failed")).into())
     }
 }
 

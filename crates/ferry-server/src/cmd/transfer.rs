@@ -149,17 +149,7 @@ pub async fn put(session: &mut Session, conn: &mut Conn, id: u64, a: PutArgs) ->
     let target = upload.target().clone();
 
     // The home's side: each block written (and hashed) as it comes.
-    let (tx, mut rx) = mpsc::channel::<Bytes>(PIPE_DEPTH);
-    let writer = tokio::spawn(async move {
-        let mut upload = upload;
-        let mut result = Ok(());
-        while let Some(block) = rx.recv().await {
-            if result.is_ok() {
-                result = upload.write(block).await;
-            }
-        }
-        (upload, result)
-    });
+    let feed = upload.feed(PIPE_DEPTH);
 
     // Network side. A peer silent for the idle timeout in the middle of a
     // body is gone: the partial stays for a resume.
@@ -169,8 +159,8 @@ pub async fn put(session: &mut Session, conn: &mut Conn, id: u64, a: PutArgs) ->
         let chunk = tokio::time::timeout(idle, conn.read_body_chunk()).await.unwrap_or_else(|_| Err(stalled()));
         match chunk {
             Ok(Some(chunk)) => {
-                // A failed writer stops receiving; keep draining the body.
-                let _ = tx.send(chunk).await;
+                // A failed writer takes no more; keep draining the body.
+                feed.send(chunk).await;
             }
             Ok(None) => break,
             Err(e) => {
@@ -179,8 +169,7 @@ pub async fn put(session: &mut Session, conn: &mut Conn, id: u64, a: PutArgs) ->
             }
         }
     }
-    drop(tx);
-    let (upload, written) = writer.await.map_err(|_| WireError::new(ErrorCode::Internal, "upload writer failed"))?;
+    let (upload, written) = feed.finish().await?;
     if let Some(e) = stream_err {
         warn!(path = %target, bytes = upload.len(), "upload cut; partial kept for resume");
         return Err(Reply::Stream(e));
