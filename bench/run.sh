@@ -12,6 +12,7 @@
 # server ([storage] kind = "s3", TLS); rclone (Debian's package, installed if missing) talks S3 to the same cluster
 # directly, configured through its environment only. Rows ferry-s3-* against rclone-s3-*; skipped with a message when
 # Garage or rclone cannot be had, and not started at all when ONLY selects none of them (e.g. ONLY='s3' runs only them).
+# Garage starts after every other row has run, so that its start-up work does not fall on them.
 #
 # The floor (issue 17): `ferry-load pipe` moves the same 1 GiB file through a loopback socket, plain or TLS 1.3
 # AES-128-GCM, with no hash or with SHA-256/BLAKE3 on both ends, into tmpfs: the least work a (verified) transfer can
@@ -191,8 +192,10 @@ s3_wanted() {
   local i; for i in $S3_IDS; do [[ $i =~ $ONLY ]] && return 0; done
   return 1
 }
+# Started after every other row (s3_setup, below): Garage keeps the CPU busy for a while after it starts, which
+# would otherwise fall on the floor pipes measured first.
 s3=0
-if s3_wanted; then
+s3_setup() {
   if ! command -v rclone >/dev/null; then
     echo "#### installing rclone (apt-get install -y rclone)"
     { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rclone; } >/dev/null 2>&1
@@ -243,7 +246,7 @@ CFG
     s3=1
     echo "Garage at $FERRY_TEST_S3_ENDPOINT (bucket $FERRY_TEST_S3_BUCKET); ferry on S3 on 127.0.0.1:$FERRY_S3_PORT; $(rclone version | head -n 1)"
   fi
-fi
+}
 
 # ---------------------------------------------------------------- 4. measurements
 # m ID TOOL DIRECTION UNIT AMOUNT CMD PREPARE [CHECK...]: one row (skipped unless ONLY matches ID), then its check.
@@ -362,6 +365,7 @@ RUNS=$FTP_SMALL_RUNS m ferry-ftps-small-up   "lftp mirror -R -> ferry FTPS" uplo
 RUNS=$FTP_SMALL_RUNS m ferry-ftps-small-down "lftp mirror -> ferry FTPS" download files $SMALL_N "$FLFTPS mirror small \$BD/dst/small_down\"" "$SDOWN" same_dir "$BD/small" "$BD/dst/small_down"
 rm -rf "$FHOME_PLAIN/big.up" "$FHOME_TLS/big.up" "$FHOME_PLAIN/small_up" "$FHOME_TLS/small_up" "$BD/dst/big.down" "$BD/dst/small_down"
 
+s3_wanted && s3_setup
 if [ $s3 = 1 ]; then
   echo "#### S3 (Garage, 3 nodes, replication 3): ferry (TLS, SHA-256 verified) on S3Storage, rclone straight to S3"
   # An upload's check reads it back through the same tool into tmpfs and compares.
