@@ -736,6 +736,10 @@ impl Upload {
 
     /// Writes `data` at `offset`.
     pub async fn write_at(&mut self, offset: u64, data: Bytes) -> Result<(), HomeError> {
+        self.write_at_on(offset, data, WriteOn::Task).await
+    }
+
+    async fn write_at_on(&mut self, offset: u64, data: Bytes, on: WriteOn) -> Result<(), HomeError> {
         if let State::Buffered(b) = &mut self.state {
             let in_order = offset == b.data.len() as u64;
             if in_order && b.data.len() + data.len() <= SMALL_BUFFER {
@@ -749,10 +753,10 @@ impl Upload {
             let staged = self.home.begin_staged(&self.target, b.spec.clone()).await?;
             self.state = State::Staged(Box::new(staged));
             if !held.is_empty() {
-                self.staged()?.write_at(0, Bytes::from(held)).await?;
+                self.staged()?.write_at(0, Bytes::from(held), on).await?;
             }
         }
-        self.staged()?.write_at(offset, data).await
+        self.staged()?.write_at(offset, data, on).await
     }
 
     fn staged(&mut self) -> Result<&mut Staged, HomeError> {
@@ -767,23 +771,46 @@ impl Upload {
         self.write_at(self.len(), data).await
     }
 
-    /// Hands the upload to a task of its own that appends the blocks sent
+    /// Hands the upload to a writer of its own that appends the blocks sent
     /// to it, at most `depth` waiting: the network side receives the next
     /// blocks while the last ones are hashed and written, and never waits
     /// for each write in turn (that lock-step cost FTP a third of its
     /// upload speed).
+    ///
+    /// The writer is a blocking thread that hashes and writes each block
+    /// itself, so a block costs one hand-over between threads. A task that
+    /// sent each hash and each write to the blocking pool cost about ten
+    /// context switches per 256 KiB block, a fifth of the server's CPU.
+    /// Threads are bounded by [`FEED_THREADS`]; past that, the writer is a
+    /// task.
     pub fn feed(self, depth: usize) -> UploadFeed {
         let (tx, mut rx) = mpsc::channel::<Bytes>(depth);
-        let task = tokio::spawn(async move {
-            let mut upload = self;
-            while let Some(block) = rx.recv().await {
-                if let Err(e) = upload.write(block).await {
-                    // Sends fail from now on: the sender learns it failed.
-                    return (upload, Err(e));
-                }
+        let task = match FEED_THREADS.try_acquire() {
+            Ok(seat) => {
+                let runtime = tokio::runtime::Handle::current();
+                tokio::task::spawn_blocking(move || {
+                    let _seat = seat;
+                    let mut upload = self;
+                    while let Some(block) = rx.blocking_recv() {
+                        let end = upload.len();
+                        if let Err(e) = runtime.block_on(upload.write_at_on(end, block, WriteOn::OwnThread)) {
+                            // Sends fail from now on: the sender learns it failed.
+                            return (upload, Err(e));
+                        }
+                    }
+                    (upload, Ok(()))
+                })
             }
-            (upload, Ok(()))
-        });
+            Err(_) => tokio::spawn(async move {
+                let mut upload = self;
+                while let Some(block) = rx.recv().await {
+                    if let Err(e) = upload.write(block).await {
+                        return (upload, Err(e));
+                    }
+                }
+                (upload, Ok(()))
+            }),
+        };
         UploadFeed { tx, task }
     }
 
@@ -810,6 +837,21 @@ impl Upload {
 pub struct UploadFeed {
     tx: mpsc::Sender<Bytes>,
     task: tokio::task::JoinHandle<(Upload, Result<(), HomeError>)>,
+}
+
+/// Uploads that may each hold a blocking thread for their writer at once.
+/// Below tokio's blocking pool (512 threads), so that other storage calls
+/// always find a thread; an upload past the bound writes from a task.
+const FEED_THREAD_LIMIT: usize = 64;
+static FEED_THREADS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(FEED_THREAD_LIMIT);
+
+/// Where [`Staged::write_at`] runs: on an async task, which sends the hash
+/// and the write to the blocking pool, or on the feed's own blocking
+/// thread, which does both in place.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum WriteOn {
+    Task,
+    OwnThread,
 }
 
 impl UploadFeed {
@@ -884,7 +926,7 @@ impl Staged {
     }
 
     /// Writes `data` at `offset`.
-    async fn write_at(&mut self, offset: u64, data: Bytes) -> Result<(), HomeError> {
+    async fn write_at(&mut self, offset: u64, data: Bytes, on: WriteOn) -> Result<(), HomeError> {
         let claim = Arc::clone(&self.claim.claim);
         let _busy = claim.busy.lock().await;
         self.check_claim(false)?;
@@ -927,6 +969,20 @@ impl Staged {
             self.hasher = None;
         }
         let writer = self.writer.as_mut().ok_or_else(|| HomeError::TakenOver(self.id.clone()))?;
+        if on == WriteOn::OwnThread {
+            // Already off the runtime: hash and write right here.
+            if let Some(h) = self.hasher.as_mut().filter(|_| in_order) {
+                h.update(&data);
+            }
+            match writer.write_at_blocking(offset, &data) {
+                Some(written) => written?,
+                None => writer.write_at(offset, data).await?,
+            }
+            if in_order {
+                self.hashed = end;
+            }
+            return Ok(());
+        }
         match self.hasher.take().filter(|_| in_order) {
             Some(mut hasher) if data.len() < HASH_INLINE => {
                 hasher.update(&data);

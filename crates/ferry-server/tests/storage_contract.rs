@@ -1288,6 +1288,63 @@ mod cases {
         fx.check_exact().await;
     }
 
+    /// `Upload::feed`, as the framed put and FTP STOR use it: more uploads
+    /// fed at once than the feed has writer threads (64), so that some
+    /// write from a blocking thread of their own and the rest from a task.
+    /// Every file lands whole with its hash, and a write past the quota
+    /// stops the feed with the quota error and keeps nothing.
+    pub async fn fed_uploads_past_the_writer_threads(make: fn() -> Backend) {
+        const UPLOADS: usize = 72;
+        let fx = fixture(make, None).await;
+        let h = &fx.home;
+        let files: Vec<Vec<u8>> = (0..UPLOADS).map(|i| Rng(100 + i as u64).bytes(70_000 + 977 * i)).collect();
+        let mut feeds = Vec::new();
+        for (i, data) in files.iter().enumerate() {
+            // Size told to some, not to others: both kinds of upload.
+            let size = (i % 2 == 0).then_some(data.len() as u64);
+            let up = h.begin_upload(&vp(&format!("/f{i}")), UploadSpec { size, ..Default::default() }).await.unwrap();
+            feeds.push(up.feed(2));
+        }
+        // Every feed is open (and holds its writer) before any data goes in.
+        for (feed, data) in feeds.iter().zip(&files) {
+            for block in data.chunks(16 * 1024) {
+                assert!(feed.send(Bytes::copy_from_slice(block)).await, "a fed write failed");
+            }
+        }
+        let mut total = 0;
+        for (feed, data) in feeds.into_iter().zip(&files) {
+            let (up, written) = feed.finish().await.unwrap();
+            written.unwrap();
+            let c = up.commit(Some(&sha(data))).await.unwrap();
+            assert_eq!((c.size, c.hash.as_deref()), (data.len() as u64, Some(sha(data).as_str())));
+            total += data.len() as u64;
+        }
+        for (i, data) in files.iter().enumerate() {
+            assert!(download(h, &format!("/f{i}"), 0).await.0 == *data, "fed file {i} identical");
+        }
+        fx.assert_exact(total);
+        fx.check_exact().await;
+
+        let fx = fixture(make, Some(100_000)).await;
+        let up = fx.home.begin_upload(&vp("/over"), UploadSpec::default()).await.unwrap();
+        let feed = up.feed(2);
+        let block = Bytes::from(vec![7u8; 32 * 1024]);
+        let mut sent = 0;
+        for _ in 0..16 {
+            if !feed.send(block.clone()).await {
+                break;
+            }
+            sent += 1;
+        }
+        assert!(sent < 16, "the feed stops taking blocks once a write fails");
+        let (up, written) = feed.finish().await.unwrap();
+        assert_err!(written, HomeError::Quota(_));
+        up.abort().await;
+        assert!(!fx.exists("/over").await);
+        fx.check_exact().await;
+        fx.assert_exact(0);
+    }
+
     /// What the trait itself promises about partials, without `Home`.
     pub async fn raw_partials(make: fn() -> Backend) {
         let fx = fixture(make, None).await;
@@ -1397,6 +1454,7 @@ macro_rules! contract_suite {
                 small_batches,
                 expire_partials_releases_their_bytes,
                 large_upload_in_parts,
+                fed_uploads_past_the_writer_threads,
                 raw_partials,
             );
         }

@@ -448,6 +448,10 @@ impl PartialWrite for FsPartial {
         result.map_err(VfsError::from)
     }
 
+    fn write_at_blocking(&mut self, offset: u64, data: &[u8]) -> Option<Result<(), VfsError>> {
+        Some(self.file().and_then(|f| f.write_all_at(data, offset).map_err(VfsError::from)))
+    }
+
     async fn commit(
         self: Box<Self>,
         target: &VirtualPath,

@@ -408,9 +408,8 @@ struct MemPartialWrite {
     id: String,
 }
 
-#[async_trait]
-impl PartialWrite for MemPartialWrite {
-    async fn write_at(&mut self, offset: u64, data: Bytes) -> Result<(), VfsError> {
+impl MemPartialWrite {
+    fn put(&mut self, offset: u64, data: &[u8]) -> Result<(), VfsError> {
         let mut t = self.storage.lock();
         let p = t.partial(&self.id)?;
         let start = usize::try_from(offset).map_err(|_| VfsError::Io(std::io::ErrorKind::FileTooLarge.into()))?;
@@ -419,9 +418,20 @@ impl PartialWrite for MemPartialWrite {
             // A write past the end leaves a hole of zeros, as on disk.
             p.data.resize(end, 0);
         }
-        p.data[start..end].copy_from_slice(&data);
+        p.data[start..end].copy_from_slice(data);
         p.modified = SystemTime::now();
         Ok(())
+    }
+}
+
+#[async_trait]
+impl PartialWrite for MemPartialWrite {
+    async fn write_at(&mut self, offset: u64, data: Bytes) -> Result<(), VfsError> {
+        self.put(offset, &data)
+    }
+
+    fn write_at_blocking(&mut self, offset: u64, data: &[u8]) -> Option<Result<(), VfsError>> {
+        Some(self.put(offset, data))
     }
 
     async fn commit(

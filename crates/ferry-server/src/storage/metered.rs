@@ -179,6 +179,13 @@ impl PartialWrite for MeteredWrite {
         timed(&self.metrics, "partial_write", self.inner.write_at(offset, data)).await
     }
 
+    fn write_at_blocking(&mut self, offset: u64, data: &[u8]) -> Option<Result<(), VfsError>> {
+        let started = Instant::now();
+        let result = self.inner.write_at_blocking(offset, data)?;
+        self.metrics.observe("partial_write", started.elapsed(), result.as_ref().err().is_some_and(failed));
+        Some(result)
+    }
+
     async fn commit(
         self: Box<Self>,
         target: &VirtualPath,

@@ -237,6 +237,15 @@ pub trait PartialWrite: Send + Sync {
 
     async fn write_at(&mut self, offset: u64, data: Bytes) -> Result<(), VfsError>;
 
+    /// Writes `data` at `offset` on the calling thread, for a caller that
+    /// runs on a blocking thread of its own (`Upload::feed`): one thread hop
+    /// less per block than [`write_at`](Self::write_at). `None` for a
+    /// backend that writes only asynchronously; the caller then uses
+    /// `write_at`.
+    fn write_at_blocking(&mut self, _offset: u64, _data: &[u8]) -> Option<Result<(), VfsError>> {
+        None
+    }
+
     /// Makes the partial the file at `target`, atomically: the target
     /// appears whole or not at all. `hash`, when given, is the verified
     /// hash to keep with the file. Returns what a replacement freed.
