@@ -351,14 +351,14 @@ m ferry-sftp-small-down "sftp -b get -r -> ferry SFTP (aes128-gcm)" download fil
 rm -rf "$FHOME_TLS/big.up" "$FHOME_TLS/small_up" "$BD/dst/big.down" "$BD/dst/small_down"
 
 echo "#### ferry's FTP front end (curl for 1 GiB, lftp mirror for the small files), plaintext and FTPS"
-FFTP="ftp://bench:$FERRY_PASSWORD@127.0.0.1:$FERRY_FTP_PORT"
-FFTPS="ftp://bench:$FERRY_PASSWORD@127.0.0.1:$FERRY_FTPS_PORT"
+FFTP="ftp://bench:\$FERRY_PASSWORD@127.0.0.1:$FERRY_FTP_PORT"
+FFTPS="ftp://bench:\$FERRY_PASSWORD@127.0.0.1:$FERRY_FTPS_PORT"
 m ferry-ftp-big-up    "curl -> ferry FTP" upload   MB $BIG_BYTES "curl -s -S -T \$BD/big.bin $FFTP/big.up" 'rm -f $FHOME_PLAIN/big.up' same_big_up "$FHOME_PLAIN/big.up"
 m ferry-ftp-big-down  "curl -> ferry FTP" download MB $BIG_BYTES "curl -s -S -o \$BD/dst/big.down $FFTP/big.bin" "$DOWN" same_big_down
 m ferry-ftps-big-up   "curl -> ferry FTPS" upload   MB $BIG_BYTES "curl -s -S --ssl-reqd -k $T13 -T \$BD/big.bin $FFTPS/big.up" 'rm -f $FHOME_TLS/big.up' same_big_up "$FHOME_TLS/big.up"
 m ferry-ftps-big-down "curl -> ferry FTPS" download MB $BIG_BYTES "curl -s -S --ssl-reqd -k $T13 -o \$BD/dst/big.down $FFTPS/big.bin" "$DOWN" same_big_down
-FLFTP="lftp -c \"set ftp:ssl-allow no; open -u bench,$FERRY_PASSWORD -p $FERRY_FTP_PORT 127.0.0.1;"
-FLFTPS="lftp -c \"set ftp:ssl-force true; set ftp:ssl-protect-data true; set ssl:verify-certificate no; open -u bench,$FERRY_PASSWORD -p $FERRY_FTPS_PORT 127.0.0.1;"
+FLFTP="lftp -c \"set ftp:ssl-allow no; open -u bench,\$FERRY_PASSWORD -p $FERRY_FTP_PORT 127.0.0.1;"
+FLFTPS="lftp -c \"set ftp:ssl-force true; set ftp:ssl-protect-data true; set ssl:verify-certificate no; open -u bench,\$FERRY_PASSWORD -p $FERRY_FTPS_PORT 127.0.0.1;"
 RUNS=$FTP_SMALL_RUNS m ferry-ftp-small-up    "lftp mirror -R -> ferry FTP" upload   files $SMALL_N "$FLFTP mirror -R \$BD/small small_up\"" 'rm -rf $FHOME_PLAIN/small_up' same_dir "$BD/small" "$FHOME_PLAIN/small_up"
 RUNS=$FTP_SMALL_RUNS m ferry-ftp-small-down  "lftp mirror -> ferry FTP" download files $SMALL_N "$FLFTP mirror small \$BD/dst/small_down\"" "$SDOWN" same_dir "$BD/small" "$BD/dst/small_down"
 RUNS=$FTP_SMALL_RUNS m ferry-ftps-small-up   "lftp mirror -R -> ferry FTPS" upload   files $SMALL_N "$FLFTPS mirror -R \$BD/small small_up\"" 'rm -rf $FHOME_TLS/small_up' same_dir "$BD/small" "$FHOME_TLS/small_up"
