@@ -11,8 +11,16 @@ use tokio_util::codec::{Decoder, Encoder};
 
 use crate::frame::{FrameCodec, FrameError, FrameItem, Header};
 
-/// Read buffer reservation: large reads keep the per-syscall cost low.
-const READ_RESERVE: usize = 256 * 1024;
+/// Read buffer reservation inside a body: large reads keep the per-syscall
+/// cost low, and the pieces handed out are as large (each one a hand-over
+/// to the thread that hashes and writes it). 1 MiB against 256 KiB: a
+/// plaintext 1 GiB put took 0.89 s instead of 1.0 s, a get 0.86 s instead
+/// of 0.95 s, with a tenth less CPU on the receiving side.
+const READ_RESERVE: usize = 1024 * 1024;
+/// A read buffer this large is let go once a body ends with nothing left in it.
+const SHRINK_ABOVE: usize = 64 * 1024;
+/// Queued small writes are sent once they reach this.
+const WRITE_FLUSH: usize = 256 * 1024;
 /// Read buffer reservation between bodies (headers are small).
 const HEADER_RESERVE: usize = 8 * 1024;
 /// Body writes at least this large bypass the write buffer.
@@ -103,11 +111,19 @@ impl<S: AsyncRead + Unpin> Connection<S> {
             if let Some(item) = self.codec.decode(&mut self.rbuf)? {
                 if let FrameItem::Body(b) = &item {
                     self.body_read += b.len() as u64;
+                    if self.rbuf.is_empty() && self.codec.at_boundary() && self.rbuf.capacity() > SHRINK_ABOVE {
+                        // The body is done: an idle session keeps a small buffer.
+                        self.rbuf = BytesMut::with_capacity(HEADER_RESERVE);
+                    }
                 }
                 return Ok(Some(item));
             }
-            // Large reads only inside a body: an idle session keeps a small buffer.
-            let want = if self.codec.body_remaining() > 0 { READ_RESERVE } else { HEADER_RESERVE };
+            // Large reads only inside a large body: an idle session, or a run
+            // of small files, keeps a small buffer.
+            let want = match self.codec.body_remaining() {
+                0 => HEADER_RESERVE,
+                left => READ_RESERVE.min(usize::try_from(left).unwrap_or(usize::MAX).saturating_add(HEADER_RESERVE)),
+            };
             if self.rbuf.capacity() - self.rbuf.len() < want / 4 {
                 self.rbuf.reserve(want);
             }
@@ -179,7 +195,7 @@ impl<S: AsyncWrite + Unpin> Connection<S> {
         if data.len() < DIRECT_WRITE {
             self.codec.encode(data, &mut self.wbuf)?;
             self.body_written += data.len() as u64;
-            if self.wbuf.len() >= READ_RESERVE {
+            if self.wbuf.len() >= WRITE_FLUSH {
                 self.flush_buffer().await?;
             }
             return Ok(());

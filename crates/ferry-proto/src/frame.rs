@@ -21,8 +21,9 @@ use tokio_util::codec::{Decoder, Encoder};
 /// Default cap on the JSON header (64 KiB): headers carry names and small
 /// numbers, never file data.
 pub const DEFAULT_MAX_HEADER: usize = 64 * 1024;
-/// Default largest body chunk handed out by the decoder.
-pub const DEFAULT_BODY_CHUNK: usize = 256 * 1024;
+/// Default largest body chunk handed out by the decoder (as large as the
+/// connection's reads inside a body; see `conn.rs`).
+pub const DEFAULT_BODY_CHUNK: usize = 1024 * 1024;
 /// The header field that states the body's byte count.
 pub const BODY_LEN: &str = "body_len";
 
