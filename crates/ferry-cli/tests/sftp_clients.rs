@@ -103,7 +103,15 @@ impl Site {
 
     /// `sftp -b -` with `script` on stdin, in the test's folder.
     fn sftp(&self, script: &str) -> Output {
-        let mut child = Command::new("sftp")
+        self.sftp_with(&[], script)
+    }
+
+    /// `sftp FLAGS -b -`, killed after two minutes (`timeout`), so that a
+    /// stalled transfer fails the test instead of hanging it.
+    fn sftp_with(&self, flags: &[&str], script: &str) -> Output {
+        let mut child = Command::new("timeout")
+            .args(["120", "sftp"])
+            .args(flags)
             .args(self.ssh_opts())
             .args(["-P", &self.port(), "-b", "-"])
             .arg(format!("{USER}@127.0.0.1"))
@@ -239,6 +247,22 @@ fn sftp_batch_commands_and_the_framed_protocol_agree() {
     ok(&site.ferry(&["put", big.to_str().unwrap(), &site.framed("from_framed.bin")]));
     ok(&site.sftp("get from_framed.bin from_framed_back.bin\n"));
     same(&big, &site.path("from_framed_back.bin"));
+}
+
+/// OpenSSH sftp with 256 reads in flight (`-R 256`) downloads a file many
+/// times the SSH window. The server bounds its queue of requests in bytes,
+/// so it keeps reading the window updates its answers wait for; bounded at
+/// 64 requests, such a get stalled after about 40 MB.
+#[test]
+fn sftp_get_with_256_requests_in_flight_does_not_stall() {
+    require!("sftp", "ssh-keygen", "timeout");
+    let site = Site::start(&[], None);
+    let big = site.path("big.bin");
+    write_random_file(&big, 96 << 20, 21).unwrap();
+    ok(&site.sftp("put big.bin big.bin\n"));
+    let out = site.sftp_with(&["-R", "256"], "get big.bin got.bin\n");
+    ok(&out);
+    same(&big, &site.path("got.bin"));
 }
 
 #[test]
