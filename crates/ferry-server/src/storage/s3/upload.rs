@@ -36,7 +36,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use ferry_proto::hash::HashAlgo;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use object_store::multipart::{MultipartStore, PartId};
@@ -98,11 +98,14 @@ struct Inner {
     flushed: u64,
     /// SHA-256 of those bytes.
     hasher: Sha256,
-    /// The bytes after them; holes are zeros. `BytesMut`, so handing a
-    /// sent part's bytes back costs nothing (no shift of the rest).
-    buf: BytesMut,
-    /// The first bytes of `buf` handed to parts being sent.
+    /// The parts being sent, oldest first: split off the front of `buf`
+    /// without a copy, and held until recorded, so a failed send can put
+    /// them back. Each shares its allocation with the request sending it.
+    in_flight: VecDeque<Bytes>,
+    /// Bytes in `in_flight`.
     sending: u64,
+    /// The bytes after those being sent; holes are zeros.
+    buf: BytesMut,
     /// SHA-256 of the recorded bytes and those being sent.
     send_hasher: Sha256,
     /// Written ranges (absolute offsets), sorted and merged.
@@ -125,9 +128,27 @@ struct Inner {
     stale_tail: bool,
 }
 
+/// The buffer an upload fills: a part and half a part more, so the write
+/// that completes a part still fits.
+fn buffer_size(part_size: u64) -> usize {
+    (part_size + part_size / 2) as usize
+}
+
 impl Inner {
     fn len(&self) -> u64 {
-        self.flushed + self.buf.len() as u64
+        self.base() + self.buf.len() as u64
+    }
+
+    /// Everything after the recorded parts, in order: the parts being sent, then `buf`.
+    fn unrecorded(&self) -> impl Iterator<Item = &[u8]> {
+        self.in_flight.iter().map(|b| &b[..]).chain(std::iter::once(&self.buf[..]))
+    }
+
+    /// A copy of [`Self::unrecorded`] in one piece.
+    fn unrecorded_copy(&self) -> BytesMut {
+        let mut all = BytesMut::with_capacity((self.len() - self.flushed) as usize);
+        self.unrecorded().for_each(|piece| all.extend_from_slice(piece));
+        all
     }
 
     fn add_filled(&mut self, r: Range<u64>) {
@@ -153,20 +174,32 @@ impl Inner {
         self.filled.first().is_some_and(|f| f.start <= self.base() && f.end >= self.base() + part_size)
     }
 
-    /// Hands the next whole part off: its bytes and the hasher after it.
+    /// Hands the next whole part off: its bytes (split off `buf`, not
+    /// copied) and the hasher after it.
     fn take_part(&mut self, part_size: u64) -> Option<(Bytes, Sha256)> {
         if !self.part_ready(part_size) {
             return None;
         }
-        let from = self.sending as usize;
-        let bytes = Bytes::copy_from_slice(&self.buf[from..from + part_size as usize]);
+        let bytes = self.buf.split_to(part_size as usize).freeze();
         self.send_hasher.update(&bytes);
         self.sending += part_size;
+        self.in_flight.push_back(bytes.clone());
+        // The rest moves to an allocation of its own now, sized for the next
+        // part, rather than by doubling as writes come in.
+        let want = buffer_size(part_size);
+        if self.buf.capacity() < want {
+            self.buf.reserve(want - self.buf.len());
+        }
         Some((bytes, self.send_hasher.clone()))
     }
 
-    /// Forgets the parts being sent (one failed: those after it are moot).
+    /// Forgets the parts being sent (one failed: those after it are moot)
+    /// and puts their bytes back in front of `buf`.
     fn reset_sending(&mut self) {
+        if !self.in_flight.is_empty() {
+            self.buf = self.unrecorded_copy();
+            self.in_flight.clear();
+        }
         self.sending = 0;
         self.send_hasher = self.hasher.clone();
     }
@@ -232,6 +265,7 @@ impl S3Storage {
                 send_hasher: d.hasher.clone(),
                 hasher: d.hasher,
                 buf: BytesMut::from(&d.tail[..]),
+                in_flight: VecDeque::new(),
                 sending: 0,
                 filled,
                 dirty: false,
@@ -366,12 +400,22 @@ async fn load_verified(s: &S3Storage, id: &str) -> Result<Option<Durable>, VfsEr
 /// The hasher over the first `len` bytes (fewer when the partial holds
 /// fewer). Below the sent parts only a part boundary can be hashed: S3
 /// cannot read a pending part back.
-fn prefix_hash(parts: &[PartRecord], flushed: u64, hasher: &Sha256, buf: &[u8], len: u64) -> (Sha256, u64) {
+fn prefix_hash<'a>(
+    parts: &[PartRecord],
+    flushed: u64,
+    hasher: &Sha256,
+    after: impl Iterator<Item = &'a [u8]>,
+    len: u64,
+) -> (Sha256, u64) {
     if len >= flushed {
-        let n = (len - flushed).min(buf.len() as u64);
         let mut h = hasher.clone();
-        h.update(&buf[..n as usize]);
-        return (h, flushed + n);
+        let mut at = flushed;
+        for piece in after {
+            let n = (len - at).min(piece.len() as u64);
+            h.update(&piece[..n as usize]);
+            at += n;
+        }
+        return (h, at);
     }
     let mut best = (Sha256::new(), 0);
     let mut end = 0;
@@ -485,10 +529,10 @@ pub(super) async fn hash(s: &S3Storage, id: &str, len: u64) -> Result<(Sha256, u
     }
     if let Some(live) = s.live(id) {
         let inner = live.lock();
-        return Ok(prefix_hash(&inner.state.parts, inner.flushed, &inner.hasher, &inner.buf, len));
+        return Ok(prefix_hash(&inner.state.parts, inner.flushed, &inner.hasher, inner.unrecorded(), len));
     }
     let d = load_verified(s, id).await?.ok_or_else(|| not_found(id))?;
-    Ok(prefix_hash(&d.state.parts, d.state.parts_len(), &d.hasher, &d.tail, len))
+    Ok(prefix_hash(&d.state.parts, d.state.parts_len(), &d.hasher, std::iter::once(&d.tail[..]), len))
 }
 
 pub(super) async fn remove(s: &S3Storage, id: &str) -> Result<Amount, VfsError> {
@@ -725,7 +769,7 @@ async fn ack_front(live: &Live, q: &mut VecDeque<Sending>) -> Result<(), VfsErro
     inner.flushed += sent.size;
     inner.sending -= sent.size;
     inner.hasher = sent.hasher;
-    inner.buf.advance(sent.size as usize);
+    inner.in_flight.pop_front();
     let flushed = inner.flushed;
     inner.filled.retain(|r| r.end > flushed);
     if let Some(first) = inner.filled.first_mut() {
@@ -792,7 +836,7 @@ async fn store_tail(s: &S3Storage, live: &Live, generation: u64) -> Result<(), V
         if inner.gone || inner.generation != generation || (inner.stored && !inner.dirty && !inner.unsaved) {
             return Ok(());
         }
-        (inner.state.clone(), Bytes::copy_from_slice(&inner.buf), inner.stored, inner.stale_tail)
+        (inner.state.clone(), inner.unrecorded_copy().freeze(), inner.stored, inner.stale_tail)
     };
     let path = s.tail_path(&live.id)?;
     if buf.is_empty() {
@@ -848,8 +892,16 @@ impl PartialWrite for S3Partial {
                 .checked_add(data.len() as u64)
                 .ok_or_else(|| VfsError::Io(std::io::ErrorKind::FileTooLarge.into()))?;
             self.window(&inner, offset, end)?;
-            let (start, stop) = ((offset - inner.flushed) as usize, (end - inner.flushed) as usize);
+            let base = inner.base();
+            let (start, stop) = ((offset - base) as usize, (end - base) as usize);
             if inner.buf.len() < stop {
+                if inner.buf.capacity() < stop {
+                    // Doubling up to a part and a half (what `take_part`
+                    // reserves), so a small upload stays small.
+                    let (len, capacity) = (inner.buf.len(), inner.buf.capacity());
+                    let want = stop.max((capacity * 2).min(buffer_size(self.part_size())));
+                    inner.buf.reserve(want - len);
+                }
                 inner.buf.resize(stop, 0);
             }
             inner.buf[start..stop].copy_from_slice(&data);
@@ -878,7 +930,7 @@ impl PartialWrite for S3Partial {
         let (mut state, buf, mut stored, stale_tail) = {
             let inner = self.live.lock();
             self.check(&inner)?;
-            (inner.state.clone(), Bytes::copy_from_slice(&inner.buf), inner.stored, inner.stale_tail)
+            (inner.state.clone(), inner.unrecorded_copy().freeze(), inner.stored, inner.stale_tail)
         };
         let s = self.s.clone();
         let id = self.live.id.clone();
@@ -970,5 +1022,62 @@ impl Drop for S3Partial {
             },
             &rt,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inner() -> Inner {
+        let meta = PartialMeta { path: "/f".into(), size: None, sha256: None, blake3: None };
+        Inner {
+            state: PartialState::new(meta),
+            flushed: 0,
+            hasher: Sha256::new(),
+            in_flight: VecDeque::new(),
+            sending: 0,
+            buf: BytesMut::new(),
+            send_hasher: Sha256::new(),
+            filled: Vec::new(),
+            dirty: false,
+            stored: false,
+            generation: 1,
+            modified: SystemTime::now(),
+            gone: false,
+            unsaved: false,
+            stale_tail: false,
+        }
+    }
+
+    fn write(inner: &mut Inner, data: &[u8]) {
+        let at = inner.len();
+        inner.buf.extend_from_slice(data);
+        inner.add_filled(at..at + data.len() as u64);
+    }
+
+    /// Parts leave `buf` without a copy; a failed send puts every byte back
+    /// in order, and the hashes still cover exactly what was written.
+    #[test]
+    fn parts_split_off_and_put_back_in_order() {
+        let part = 4u64;
+        let data: Vec<u8> = (0..11u8).collect();
+        let mut inner = inner();
+        write(&mut inner, &data);
+        let (first, _) = inner.take_part(part).unwrap();
+        let (second, after_two) = inner.take_part(part).unwrap();
+        assert!(inner.take_part(part).is_none(), "3 bytes are not a part");
+        assert_eq!((&first[..], &second[..]), (&data[0..4], &data[4..8]));
+        assert_eq!(after_two.finalize(), Sha256::digest(&data[..8]));
+        assert_eq!((inner.base(), inner.len(), &inner.buf[..]), (8, 11, &data[8..]));
+        let (h, n) = prefix_hash(&inner.state.parts, inner.flushed, &inner.hasher, inner.unrecorded(), 6);
+        assert_eq!((h.finalize(), n), (Sha256::digest(&data[..6]), 6));
+
+        inner.reset_sending();
+        assert_eq!((inner.base(), inner.len(), &inner.buf[..]), (0, 11, &data[..]));
+        assert!(inner.in_flight.is_empty());
+        let (again, _) = inner.take_part(part).unwrap();
+        assert_eq!(&again[..], &data[0..4]);
+        assert_eq!(&inner.unrecorded_copy()[..], &data[..]);
     }
 }
