@@ -54,8 +54,10 @@ fn config_from(a: &ServeArgs) -> Result<ServerConfig> {
 fn init_logs(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
         // libunftp logs every command at info, each with its whole session
-        // state in the span: its warnings are enough by default.
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,libunftp=warn"));
+        // state in the span: its warnings are enough by default. rustls
+        // warns on each handshake whose SNI is an IP address (lftp sends
+        // one on every FTPS data connection), which it then ignores: noise.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,libunftp=warn,rustls::msgs::handshake=error"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
