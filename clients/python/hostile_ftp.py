@@ -7,7 +7,8 @@ Run by crates/ferry-cli/tests/ftp_clients.rs with --port, --user and
 For each of STOR, RETR and LIST, on a fresh logged-in FTPS session with
 PROT P: PASV, a data connection that speaks plaintext (or says nothing and
 closes) instead of TLS, then the command. Prints one JSON line per attempt:
-the command's first reply, and whether the control connection still
+the command's first reply, its final reply (the server must answer the
+failed data connection, 426) and whether the control connection still
 answers NOOP afterwards (and what).
 """
 import argparse
@@ -44,6 +45,10 @@ def attempt(args, command, garbage):
     first = f.getline()
     data.close()
     try:
+        final = f.getline()
+    except Exception as e:  # noqa: BLE001 - what happened is the result
+        final = f"{type(e).__name__}: {e}"
+    try:
         after = f.sendcmd("NOOP")
     except Exception as e:  # noqa: BLE001 - what happened is the result
         after = f"{type(e).__name__}: {e}"
@@ -51,7 +56,7 @@ def attempt(args, command, garbage):
         f.close()
     except Exception:  # noqa: BLE001
         pass
-    return {"command": command, "garbage": garbage, "first": first, "noop_after": after}
+    return {"command": command, "garbage": garbage, "first": first, "final": final, "noop_after": after}
 
 
 def main():

@@ -272,22 +272,12 @@ impl Ftp {
         if let Some(host) = &self.passive_host {
             builder = builder.passive_host(PassiveHost::from(host.as_str()));
         }
-        // Data channels: libunftp 0.24 runs a data connection's TLS
-        // handshake with no timeout and `unwrap`s its result (datachan.rs,
-        // `reader`/`writer`; upstream bolcom/libunftp#375), so a data
-        // connection that fails it (plaintext, garbage, closed early)
-        // panics that transfer's task, and one that never speaks holds it.
-        // Nothing here can reach that handshake: the data socket is
-        // libunftp's from accept to close. The panic is contained: tokio
-        // catches it in that task; the server, every other session and
-        // that session's control connection go on (test
+        // Data channels: libunftp 0.24 ran a data connection's TLS handshake
+        // with no timeout and `unwrap`ped its result (upstream
+        // bolcom/libunftp#375). Our patched copy (vendor/libunftp,
+        // FERRY-PATCHES.md) bounds it to 30 s and answers a failure with
+        // 426; the session goes on (test
         // `issue15_failed_data_tls_handshakes_harm_no_other_session`).
-        // What is lost: that transfer gets no final reply and nothing is
-        // stored, and libunftp's "data busy" flag stays set, so that control
-        // connection no longer idles out: it ends when its client closes it,
-        // or at shutdown (`serve` cuts it), holding its one seat meanwhile.
-        // Only a logged-in user can get there. Fixing it needs a libunftp
-        // release (or fork) that maps the handshake error to a 4xx reply.
         if let Some(tls) = &self.tls {
             builder = builder
                 .ftps_manual::<std::path::PathBuf>(Arc::clone(tls))
