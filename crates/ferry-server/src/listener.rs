@@ -271,6 +271,8 @@ mod tests {
         };
         config.limits.max_unauthenticated_per_ip = 2;
         config.auth.scram_iterations = 4096;
+        // Not the default 7722: a server already running there must not fail this test.
+        config.sftp.listen = "[::1]:0".parse().unwrap();
         let (running, _) = crate::start(config).await.unwrap();
         let addr = running.tcp_addrs[0];
         let within = Duration::from_secs(10);
