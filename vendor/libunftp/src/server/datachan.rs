@@ -17,6 +17,8 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc::{Receiver, Sender};
 use tokio_rustls::TlsAcceptor;
 
+use super::quickack::{self, QuickAckReads}; // ferry patch 3
+
 use crate::metrics;
 
 #[derive(Debug)]
@@ -633,12 +635,13 @@ async fn accept_data_tls(
     tls_config: Arc<rustls::ServerConfig>,
     socket: TcpStream,
     logger: &slog::Logger,
-) -> Option<tokio_rustls::server::TlsStream<QuickAckReads>> {
+) -> Option<tokio_rustls::server::TlsStream<QuickAckReads<TcpStream>>> {
     let acceptor: TlsAcceptor = tls_config.into();
-    let socket = QuickAckReads { socket, on: true };
+    let handle = quickack::second_handle(&socket);
+    let socket = QuickAckReads::new(socket, handle);
     match tokio::time::timeout(DATA_TLS_HANDSHAKE_TIMEOUT, acceptor.accept(socket)).await {
         Ok(Ok(mut stream)) => {
-            stream.get_mut().0.on = false;
+            stream.get_mut().0.stop();
             Some(stream)
         }
         Ok(Err(err)) => {
@@ -649,50 +652,6 @@ async fn accept_data_tls(
             slog::warn!(logger, "Data channel TLS handshake timed out");
             None
         }
-    }
-}
-
-/// ferry patch: a data socket that acknowledges what it reads at once while
-/// `on` (its TLS handshake). A client that sends its ChangeCipherSpec and
-/// Finished as two small writes without TCP_NODELAY (lftp with GnuTLS does)
-/// holds the Finished until the first is acknowledged, and the server, with
-/// nothing to send, delays that ACK: 40 ms on every transfer.
-pub(crate) struct QuickAckReads {
-    socket: TcpStream,
-    on: bool,
-}
-
-impl AsyncRead for QuickAckReads {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.socket).poll_read(cx, buf);
-        if self.on && buf.filled().len() > before {
-            // Sends the ACK now if one is pending; best effort.
-            let _ = socket2::SockRef::from(&self.socket).set_tcp_quickack(true);
-        }
-        r
-    }
-}
-
-impl AsyncWrite for QuickAckReads {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.socket).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[std::io::IoSlice<'_>]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.socket).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.socket.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.socket).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.socket).poll_shutdown(cx)
     }
 }
 

@@ -8,6 +8,7 @@ pub(crate) mod ftpserver;
 mod password;
 #[cfg(feature = "proxy_protocol")]
 mod proxy_protocol;
+mod quickack; // ferry patches 3 and 4
 mod session;
 pub(crate) mod shutdown;
 mod switchboard;

@@ -25,6 +25,7 @@ use crate::{
         failed_logins::FailedLoginsCache,
         ftpserver::options::{FtpsRequired, PassiveHost, SiteCommandHandler, SiteMd5},
         session::SharedSession,
+        quickack::{self, QuickAckReads}, // ferry patch 4
         shutdown,
         tls::FtpsConfig,
     },
@@ -48,56 +49,6 @@ use tokio_util::codec::{Decoder, Framed};
 trait AsyncReadAsyncWriteSendUnpin: AsyncRead + AsyncWrite + Send + Unpin {}
 
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> AsyncReadAsyncWriteSendUnpin for T {}
-
-/// ferry patch 4: the control connection during its AUTH TLS handshake,
-/// acknowledging each read at once while `socket` is set. GnuTLS clients
-/// (lftp, FileZilla) send ChangeCipherSpec and Finished as two small writes
-/// without TCP_NODELAY and wait for the ACK of the first, which the server,
-/// with nothing to send, delays by 40 ms. As datachan.rs does for data.
-struct QuickAckReads {
-    io: Box<dyn AsyncReadAsyncWriteSendUnpin>,
-    socket: Option<socket2::Socket>,
-}
-
-impl AsyncRead for QuickAckReads {
-    fn poll_read(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, buf: &mut tokio::io::ReadBuf<'_>) -> std::task::Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let r = std::pin::Pin::new(&mut self.io).poll_read(cx, buf);
-        if let Some(socket) = &self.socket
-            && buf.filled().len() > before
-        {
-            // Sends the ACK now if one is pending; best effort.
-            let _ = socket.set_tcp_quickack(true);
-        }
-        r
-    }
-}
-
-impl AsyncWrite for QuickAckReads {
-    fn poll_write(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, buf: &[u8]) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
 
 #[derive(Debug, Clone)]
 pub struct Config<Storage, User>
@@ -232,7 +183,7 @@ where
     let codec = FtpCodec::new();
     // ferry patch 4: a second handle on the socket, to acknowledge at once
     // during the AUTH TLS handshake (see `QuickAckReads`).
-    let mut quickack = std::os::fd::AsFd::as_fd(&tcp_stream).try_clone_to_owned().ok().map(socket2::Socket::from);
+    let mut ack_handle = quickack::second_handle(&tcp_stream);
     let cmd_and_reply_stream: Framed<Box<dyn AsyncReadAsyncWriteSendUnpin>, FtpCodec> = codec.framed(Box::new(tcp_stream));
     let (mut reply_sink, mut command_source) = cmd_and_reply_stream.split();
 
@@ -306,11 +257,11 @@ where
                             FtpsConfig::On { tls_config } => tls_config.into(),
                             _ => panic!("Could not create TLS acceptor. Illegal program state"),
                         };
-                        let io = QuickAckReads { io, socket: quickack.take() };
+                        let io = QuickAckReads::new(io, ack_handle.take());
                         let accepted = acceptor.accept(io).await;
                         let io: Box<dyn AsyncReadAsyncWriteSendUnpin> = match accepted {
                             Ok(mut stream) => {
-                                stream.get_mut().0.socket = None;
+                                stream.get_mut().0.stop();
                                 let s: &ServerConnection = stream.get_ref().1;
                                 if let Some(certs) = s.peer_certificates() {
                                     let mut session = shared_session.lock().await;
