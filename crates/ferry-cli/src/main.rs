@@ -32,6 +32,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 pub const EXIT_FAILURE: u8 = 1;
 
 fn main() -> ExitCode {
+    ferry_client::copy_tuning::restart_with_fast_copies();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,

@@ -523,3 +523,43 @@ async fn names_with_control_characters_or_raw_bytes_are_listed_escaped_and_usabl
         assert!(e.to_string().contains("invalid name"), "{bad:?}: {e}");
     }
 }
+
+/// Found by profiling a TLS download: on AMD processors glibc copied each
+/// TLS record with `rep movsb`, at a twentieth of the vector loop's speed
+/// when the buffers lined up badly (`ferry_client::copy_tuning`). The real
+/// binary restarts itself once with the tunable, keeping its process ID, and
+/// leaves a tunable the caller set alone.
+#[test]
+fn the_binary_restarts_with_fast_copies_on_amd_only() {
+    let ferry = std::path::PathBuf::from(env!("CARGO_BIN_EXE_ferry"));
+    let amd = cfg!(all(target_os = "linux", target_env = "gnu", target_arch = "x86_64"))
+        && std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default().contains("AuthenticAMD");
+    let environ = |pid: u32| -> Vec<String> {
+        let raw = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+        raw.split(|b| *b == 0).map(|v| String::from_utf8_lossy(v).into_owned()).collect()
+    };
+    let dir = tempfile::tempdir().unwrap();
+
+    let mut server = ferry_testkit::ServerProcess::spawn(&ferry, &dir.path().join("a"), &["--no-sftp"]).unwrap();
+    let env = environ(server.child.id());
+    let tuned = env.iter().any(|v| v == "GLIBC_TUNABLES=glibc.cpu.x86_rep_movsb_threshold=0xffffffffff");
+    assert_eq!(tuned, amd, "restarted with the tunable exactly on AMD: {env:?}");
+    assert_eq!(env.iter().any(|v| v == "FERRY_COPY_TUNED=1"), amd);
+    // The restarted process is the one that serves (same PID, listening).
+    std::net::TcpStream::connect(server.addr).expect("the restarted server listens");
+    server.child.kill().unwrap();
+    let _ = server.child.wait();
+
+    let mut server = ferry_testkit::ServerProcess::spawn_env(
+        &ferry,
+        &dir.path().join("b"),
+        &["--no-sftp"],
+        &[("GLIBC_TUNABLES", "glibc.cpu.x86_rep_movsb_threshold=4096")],
+    )
+    .unwrap();
+    let env = environ(server.child.id());
+    assert!(env.iter().any(|v| v == "GLIBC_TUNABLES=glibc.cpu.x86_rep_movsb_threshold=4096"), "{env:?}");
+    assert!(!env.iter().any(|v| v.starts_with("FERRY_COPY_TUNED")), "the caller's choice stands: {env:?}");
+    server.child.kill().unwrap();
+    let _ = server.child.wait();
+}

@@ -9,6 +9,7 @@
 //! drawing stays in the CLI.
 
 mod connect;
+pub mod copy_tuning;
 mod error;
 mod exec;
 pub mod known_hosts;

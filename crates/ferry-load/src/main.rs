@@ -161,6 +161,8 @@ async fn run(cli: Cli) -> Result<bool> {
 }
 
 fn main() -> ExitCode {
+    // The floor pipe copies as ferry does (see the module's note).
+    ferry_client::copy_tuning::restart_with_fast_copies();
     let cli = Cli::parse();
     // The pipe needs neither a ferry binary nor a runtime.
     if let Cmd::Pipe(a) = &cli.cmd {
