@@ -150,6 +150,14 @@ def main():
     r, got = retr(ftp, "docs/a.bin", rest=100_000)
     check(code_of(r) == "226" and got == data[100_000:], f"REST + RETR: {r!r}, {len(got)} bytes")
     expect("550", "RETR missing", lambda: retr(ftp, "docs/missing"))
+    expect("550", "RETR a directory", lambda: retr(ftp, "docs"))
+    small = os.urandom(4096)
+    expect("226", "STOR docs/small.bin", lambda: ftp.storbinary("STOR docs/small.bin", io.BytesIO(small)))
+    r, got = retr(ftp, "docs/small.bin")
+    check(code_of(r) == "226" and got == small, f"RETR small whole: {r!r}, {len(got)} bytes")
+    r, got = retr(ftp, "docs/small.bin", rest=4000)
+    check(code_of(r) == "226" and got == small[4000:], f"REST + RETR small: {r!r}, {len(got)} bytes")
+    expect("250", "DELE docs/small.bin", lambda: ftp.sendcmd("DELE docs/small.bin"))
 
     # Resume an upload: REST n + STOR keeps the first n bytes; APPE appends.
     half = len(data) // 2

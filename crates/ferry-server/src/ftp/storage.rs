@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use unftp_core::auth::UserDetail;
 use unftp_core::storage::{Error, ErrorKind, FEATURE_RESTART, Fileinfo, Metadata, Permissions, Result, StorageBackend};
 
-use crate::home::{Home, HomeError, Remove, Upload, UploadSpec};
+use crate::home::{HashAlgo, Home, HomeError, Remove, Upload, UploadSpec};
 use crate::metrics::{Direction, Frontend, Metrics, Transfer};
 use crate::storage::READ_BLOCK;
 use crate::vfs::{Entry, EntryKind, VfsError, VirtualPath};
@@ -188,8 +188,23 @@ impl StorageBackend<FtpUser> for HomeStorage {
         P: AsRef<Path> + Send + fmt::Debug,
     {
         let vp = resolve(path.as_ref())?;
-        let download = user.home.open_download(&vp, start_pos).await.map_err(to_ftp)?;
         let transfer = user.metrics.transfer(Frontend::Ftp, Direction::Download);
+        if start_pos == 0 {
+            // Open, size and read in one blocking step: a mirror of small
+            // files pays a thread hand-off per step.
+            let small = user.home.read_small(vec![vp.clone()], SMALL_FILE, SMALL_FILE, HashAlgo::Blake3).await;
+            match small.into_iter().next() {
+                Some(Ok(Some(small))) => {
+                    output.write_all(&small.data).await.map_err(Error::from)?;
+                    transfer.add(small.data.len() as u64);
+                    transfer.finish();
+                    return Ok(small.data.len() as u64);
+                }
+                Some(Err(e)) => return Err(to_ftp(e)),
+                _ => {}
+            }
+        }
+        let download = user.home.open_download(&vp, start_pos).await.map_err(to_ftp)?;
         let len = download.len();
         if len <= SMALL_FILE {
             // A small file in one read: no reader task for a few kilobytes.
