@@ -463,15 +463,11 @@ impl S3Storage {
     }
 
     async fn delete(&self, path: &Path) -> Result<(), VfsError> {
-        match self.store().delete(path).await {
-            Ok(()) => Ok(()),
-            Err(e) if is_not_found(&e) => Ok(()),
-            Err(e) => Err(backend_error(e)),
-        }
+        delete_listed(self.store(), path).await
     }
 
     async fn delete_many(&self, paths: Vec<Path>) -> Result<(), VfsError> {
-        let stream = futures::stream::iter(paths.into_iter().map(Ok)).boxed();
+        let stream = futures::stream::iter(paths.clone().into_iter().map(Ok)).boxed();
         let results: Vec<_> = self.store().delete_stream(stream).collect().await;
         for r in results {
             match r {
@@ -480,7 +476,7 @@ impl S3Storage {
                 Err(e) => return Err(backend_error(e)),
             }
         }
-        Ok(())
+        until_unlisted(self.store(), &paths).await
     }
 
     async fn put(&self, path: &Path, data: Bytes, sha256: Option<&str>) -> Result<(), VfsError> {
@@ -506,6 +502,59 @@ impl S3Storage {
     fn is_marker(key: &str) -> bool {
         key.rsplit('/').next() == Some(DIR_MARKER)
     }
+}
+
+/// Deletes the object at `path` (gone already is fine), then waits until
+/// listings no longer show it ([`until_unlisted`]).
+async fn delete_listed(store: &AmazonS3, path: &Path) -> Result<(), VfsError> {
+    match store.delete(path).await {
+        Ok(()) => {}
+        Err(e) if is_not_found(&e) => {}
+        Err(e) => return Err(backend_error(e)),
+    }
+    until_unlisted(store, std::slice::from_ref(path)).await
+}
+
+/// Waits, a second at most, until a listing no longer shows any of `gone`,
+/// just deleted.
+///
+/// Every name this backend answers (exists, ls, usage, partial states)
+/// comes from listings, and a listing can lag a delete: Garage 2.5 with
+/// three replicas returns a DELETE once two have it, and a listing applies
+/// its "not deleted" filter on each replica before merging their answers
+/// (garage_table `get_range_internal`), so the third one's stale copy shows
+/// through for a few milliseconds. AWS S3 lists consistently: one LIST.
+async fn until_unlisted(store: &AmazonS3, gone: &[Path]) -> Result<(), VfsError> {
+    let Some(first) = gone.first() else { return Ok(()) };
+    let prefix = gone.iter().fold(first.as_ref(), |p, g| {
+        let common = p.bytes().zip(g.as_ref().bytes()).take_while(|(a, b)| a == b).count();
+        // On a char boundary: keys are UTF-8.
+        &p[..(0..=common).rev().find(|&i| p.is_char_boundary(i)).unwrap_or(0)]
+    });
+    let gone: HashSet<&str> = gone.iter().map(|p| p.as_ref()).collect();
+    let mut wait = Duration::from_millis(2);
+    for _ in 0..10 {
+        let mut shown = false;
+        let mut token = None;
+        for _ in 0..MAX_PAGES {
+            // One key sorts first among those it prefixes: one is enough to see.
+            let max_keys = (gone.len() == 1).then_some(1);
+            let opts = PaginatedListOptions { page_token: token, max_keys, ..Default::default() };
+            let page = store.list_paginated(Some(prefix), opts).await.map_err(backend_error)?;
+            shown |= page.result.objects.iter().any(|o| gone.contains(o.location.as_ref()));
+            token = page.page_token;
+            if shown || token.is_none() || max_keys.is_some() {
+                break;
+            }
+        }
+        if !shown {
+            return Ok(());
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_millis(200));
+    }
+    tracing::debug!(prefix, "S3 listings still show deleted objects after a second");
+    Ok(())
 }
 
 fn obj_path(key: &str) -> Result<Path, VfsError> {

@@ -134,11 +134,7 @@ impl PartialStore for BucketPartialStore {
     }
 
     async fn delete(&self, home: &str, id: &str) -> Result<(), VfsError> {
-        match self.store.delete(&Self::key(home, id)?).await {
-            Ok(()) => Ok(()),
-            Err(e) if is_not_found(&e) => Ok(()),
-            Err(e) => Err(backend_error(e)),
-        }
+        super::delete_listed(&self.store, &Self::key(home, id)?).await
     }
 
     async fn list(&self, home: &str) -> Result<Vec<Stored>, VfsError> {
