@@ -22,6 +22,7 @@
 
 mod api;
 mod hashing;
+mod pool;
 mod read;
 mod state;
 mod upload;

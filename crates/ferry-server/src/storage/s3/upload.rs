@@ -6,7 +6,7 @@
 //! read a pending part back, so:
 //! - writes land in a buffer in memory (holes are zeros, as on disk); each
 //!   time its written prefix holds a whole part (`[storage] part_size`), that
-//!   part is sent (up to four side by side), and, in order, its ETag, size
+//!   part is sent (up to two side by side), and, in order, its ETag, size
 //!   and the hasher state after it are recorded in the upload's state
 //!   ([`super::state`]), shared and durable. The record is saved in the
 //!   background (one save at a time, always of the latest state), so the
@@ -43,6 +43,7 @@ use object_store::multipart::{MultipartStore, PartId};
 use object_store::{ObjectStoreExt, PutPayload};
 use sha2::{Digest, Sha256};
 
+use super::pool::{PartBuf, Pool};
 use super::state::{PartRecord, PartialState, Stored, partial_dir};
 use super::{Amount, PartialInfo, PartialMeta, PartialWrite, S3Storage, VfsError, VirtualPath};
 use super::{HASH_META, api, backend_error, hashing, is_not_found, obj_path};
@@ -61,8 +62,12 @@ pub(super) fn unsupported(msg: String) -> VfsError {
 }
 
 /// Parts sent at once by one upload: S3 takes them side by side; they are
-/// recorded in order as they complete.
-const PARTS_IN_FLIGHT: usize = 4;
+/// recorded in order as they complete. With the part being filled, an
+/// upload holds three parts (24 MiB at the default 8 MiB): four in flight
+/// held 40 MiB and peaked the server at 74-78 MiB of RSS, and the upload
+/// against Garage here did not go faster for it (73-76 MB/s with two or
+/// four; bench/run.sh, ONLY=s3-big).
+const PARTS_IN_FLIGHT: usize = 2;
 
 /// A part on its way: the task sending it.
 type Sending = tokio::task::JoinHandle<Result<Sent, VfsError>>;
@@ -98,14 +103,16 @@ struct Inner {
     flushed: u64,
     /// SHA-256 of those bytes.
     hasher: Sha256,
-    /// The parts being sent, oldest first: split off the front of `buf`
-    /// without a copy, and held until recorded, so a failed send can put
-    /// them back. Each shares its allocation with the request sending it.
+    /// The parts being sent, oldest first: the front buffers of `buf`,
+    /// handed off without a copy, and held until recorded, so a failed send
+    /// can put them back. Each shares its buffer with the request sending it.
     in_flight: VecDeque<Bytes>,
     /// Bytes in `in_flight`.
     sending: u64,
-    /// The bytes after those being sent; holes are zeros.
-    buf: BytesMut,
+    /// The bytes after those being sent; holes are zeros. In part-sized
+    /// buffers of a pool of the upload, which the parts sent go back to once
+    /// recorded and done with (see [`super::pool`]).
+    buf: PartBuf,
     /// SHA-256 of the recorded bytes and those being sent.
     send_hasher: Sha256,
     /// Written ranges (absolute offsets), sorted and merged.
@@ -128,12 +135,6 @@ struct Inner {
     stale_tail: bool,
 }
 
-/// The buffer an upload fills: a part and half a part more, so the write
-/// that completes a part still fits.
-fn buffer_size(part_size: u64) -> usize {
-    (part_size + part_size / 2) as usize
-}
-
 impl Inner {
     fn len(&self) -> u64 {
         self.base() + self.buf.len() as u64
@@ -141,7 +142,7 @@ impl Inner {
 
     /// Everything after the recorded parts, in order: the parts being sent, then `buf`.
     fn unrecorded(&self) -> impl Iterator<Item = &[u8]> {
-        self.in_flight.iter().map(|b| &b[..]).chain(std::iter::once(&self.buf[..]))
+        self.in_flight.iter().map(|b| &b[..]).chain(self.buf.pieces())
     }
 
     /// A copy of [`Self::unrecorded`] in one piece.
@@ -174,22 +175,17 @@ impl Inner {
         self.filled.first().is_some_and(|f| f.start <= self.base() && f.end >= self.base() + part_size)
     }
 
-    /// Hands the next whole part off: its bytes (split off `buf`, not
-    /// copied) and the hasher after it.
+    /// Hands the next whole part off: its bytes (the buffer they were
+    /// written in, not a copy) and the hasher after it.
     fn take_part(&mut self, part_size: u64) -> Option<(Bytes, Sha256)> {
         if !self.part_ready(part_size) {
             return None;
         }
-        let bytes = self.buf.split_to(part_size as usize).freeze();
+        let bytes = self.buf.take_front()?;
+        debug_assert_eq!(bytes.len() as u64, part_size);
         self.send_hasher.update(&bytes);
         self.sending += part_size;
         self.in_flight.push_back(bytes.clone());
-        // The rest moves to an allocation of its own now, sized for the next
-        // part, rather than by doubling as writes come in.
-        let want = buffer_size(part_size);
-        if self.buf.capacity() < want {
-            self.buf.reserve(want - self.buf.len());
-        }
         Some((bytes, self.send_hasher.clone()))
     }
 
@@ -197,7 +193,11 @@ impl Inner {
     /// and puts their bytes back in front of `buf`.
     fn reset_sending(&mut self) {
         if !self.in_flight.is_empty() {
-            self.buf = self.unrecorded_copy();
+            let mut buf = PartBuf::new(self.buf.pool());
+            for piece in self.unrecorded() {
+                buf.write_at(buf.len(), piece);
+            }
+            self.buf = buf;
             self.in_flight.clear();
         }
         self.sending = 0;
@@ -253,6 +253,9 @@ impl S3Storage {
         let len = d.tail.len() as u64;
         let flushed = d.state.parts_len();
         let filled: Vec<Range<u64>> = (len > 0).then_some(flushed..flushed + len).into_iter().collect();
+        // The parts being sent and the one being filled.
+        let mut buf = PartBuf::new(Pool::new(self.bucket.settings.part_size as usize, PARTS_IN_FLIGHT + 1));
+        buf.write_at(0, &d.tail);
         Arc::new(Live {
             key: self.live_key(id),
             id: id.to_string(),
@@ -264,7 +267,7 @@ impl S3Storage {
                 flushed,
                 send_hasher: d.hasher.clone(),
                 hasher: d.hasher,
-                buf: BytesMut::from(&d.tail[..]),
+                buf,
                 in_flight: VecDeque::new(),
                 sending: 0,
                 filled,
@@ -648,6 +651,21 @@ impl S3Partial {
         self.s.bucket.settings.part_size
     }
 
+    /// Puts `data` at `at` in the buffer.
+    fn put(&self, at: u64, data: &[u8]) -> Result<(), VfsError> {
+        let mut inner = self.live.lock();
+        let end = at + data.len() as u64;
+        self.window(&inner, at, end)?;
+        let base = inner.base();
+        inner.buf.write_at((at - base) as usize, data);
+        if end > at {
+            inner.add_filled(at..end);
+        }
+        inner.dirty = true;
+        inner.modified = SystemTime::now();
+        Ok(())
+    }
+
     /// The multipart upload of this partial, created on the first part
     /// (an upload that never fills a part needs none).
     async fn ensure_upload(
@@ -885,32 +903,26 @@ impl PartialWrite for S3Partial {
         self.window(&self.live.lock(), offset, end)
     }
 
-    async fn write_at(&mut self, offset: u64, data: Bytes) -> Result<(), VfsError> {
-        {
-            let mut inner = self.live.lock();
-            let end = offset
-                .checked_add(data.len() as u64)
-                .ok_or_else(|| VfsError::Io(std::io::ErrorKind::FileTooLarge.into()))?;
-            self.window(&inner, offset, end)?;
-            let base = inner.base();
-            let (start, stop) = ((offset - base) as usize, (end - base) as usize);
-            if inner.buf.len() < stop {
-                if inner.buf.capacity() < stop {
-                    // Doubling up to a part and a half (what `take_part`
-                    // reserves), so a small upload stays small.
-                    let (len, capacity) = (inner.buf.len(), inner.buf.capacity());
-                    let want = stop.max((capacity * 2).min(buffer_size(self.part_size())));
-                    inner.buf.reserve(want - len);
-                }
-                inner.buf.resize(stop, 0);
+    async fn write_at(&mut self, offset: u64, mut data: Bytes) -> Result<(), VfsError> {
+        let end = offset
+            .checked_add(data.len() as u64)
+            .ok_or_else(|| VfsError::Io(std::io::ErrorKind::FileTooLarge.into()))?;
+        self.window(&self.live.lock(), offset, end)?;
+        // A write across the end of the part being filled goes in two steps,
+        // that part sent in between: a buffer is free again by then for the
+        // rest, and an upload holds only the parts in flight and one more.
+        let mut at = offset;
+        loop {
+            let edge = self.live.lock().base() + self.part_size();
+            if at >= edge || end <= edge {
+                break;
             }
-            inner.buf[start..stop].copy_from_slice(&data);
-            if end > offset {
-                inner.add_filled(offset..end);
-            }
-            inner.dirty = true;
-            inner.modified = SystemTime::now();
+            let head = data.split_to((edge - at) as usize);
+            self.put(at, &head)?;
+            at = edge;
+            self.pump().await?;
         }
+        self.put(at, &data)?;
         self.pump().await
     }
 
@@ -1037,7 +1049,7 @@ mod tests {
             hasher: Sha256::new(),
             in_flight: VecDeque::new(),
             sending: 0,
-            buf: BytesMut::new(),
+            buf: PartBuf::new(Pool::new(4, PARTS_IN_FLIGHT + 1)),
             send_hasher: Sha256::new(),
             filled: Vec::new(),
             dirty: false,
@@ -1052,8 +1064,12 @@ mod tests {
 
     fn write(inner: &mut Inner, data: &[u8]) {
         let at = inner.len();
-        inner.buf.extend_from_slice(data);
+        inner.buf.write_at(inner.buf.len(), data);
         inner.add_filled(at..at + data.len() as u64);
+    }
+
+    fn buffered(inner: &Inner) -> Vec<u8> {
+        inner.buf.pieces().flatten().copied().collect()
     }
 
     /// Parts leave `buf` without a copy; a failed send puts every byte back
@@ -1064,20 +1080,39 @@ mod tests {
         let data: Vec<u8> = (0..11u8).collect();
         let mut inner = inner();
         write(&mut inner, &data);
+        let written_at = inner.buf.pieces().next().unwrap().as_ptr();
         let (first, _) = inner.take_part(part).unwrap();
         let (second, after_two) = inner.take_part(part).unwrap();
         assert!(inner.take_part(part).is_none(), "3 bytes are not a part");
+        assert_eq!(first.as_ptr(), written_at, "the part is the buffer it was written in");
         assert_eq!((&first[..], &second[..]), (&data[0..4], &data[4..8]));
         assert_eq!(after_two.finalize(), Sha256::digest(&data[..8]));
-        assert_eq!((inner.base(), inner.len(), &inner.buf[..]), (8, 11, &data[8..]));
+        assert_eq!((inner.base(), inner.len(), buffered(&inner)), (8, 11, data[8..].to_vec()));
         let (h, n) = prefix_hash(&inner.state.parts, inner.flushed, &inner.hasher, inner.unrecorded(), 6);
         assert_eq!((h.finalize(), n), (Sha256::digest(&data[..6]), 6));
 
         inner.reset_sending();
-        assert_eq!((inner.base(), inner.len(), &inner.buf[..]), (0, 11, &data[..]));
+        assert_eq!((inner.base(), inner.len(), buffered(&inner)), (0, 11, data.clone()));
         assert!(inner.in_flight.is_empty());
         let (again, _) = inner.take_part(part).unwrap();
         assert_eq!(&again[..], &data[0..4]);
         assert_eq!(&inner.unrecorded_copy()[..], &data[..]);
+    }
+
+    /// A part's buffer goes back to the pool once the part is recorded and
+    /// the request is done with it, and the next writes fill it again.
+    #[test]
+    fn part_buffers_are_reused() {
+        let part = 4u64;
+        let mut inner = inner();
+        write(&mut inner, &[1; 4]);
+        let (sent, _) = inner.take_part(part).unwrap();
+        let first_at = sent.as_ptr();
+        // Recorded (as `ack_front` does), and the request dropped its copy.
+        inner.in_flight.pop_front();
+        drop(sent);
+        write(&mut inner, &[2; 4]);
+        let (next, _) = inner.take_part(part).unwrap();
+        assert_eq!((next.as_ptr(), &next[..]), (first_at, &[2; 4][..]));
     }
 }
