@@ -691,6 +691,16 @@ impl S3Partial {
     /// The multipart upload, created (and recorded) when the first part is
     /// ready.
     async fn upload_of(&self) -> Result<(object_store::path::Path, String), VfsError> {
+        // Once created, without waiting for `io`: a state save in the
+        // background holds it for two requests, and every part ready would
+        // wait for it.
+        {
+            let inner = self.live.lock();
+            self.check(&inner)?;
+            if let (Some(u), Some(k)) = (&inner.state.upload_id, &inner.state.key) {
+                return Ok((obj_path(k)?, u.clone()));
+            }
+        }
         let _io = self.live.io.lock().await;
         let (mut state, mut stored) = {
             let inner = self.live.lock();
