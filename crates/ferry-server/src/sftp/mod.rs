@@ -77,7 +77,10 @@ fn ssh_config(core: &Core, key: russh::keys::PrivateKey) -> russh::server::Confi
         keys: vec![key],
         window_size: WINDOW,
         maximum_packet_size: MAX_PACKET,
-        channel_buffer_size: 64,
+        // Messages russh holds for a channel before it stops reading the
+        // connection (its window adjusts as data arrives, not as we take
+        // it): 16 of OpenSSH's 256 KiB writes. 64 held 16 MiB per upload.
+        channel_buffer_size: 16,
         max_auth_attempts: 6,
         inactivity_timeout: Some(core.config.idle_timeout()),
         keepalive_interval: None,
