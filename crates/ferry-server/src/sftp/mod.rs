@@ -79,7 +79,7 @@ fn ssh_config(core: &Core, key: russh::keys::PrivateKey) -> russh::server::Confi
         maximum_packet_size: MAX_PACKET,
         // Messages russh holds for a channel before it stops reading the
         // connection (its window adjusts as data arrives, not as we take
-        // it): 16 of OpenSSH's 256 KiB writes. 64 held 16 MiB per upload.
+        // it): 16 of OpenSSH's 256 KiB writes, 4 MiB; 64 could hold 16 MiB.
         channel_buffer_size: 16,
         max_auth_attempts: 6,
         inactivity_timeout: Some(core.config.idle_timeout()),

@@ -48,8 +48,8 @@ use crate::vfs::{Entry, EntryKind, VfsError, VirtualPath};
 
 /// Bytes of parsed requests waiting to be answered, at most; each request
 /// weighs its length, and at least `MIN_WEIGHT` (8,192 small requests).
-/// An upload's writes wait here (OpenSSH sends 255 KiB each): 16 MiB put
-/// the server at 70 MiB of RSS on a 1 GiB `sftp put`, for no more speed.
+/// An upload's writes wait here (OpenSSH sends 255 KiB each) when the home
+/// falls behind: 8 MiB bounds that; 16 MiB bought no speed (bench/run.sh).
 const QUEUED_BYTES: usize = 8 << 20;
 const MIN_WEIGHT: usize = 1024;
 /// Bytes read from the home at once for a file being read; later reads are
