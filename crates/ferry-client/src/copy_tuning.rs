@@ -58,9 +58,17 @@ fn tunables_to_set(current: Option<OsString>, restarted: bool) -> Option<OsStrin
     }
 }
 
+/// The processor's vendor string is "AuthenticAMD" (CPUID leaf 0: no file
+/// to read and parse at every start).
+#[cfg(target_arch = "x86_64")]
 fn is_amd() -> bool {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .is_ok_and(|info| info.lines().take(8).any(|l| l.starts_with("vendor_id") && l.ends_with("AuthenticAMD")))
+    let r = std::arch::x86_64::__cpuid(0);
+    [r.ebx, r.edx, r.ecx].map(u32::to_le_bytes).concat() == b"AuthenticAMD"
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn is_amd() -> bool {
+    false
 }
 
 #[cfg(unix)]
