@@ -20,6 +20,7 @@ pub mod listener;
 pub mod metrics;
 pub mod monitor;
 pub mod pg;
+mod pool;
 pub mod quota;
 pub mod services;
 mod session;

@@ -457,6 +457,26 @@ mod cases {
         let dl = h.open_download(&vp("/f"), 3).await.unwrap();
         assert_eq!((dl.offset(), dl.len(), dl.entry().size), (3, 699_997, 700_000));
 
+        // Ranged reads (SFTP's), in blocks a backend may recycle: blocks
+        // still held keep their bytes while later reads come and go.
+        let block = 256 * 1024;
+        let mut held = Vec::new();
+        for (at, len) in [(0, block), (block, block), (5, block), (2 * block, block), (699_990, block), (1, 600_000)] {
+            let got = dl.read_at(at as u64, len).await.unwrap();
+            let end = (at + len).min(data.len());
+            assert_eq!(got, data[at..end], "read_at({at}, {len})");
+            held.push((at, got));
+            if held.len() > 2 {
+                let (at, old) = held.remove(0);
+                assert_eq!(old, data[at..at + old.len()], "a block held from {at} changed under later reads");
+            }
+        }
+        for (at, old) in held {
+            assert_eq!(old, data[at..at + old.len()], "a block held from {at} changed under later reads");
+        }
+        assert!(dl.read_at(700_000, block).await.unwrap().is_empty(), "at the end");
+        assert!(dl.read_at(800_000, 10).await.unwrap().is_empty(), "past the end");
+
         assert_err!(h.open_download(&vp("/f"), 700_001).await, HomeError::BadRange(_));
         assert_err!(h.open_download(&vp("/d"), 0).await, HomeError::Vfs(VfsError::IsADirectory(_)));
         assert_err!(h.open_download(&vp("/nope"), 0).await, HomeError::Vfs(VfsError::NotFound(_)));

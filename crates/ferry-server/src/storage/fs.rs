@@ -24,6 +24,7 @@ use super::{
     Amount, Entry, EntryKind, FileRead, PartialInfo, PartialMeta, PartialWrite, READ_BLOCK, SmallFile, SmallWrite,
     Storage, VfsError, VirtualPath, hash_reader,
 };
+use crate::pool::Pool;
 use crate::vfs::{Jail, PARTIAL_DIR};
 
 /// A home folder on the local disk.
@@ -302,7 +303,7 @@ impl Storage for FsStorage {
         self.run(move |j| {
             let (file, entry) = j.open_read(&p)?;
             let recorded = Recorded::read(&file);
-            Ok(Box::new(FsRead { file, entry, recorded }) as Box<dyn FileRead>)
+            Ok(Box::new(FsRead { file, entry, recorded, pool: Pool::new(READ_AT_POOLED, 2) }) as Box<dyn FileRead>)
         })
         .await
     }
@@ -483,11 +484,35 @@ impl PartialWrite for FsPartial {
     }
 }
 
+/// Reads into all of `buf` from `offset`, or up to the end of the file:
+/// the bytes read.
+fn read_full_at(file: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    let mut filled = 0;
+    // Bounded: each pass reads at least one byte or ends.
+    while filled < buf.len() {
+        match file.read_at(&mut buf[filled..], offset + filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
 struct FsRead {
     file: std::fs::File,
     entry: Entry,
     recorded: Recorded,
+    /// Buffers for `read_at` (an SFTP download's blocks), handed round
+    /// while the file is read: see `crate::pool`.
+    pool: Arc<Pool>,
 }
+
+/// `read_at`s up to this long (SFTP's read-ahead block) are read into the
+/// file's recycled buffers; two of them: the block a session serves from
+/// and the next.
+const READ_AT_POOLED: usize = 256 * 1024;
 
 #[async_trait]
 impl FileRead for FsRead {
@@ -516,24 +541,23 @@ impl FileRead for FsRead {
     }
 
     async fn read_at(&self, offset: u64, len: usize) -> std::io::Result<Bytes> {
-        use std::os::unix::fs::FileExt;
         // A second descriptor on the same open file: the blocking read
         // needs one it owns, and pread leaves the shared offset alone.
         let file = self.file.try_clone()?;
-        tokio::task::spawn_blocking(move || {
-            let mut buf = vec![0u8; len];
-            let mut filled = 0;
-            // Bounded: each pass reads at least one byte or ends.
-            while filled < len {
-                match file.read_at(&mut buf[filled..], offset + filled as u64) {
-                    Ok(0) => break,
-                    Ok(n) => filled += n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
-                }
+        let pool = (len <= READ_AT_POOLED).then(|| Arc::clone(&self.pool));
+        tokio::task::spawn_blocking(move || match pool {
+            Some(pool) => {
+                let mut buf = pool.take();
+                let n = read_full_at(&file, buf.fill(len), offset)?;
+                buf.fill(n);
+                Ok(buf.freeze())
             }
-            buf.truncate(filled);
-            Ok(Bytes::from(buf))
+            None => {
+                let mut buf = vec![0u8; len];
+                let n = read_full_at(&file, &mut buf, offset)?;
+                buf.truncate(n);
+                Ok(Bytes::from(buf))
+            }
         })
         .await
         .unwrap_or_else(|_| Err(std::io::Error::other("read failed")))

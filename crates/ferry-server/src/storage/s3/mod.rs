@@ -22,7 +22,6 @@
 
 mod api;
 mod hashing;
-mod pool;
 mod read;
 mod state;
 mod upload;

@@ -15,7 +15,7 @@ use object_store::{GetOptions, GetRange, ObjectStore};
 use tokio::sync::mpsc;
 
 use super::super::{Entry, FileRead, READ_BLOCK};
-use super::pool::Pool;
+use crate::pool::Pool;
 
 /// A long read is fetched as ranged GETs of this size, [`SEGMENTS_IN_FLIGHT`]
 /// at once: one GET stream is bound by one node's pace, and S3 (Garage,
@@ -57,7 +57,7 @@ impl S3Read {
     async fn get_segment(&self, range: Range<u64>, pool: &Arc<Pool>) -> std::io::Result<Bytes> {
         let mut out = pool.take();
         self.get_into(range, |chunk| out.extend_from_slice(chunk)).await?;
-        Ok(pool.freeze(out))
+        Ok(out.freeze())
     }
 
     /// Hands the bytes of `range` to `sink` as they come, never more than

@@ -43,10 +43,10 @@ use object_store::multipart::{MultipartStore, PartId};
 use object_store::{ObjectStoreExt, PutPayload};
 use sha2::{Digest, Sha256};
 
-use super::pool::{PartBuf, Pool};
 use super::state::{PartRecord, PartialState, Stored, partial_dir};
 use super::{Amount, PartialInfo, PartialMeta, PartialWrite, S3Storage, VfsError, VirtualPath};
 use super::{HASH_META, api, backend_error, hashing, is_not_found, obj_path};
+use crate::pool::{PartBuf, Pool};
 
 /// Upload ids name objects: only 32 hex digits pass.
 fn valid_id(id: &str) -> bool {
