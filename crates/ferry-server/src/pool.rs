@@ -14,10 +14,11 @@
 //! own, given back to the kernel when the pool lets it go: none of it stays
 //! resident after the transfer.
 //!
-//! A pool maps at most `keep` buffers (lent or idle); past that, and when
-//! the kernel refuses a mapping (its per-process limit on mappings, which
-//! many busy sessions could reach), a buffer is an ordinary allocation: no
-//! session can take the server down by asking for buffers.
+//! A pool keeps at most `keep` idle buffers and maps at most twice that
+//! (lent or idle); past that, and when the kernel refuses a mapping (its
+//! per-process limit on mappings, which many busy sessions could reach), a
+//! buffer is an ordinary allocation: no session can take the server down
+//! by asking for buffers.
 
 use std::collections::VecDeque;
 use std::ops::{Deref, DerefMut};
@@ -27,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use memmap2::MmapMut;
 
-/// Buffers of `size` bytes, at most `keep` of them mapped.
+/// Buffers of `size` bytes, at most `keep` of them idle.
 pub(crate) struct Pool {
     size: usize,
     keep: usize,
@@ -55,7 +56,7 @@ impl Pool {
     }
 
     /// An empty buffer: an idle one, else a new mapping while fewer than
-    /// `keep` are mapped, else an ordinary allocation.
+    /// `2 * keep` are out, else an ordinary allocation.
     pub(crate) fn take(self: &Arc<Self>) -> Buf {
         let buf = |mem| Buf { mem, len: 0, pool: Arc::clone(self) };
         let mut maps = self.maps();
@@ -63,7 +64,7 @@ impl Pool {
             maps.lent += 1;
             return buf(Mem::Map(map));
         }
-        let may_map = maps.lent < self.keep;
+        let may_map = maps.lent < 2 * self.keep;
         if may_map {
             maps.lent += 1;
         }
@@ -86,7 +87,9 @@ impl Pool {
         if let Mem::Map(map) = mem {
             let mut maps = self.maps();
             maps.lent -= 1;
-            maps.idle.push(map);
+            if maps.idle.len() < self.keep {
+                maps.idle.push(map);
+            }
         }
     }
 
@@ -287,13 +290,13 @@ mod tests {
         assert_eq!(again.as_ptr(), a_ptr, "the same allocation again");
 
         drop(again);
-        let taken: Vec<Buf> = (0..3).map(|_| pool.take()).collect();
+        let taken: Vec<Buf> = (0..5).map(|_| pool.take()).collect();
         let mapped = taken.iter().filter(|b| matches!(b.mem, Mem::Map(_))).count();
-        assert_eq!(mapped, 2, "at most `keep` mapped; past that an allocation");
+        assert_eq!(mapped, 4, "at most twice `keep` mapped; past that an allocation");
         assert!(taken.iter().all(|b| b.room() == 16));
         let frozen: Vec<Bytes> = taken.into_iter().map(Buf::freeze).collect();
         drop(frozen);
-        assert_eq!(pool.idle(), 2, "the mapped ones came back, the allocation did not");
+        assert_eq!(pool.idle(), 2, "at most `keep` wait; the allocation never does");
         assert_eq!(pool.maps().lent, 0);
     }
 

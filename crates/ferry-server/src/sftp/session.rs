@@ -207,8 +207,8 @@ type Parsed = (Result<Request, proto::DecodeError>, Option<OwnedSemaphorePermit>
 
 async fn read_packets<R: AsyncRead>(reader: R, tx: mpsc::Sender<Parsed>, budget: Arc<Semaphore>) {
     tokio::pin!(reader);
-    // Mapped buffers for a queue full of the largest writes, the packet
-    // being read and the one being written.
+    // Buffers kept for a queue full of the largest writes, the packet being
+    // read and the one being written.
     let pool = Pool::new(proto::MAX_PACKET as usize, QUEUED_BYTES / proto::MAX_READ as usize + 2);
     loop {
         let Ok(len) = reader.read_u32().await else { return };
