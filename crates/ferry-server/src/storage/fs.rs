@@ -509,10 +509,12 @@ struct FsRead {
     pool: Arc<Pool>,
 }
 
-/// `read_at`s up to this long (SFTP's read-ahead block) are read into the
-/// file's recycled buffers; two of them: the block a session serves from
-/// and the next.
+/// `read_at`s of `READ_AT_POOLED_MIN` to `READ_AT_POOLED` bytes (SFTP's
+/// read-ahead block) are read into the file's recycled buffers; two of
+/// them: the block a session serves from and the next. A shorter read (a
+/// small file whole) is not worth a mapping of its own.
 const READ_AT_POOLED: usize = 256 * 1024;
+const READ_AT_POOLED_MIN: usize = 64 * 1024;
 
 #[async_trait]
 impl FileRead for FsRead {
@@ -544,7 +546,7 @@ impl FileRead for FsRead {
         // A second descriptor on the same open file: the blocking read
         // needs one it owns, and pread leaves the shared offset alone.
         let file = self.file.try_clone()?;
-        let pool = (len <= READ_AT_POOLED).then(|| Arc::clone(&self.pool));
+        let pool = (READ_AT_POOLED_MIN..=READ_AT_POOLED).contains(&len).then(|| Arc::clone(&self.pool));
         tokio::task::spawn_blocking(move || match pool {
             Some(pool) => {
                 let mut buf = pool.take();
