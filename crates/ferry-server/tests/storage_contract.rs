@@ -1200,6 +1200,29 @@ mod cases {
         assert_err!(&r[6], HomeError::Vfs(VfsError::NotADirectory(_)));
     }
 
+    /// A batch of reads longer than the disk backend answers on the async
+    /// worker (64 KiB): the rest goes to the blocking pool, in order, with
+    /// the budget carried over.
+    pub async fn small_reads_past_one_step(make: fn() -> Backend) {
+        let fx = fixture(make, None).await;
+        let h = &fx.home;
+        let files: Vec<Vec<u8>> = (0..24u8).map(|i| vec![i; 4000]).collect();
+        for (i, d) in files.iter().enumerate() {
+            fx.put(&format!("/r{i}"), d).await;
+        }
+        let mut paths: Vec<VirtualPath> = (0..24).map(|i| vp(&format!("/r{i}"))).collect();
+        paths.insert(20, vp("/missing"));
+        let r = h.read_small(paths, 4096, 23 * 4000, HashAlgo::Blake3).await;
+        assert_eq!(r.len(), 25);
+        for (i, d) in files.iter().enumerate().take(23) {
+            let at = if i < 20 { i } else { i + 1 };
+            let f = r[at].as_ref().unwrap().as_ref().unwrap_or_else(|| panic!("/r{i} not read"));
+            assert_eq!((&f.data, &f.hash, f.entry.size), (d, &HashAlgo::Blake3.digest_hex(d), 4000), "/r{i}");
+        }
+        assert_err!(&r[20], HomeError::Vfs(VfsError::NotFound(_)));
+        assert_eq!(r[24].as_ref().unwrap().as_ref().map(|f| f.entry.size), None, "past the budget");
+    }
+
     pub async fn expire_partials_releases_their_bytes(make: fn() -> Backend) {
         let fx = fixture_with(make, Some(1 << 20), Duration::ZERO).await;
         let h = &fx.home;
@@ -1472,6 +1495,7 @@ macro_rules! contract_suite {
                 concurrent_uploads_keep_the_quota_exact,
                 overwrites_release_the_replaced_bytes_once,
                 small_batches,
+                small_reads_past_one_step,
                 expire_partials_releases_their_bytes,
                 large_upload_in_parts,
                 fed_uploads_past_the_writer_threads,

@@ -108,6 +108,10 @@ enum Op {
     Ls(&'static str),
     Cd(&'static str),
     Read(&'static str),
+    /// `Jail::stat_cached`: refused (not answered) when it gives nothing.
+    StatCached(&'static str),
+    /// `Jail::read_cached`: refused (not answered) when it gives nothing.
+    ReadCached(&'static str),
     Mkdir(&'static str),
     MkdirP(&'static str),
     Rm(&'static str),
@@ -160,6 +164,12 @@ fn run(j: &Jail, op: Op) -> Result<Out, VfsError> {
             out.names.push(e.name);
             f.take(1 << 20).read_to_end(&mut out.data).map_err(VfsError::Io)?;
         }
+        Op::StatCached(p) => out.names.push(j.stat_cached(&vp(p)?).ok_or_else(not_answered)?.name),
+        Op::ReadCached(p) => {
+            let (e, data) = j.read_cached(&vp(p)?, 1 << 20).ok_or_else(not_answered)?;
+            out.names.push(e.name);
+            out.data = data.ok_or_else(not_answered)?;
+        }
         Op::Mkdir(p) => j.mkdir(&vp(p)?, false)?,
         Op::MkdirP(p) => j.mkdir(&vp(p)?, true)?,
         Op::Rm(p) => drop(j.remove_file(&vp(p)?)?),
@@ -169,6 +179,10 @@ fn run(j: &Jail, op: Op) -> Result<Out, VfsError> {
         Op::MvForce(a, b) => drop(j.rename(&vp(a)?, &vp(b)?, true)?),
     }
     Ok(out)
+}
+
+fn not_answered() -> VfsError {
+    VfsError::Io(std::io::Error::other("not answered from the kernel's caches"))
 }
 
 fn long(n: usize) -> &'static str {
@@ -322,6 +336,74 @@ fn hostile_paths_are_refused_or_confined() {
     assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
 }
 
+/// The non-blocking paths (`stat_cached`, `read_cached`), which the server
+/// tries on its async workers before the blocking ones, never answer what
+/// the jail refuses, and when they answer, they answer the same.
+#[test]
+fn cached_stat_and_read_answer_as_the_jail_or_not_at_all() {
+    let fx = Fixture::new();
+    let fifo = fx.home.join("fifo");
+    rustix::fs::mknodat(rustix::fs::CWD, &fifo, rustix::fs::FileType::Fifo, 0o644.into(), 0).unwrap();
+    let before = fx.world();
+    let mut paths: Vec<&str> = cases()
+        .into_iter()
+        .filter_map(|(_, op, _)| match op {
+            Op::Stat(p) | Op::Read(p) | Op::Ls(p) | Op::Cd(p) => Some(p),
+            _ => None,
+        })
+        .collect();
+    paths.extend(["file.txt", "a", "a/f.txt", "alias", "link_etc", "link_secret", "loop1", "fifo", "missing"]);
+    let (mut stats, mut reads) = (0, 0);
+    for p in paths {
+        let Ok(v) = vp(p) else { continue };
+        let name = format!("{p:?}");
+        // Twice: the first blocking call fills the kernel's caches.
+        for _ in 0..2 {
+            match (fx.jail.stat_cached(&v), fx.jail.stat(&v)) {
+                (None, _) => {}
+                (Some(cached), Ok(entry)) => {
+                    assert_eq!(cached, entry, "{name}: stat");
+                    stats += 1;
+                }
+                (Some(cached), Err(e)) => panic!("{name}: cached stat gave {cached:?}, the jail refuses: {e}"),
+            }
+            let blocking = run(&fx.jail, Op::Read(p));
+            match (fx.jail.read_cached(&v, 1 << 20), blocking) {
+                (None, _) => {}
+                (Some((entry, Some(data))), Ok(out)) => {
+                    assert_eq!((vec![entry.name.clone()], &data), (out.names, &out.data), "{name}: read");
+                    check_out(&name, &Out { names: vec![entry.name], data });
+                    reads += 1;
+                }
+                (Some(got), blocking) => panic!("{name}: cached read gave {got:?}, the jail {blocking:?}"),
+            }
+        }
+    }
+    assert_eq!(fx.world(), before, "the world outside the home changed");
+    eprintln!("answered from the caches: {stats} stats, {reads} reads");
+    // Linux 5.12 or later answers these from its caches (RESOLVE_CACHED):
+    // file.txt, a/f.txt, alias/f.txt (read and stat), a, alias, the links.
+    assert!(stats >= 16 && reads >= 6, "the cached paths answered only {stats} stats and {reads} reads");
+    // Too big for the read: the entry, no data.
+    let (entry, data) = fx.jail.read_cached(&vp("file.txt").unwrap(), 4).unwrap();
+    assert_eq!((entry.size, data), (5, None));
+}
+
+/// tmpfs has no `RWF_NOWAIT`; its pages are memory, so it is read anyway.
+#[test]
+fn cached_read_works_on_tmpfs() {
+    let Ok(tmp) = tempfile::tempdir_in("/dev/shm") else {
+        eprintln!("no /dev/shm here; skipped");
+        return;
+    };
+    std::fs::write(tmp.path().join("f"), b"in memory").unwrap();
+    let jail = Jail::open(tmp.path()).unwrap();
+    let v = vp("f").unwrap();
+    jail.stat(&v).unwrap();
+    let (entry, data) = jail.read_cached(&v, 1 << 20).expect("a tmpfs file is read from memory");
+    assert_eq!((entry.size, data.as_deref()), (9, Some(&b"in memory"[..])));
+}
+
 #[test]
 fn ls_of_a_link_to_etc_lists_the_link_not_etc() {
     let fx = Fixture::new();
@@ -392,9 +474,11 @@ fn dir_swapped_for_a_symlink_mid_request_never_escapes() {
             break;
         }
         let op = match i % 10 {
-            0 => Op::Read("swap/f"),
+            0 if i % 20 == 0 => Op::Read("swap/f"),
+            0 => Op::ReadCached("swap/f"),
             1 => Op::Ls("swap"),
-            2 => Op::Stat("swap/f"),
+            2 if i % 20 == 2 => Op::Stat("swap/f"),
+            2 => Op::StatCached("swap/f"),
             3 => Op::Cd("swap"),
             4 => Op::Mkdir("swap/new"),
             5 => Op::Rm("swap/f"),

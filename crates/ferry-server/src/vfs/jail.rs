@@ -4,14 +4,17 @@
 //! points out (whoever made it) or a directory swapped for a symlink between
 //! check and use is refused by the kernel, not by string checks.
 //!
-//! Calls are blocking: run them through `spawn_blocking`.
+//! Calls are blocking: run them through `spawn_blocking`. The `_cached`
+//! ones are not: they answer only what the kernel has in memory, for the
+//! small lookups and reads that a thread hand-off would cost more than.
 
 use std::io;
 use std::path::Path;
 
 use cap_std::ambient_authority;
 use cap_std::fs::{Dir, Metadata, OpenOptions};
-use rustix::fs::RenameFlags;
+use rustix::fs::{Mode, OFlags, RenameFlags, ResolveFlags};
+use rustix::io::ReadWriteFlags;
 
 use super::path::{RESERVED_PREFIX, VirtualPath, check_name, escape_name};
 use super::{Entry, EntryKind, VfsError};
@@ -45,6 +48,27 @@ fn entry_from(name: String, m: &Metadata) -> Entry {
         size: if kind == EntryKind::Dir { 0 } else { m.len() },
         mtime: m.mtime(),
         mode: m.mode() & 0o7777,
+    }
+}
+
+/// Whether `file` lives on a filesystem kept in memory (tmpfs, ramfs), whose
+/// reads never wait for a device.
+fn in_memory(file: &std::fs::File) -> bool {
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    // `f_type` is an i64 here and narrower on some architectures.
+    #[allow(clippy::unnecessary_cast)]
+    rustix::fs::fstatfs(file).is_ok_and(|s| matches!(s.f_type as i64, TMPFS_MAGIC | RAMFS_MAGIC))
+}
+
+/// The entry of an open regular file.
+fn file_entry(vp: &VirtualPath, m: &std::fs::Metadata) -> Entry {
+    Entry {
+        name: vp.file_name().unwrap_or("/").to_string(),
+        kind: EntryKind::File,
+        size: m.len(),
+        mtime: std::os::unix::fs::MetadataExt::mtime(m),
+        mode: std::os::unix::fs::MetadataExt::mode(m) & 0o7777,
     }
 }
 
@@ -195,14 +219,72 @@ impl Jail {
     pub fn open_read(&self, vp: &VirtualPath) -> Result<(std::fs::File, Entry), VfsError> {
         let file = self.open_regular(vp, OpenOptions::new().read(true))?;
         let m = file.metadata().map_err(err_at(vp))?;
-        let entry = Entry {
-            name: vp.file_name().unwrap_or("/").to_string(),
-            kind: EntryKind::File,
-            size: m.len(),
-            mtime: std::os::unix::fs::MetadataExt::mtime(&m),
-            mode: std::os::unix::fs::MetadataExt::mode(&m) & 0o7777,
-        };
-        Ok((file, entry))
+        Ok((file, file_entry(vp, &m)))
+    }
+
+    /// Opens `vp` beneath the root only if the kernel can resolve the whole
+    /// path from its caches (`RESOLVE_CACHED`, Linux 5.12): such a lookup
+    /// never waits for a disk or a network filesystem, so it may run on an
+    /// async worker. `None` on any failure (it would wait, an older kernel,
+    /// or a real error such as a missing file or a symlink out of the home):
+    /// the blocking call then does it again and reports. The jail is the
+    /// kernel's, as in cap-std: `RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS`.
+    fn open_cached(&self, vp: &VirtualPath, flags: OFlags) -> Option<std::fs::File> {
+        if vp.is_root() {
+            return None;
+        }
+        let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS | ResolveFlags::CACHED;
+        let fd =
+            rustix::fs::openat2(&self.root, vp.to_relative_path(), flags | OFlags::CLOEXEC, Mode::empty(), resolve)
+                .ok()?;
+        Some(std::fs::File::from(fd))
+    }
+
+    /// [`Jail::stat`] when the kernel can answer from its caches; `None`
+    /// when it cannot (see `open_cached`). Never blocks on I/O.
+    pub fn stat_cached(&self, vp: &VirtualPath) -> Option<Entry> {
+        // O_PATH | O_NOFOLLOW: the entry itself, a symlink not followed.
+        let file = self.open_cached(vp, OFlags::PATH | OFlags::NOFOLLOW)?;
+        let m = Metadata::from_just_metadata(file.metadata().ok()?);
+        Some(entry_from(vp.file_name().unwrap_or("/").to_string(), &m))
+    }
+
+    /// A regular file's entry and, if it holds at most `max` bytes, its
+    /// contents, when the kernel has all of it in memory: the lookup from
+    /// its caches (see `open_cached`) and the reads with `RWF_NOWAIT`
+    /// (pages already cached, else `EAGAIN`). `None` when it cannot be
+    /// done that way; [`Jail::open_read`] then can. Never blocks on I/O.
+    pub fn read_cached(&self, vp: &VirtualPath, max: u64) -> Option<(Entry, Option<Vec<u8>>)> {
+        // O_NONBLOCK: a FIFO is not waited for (as in `open_regular`).
+        let file = self.open_cached(vp, OFlags::RDONLY | OFlags::NONBLOCK)?;
+        let m = file.metadata().ok()?;
+        if !m.is_file() {
+            return None;
+        }
+        let entry = file_entry(vp, &m);
+        if entry.size > max {
+            return Some((entry, None));
+        }
+        let mut data = vec![0u8; entry.size as usize];
+        let mut flags = ReadWriteFlags::NOWAIT;
+        let mut filled = 0;
+        while filled < data.len() {
+            let buf = &mut [io::IoSliceMut::new(&mut data[filled..])];
+            match rustix::io::preadv2(&file, buf, filled as u64, flags) {
+                // Shorter than its size a moment ago: what is there, as a
+                // blocking read would have returned.
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                // tmpfs has no `RWF_NOWAIT` (Linux 6.18), and needs none:
+                // its pages are memory.
+                Err(rustix::io::Errno::OPNOTSUPP) if flags == ReadWriteFlags::NOWAIT && in_memory(&file) => {
+                    flags = ReadWriteFlags::empty();
+                }
+                Err(_) => return None,
+            }
+        }
+        data.truncate(filled);
+        Some((entry, Some(data)))
     }
 
     /// Creates a new file; fails if anything exists under that name.
