@@ -420,7 +420,15 @@ where
                 Ok(Reply::new(ReplyCode::NotLoggedIn, "Authentication failed"))
             }
             StorageError(error_type) => match error_type.kind() {
-                ErrorKind::ExceededStorageAllocationError => Ok(Reply::new(ReplyCode::ExceededStorageAllocation, "Exceeded storage allocation")),
+                // ferry patch 5: the 552 says why, in the backend's words
+                // (ours: "quota exceeded: ..."), on one line.
+                ErrorKind::ExceededStorageAllocationError => Ok(Reply::new_with_string(
+                    ReplyCode::ExceededStorageAllocation,
+                    match std::error::Error::source(&error_type) {
+                        Some(why) => format!("Exceeded storage allocation: {why}").replace(|c: char| c.is_control(), " "),
+                        None => "Exceeded storage allocation".to_string(),
+                    },
+                )),
                 ErrorKind::FileNameNotAllowedError => Ok(Reply::new(ReplyCode::BadFileName, "File name not allowed")),
                 ErrorKind::InsufficientStorageSpaceError => Ok(Reply::new(ReplyCode::OutOfSpace, "Insufficient storage space")),
                 ErrorKind::LocalError => Ok(Reply::new(ReplyCode::LocalError, "Local error")),
