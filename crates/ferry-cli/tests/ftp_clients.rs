@@ -381,6 +381,35 @@ fn issue15_parallel_stors_over_quota_get_552() {
     assert!(total <= 1024 * 1024);
 }
 
+/// A small file arrives in one block and is written without a writer
+/// thread: the quota, resumed uploads and whole-file commits hold there too.
+#[test]
+fn issue15_small_stors_keep_the_quota_and_resume() {
+    if skip("curl") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let s = FtpServer::start(tmp.path(), true, "48KiB", "");
+    let src = tmp.path().join("small.bin");
+    write_random_file(&src, 20 * 1024, 3).unwrap();
+    let src_s = src.to_str().unwrap();
+    ok(&curl("bob", false, &["-T", src_s, &s.url("/a.bin")]), "first small upload");
+    ok(&curl("bob", false, &["-T", src_s, &s.url("/b.bin")]), "second small upload");
+    let o = curl("bob", false, &["-v", "-T", src_s, &s.url("/c.bin")]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("< 552") && err.contains("quota"), "third upload past 48 KiB: {err}");
+    assert!(!s.home("bob").join("c.bin").exists(), "a refused upload left a file");
+    same_file(&src, &s.home("bob").join("a.bin"));
+    same_file(&src, &s.home("bob").join("b.bin"));
+
+    // Resumed: the server holds the first 100 bytes, curl sends the rest.
+    let head = tmp.path().join("head.bin");
+    std::fs::write(&head, &std::fs::read(&src).unwrap()[..100]).unwrap();
+    ok(&curl("alice", false, &["-T", head.to_str().unwrap(), &s.url("/r.bin")]), "upload of the head");
+    ok(&curl("alice", false, &["-C", "-", "-T", src_s, &s.url("/r.bin")]), "curl -C - upload");
+    same_file(&src, &s.home("alice").join("r.bin"));
+}
+
 /// The port from `227 Entering Passive Mode (h1,h2,h3,h4,p1,p2)`.
 fn pasv_port(reply: &str) -> u16 {
     let inside = reply.split(['(', ')']).nth(1).unwrap_or_else(|| panic!("not a PASV reply: {reply}"));

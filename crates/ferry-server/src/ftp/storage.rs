@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use unftp_core::auth::UserDetail;
 use unftp_core::storage::{Error, ErrorKind, FEATURE_RESTART, Fileinfo, Metadata, Permissions, Result, StorageBackend};
 
-use crate::home::{HashAlgo, Home, HomeError, Remove, Upload, UploadSpec};
+use crate::home::{HashAlgo, Home, HomeError, Remove, SMALL_BUFFER, Upload, UploadSpec};
 use crate::metrics::{Direction, Frontend, Metrics, Transfer};
 use crate::storage::READ_BLOCK;
 use crate::vfs::{Entry, EntryKind, VfsError, VirtualPath};
@@ -349,13 +349,28 @@ async fn keep_prefix(home: &Home, vp: &VirtualPath, keep: u64, upload: &mut Uplo
 
 /// Reads the data connection to its end into `upload`, in writes of
 /// [`WRITE_CHUNK`] bytes, each counted in `transfer`; returns the bytes received.
-async fn receive<R: AsyncRead + Unpin>(mut input: R, upload: Upload, transfer: &Transfer) -> Result<(Upload, u64)> {
+async fn receive<R: AsyncRead + Unpin>(mut input: R, mut upload: Upload, transfer: &Transfer) -> Result<(Upload, u64)> {
+    let mut next = match read_block(&mut input).await {
+        // The whole file in one small block (a mirror of small files): the
+        // home keeps it in memory until the commit, so it is written here,
+        // without a writer thread and two hand-offs to it.
+        Ok((block, true)) if block.len() <= SMALL_BUFFER => {
+            let received = block.len() as u64;
+            transfer.add(received);
+            if let Err(e) = upload.write(block).await {
+                upload.abort().await;
+                return Err(to_ftp(e));
+            }
+            return Ok((upload, received));
+        }
+        next => next,
+    };
     // The home writes (and hashes) on a task of its own while the data
     // connection is read: the socket and the storage work at once.
     let feed = upload.feed(FEED_DEPTH);
     let mut received = 0u64;
     let read = loop {
-        match read_block(&mut input).await {
+        match next {
             Ok((block, eof)) => {
                 received += block.len() as u64;
                 transfer.add(block.len() as u64);
@@ -365,6 +380,7 @@ async fn receive<R: AsyncRead + Unpin>(mut input: R, upload: Upload, transfer: &
             }
             Err(e) => break Err(e),
         }
+        next = read_block(&mut input).await;
     };
     let (upload, written) = feed.finish().await.map_err(to_ftp)?;
     match written.map_err(to_ftp).and(read) {
