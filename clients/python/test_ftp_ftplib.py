@@ -158,6 +158,10 @@ def main():
     r, got = retr(ftp, "docs/small.bin", rest=4000)
     check(code_of(r) == "226" and got == small[4000:], f"REST + RETR small: {r!r}, {len(got)} bytes")
     expect("250", "DELE docs/small.bin", lambda: ftp.sendcmd("DELE docs/small.bin"))
+    expect("226", "STOR an empty file", lambda: ftp.storbinary("STOR docs/empty.bin", io.BytesIO(b"")))
+    expect("213", "SIZE of the empty file", lambda: ftp.sendcmd("SIZE docs/empty.bin"))
+    check(ftp.size("docs/empty.bin") == 0, "the empty file is not empty")
+    expect("250", "DELE docs/empty.bin", lambda: ftp.sendcmd("DELE docs/empty.bin"))
 
     # Resume an upload: REST n + STOR keeps the first n bytes; APPE appends.
     half = len(data) // 2

@@ -357,7 +357,9 @@ async fn receive<R: AsyncRead + Unpin>(mut input: R, mut upload: Upload, transfe
         Ok((block, true)) if block.len() <= SMALL_BUFFER => {
             let received = block.len() as u64;
             transfer.add(received);
-            if let Err(e) = upload.write(block).await {
+            if !block.is_empty()
+                && let Err(e) = upload.write(block).await
+            {
                 upload.abort().await;
                 return Err(to_ftp(e));
             }
