@@ -244,6 +244,8 @@ fn read_one_cached(
     Some(Ok(Some(small_file(entry, data, budget, algo))))
 }
 
+/// A file read whole, hashed, its bytes taken from `budget`: shared by the
+/// blocking and the cached read so that both count alike.
 fn small_file(entry: Entry, data: Vec<u8>, budget: &mut u64, algo: HashAlgo) -> SmallFile {
     *budget -= data.len() as u64;
     let hash = algo.digest_hex(&data);
