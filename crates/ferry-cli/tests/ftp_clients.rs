@@ -445,6 +445,42 @@ fn issue15_data_connection_from_another_address_is_refused() {
     assert!(raw.reply().starts_with("226"));
 }
 
+/// The port from `229 Entering Extended Passive Mode (|||port|)`.
+fn epsv_port(reply: &str) -> u16 {
+    let inside = reply.split(['(', ')']).nth(1).unwrap_or_else(|| panic!("not an EPSV reply: {reply}"));
+    inside.trim_matches('|').parse().unwrap_or_else(|_| panic!("no port in {reply}"))
+}
+
+/// ferry patch 6 to libunftp: curl 7.88 stalls ~200 ms when a session's
+/// first 229 is already there at its first look, so that reply waits 1 ms.
+/// Later passive replies do not, and every one still opens a data channel.
+#[test]
+fn issue15_first_passive_reply_of_a_session_is_not_sooner_than_curl_looks() {
+    use std::io::Read;
+    use std::time::{Duration, Instant};
+    let tmp = tempfile::tempdir().unwrap();
+    let s = FtpServer::start(tmp.path(), true, "1GiB", "");
+    std::fs::write(s.home("alice").join("f.txt"), b"in alice's home").unwrap();
+    let mut raw = Raw::connect(s.ftp);
+    assert!(raw.cmd("USER alice").starts_with("331"));
+    assert!(raw.cmd(&format!("PASS {PW}")).starts_with("230"));
+    for (i, passive) in ["EPSV", "EPSV", "PASV"].into_iter().enumerate() {
+        let asked = Instant::now();
+        let reply = raw.cmd(passive);
+        let took = asked.elapsed();
+        if i == 0 {
+            assert!(took >= Duration::from_millis(1), "the first passive reply came after {took:?}");
+        }
+        let port = if passive == "EPSV" { epsv_port(&reply) } else { pasv_port(&reply) };
+        let mut data = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        assert!(raw.cmd("RETR f.txt").starts_with("150"), "{passive} #{i}");
+        let mut got = Vec::new();
+        data.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"in alice's home");
+        assert!(raw.reply().starts_with("226"));
+    }
+}
+
 /// A control connection from `from` and the server's first line (its
 /// greeting, or the refusal).
 fn greeted_from(from: [u8; 4], ftp: SocketAddr) -> (Raw, String) {

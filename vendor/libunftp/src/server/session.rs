@@ -114,6 +114,8 @@ where
     pub failed_logins: Option<Arc<FailedLoginsCache>>,
     // An optional functor that can bind a socket
     pub binder: Option<Box<dyn crate::options::Binder>>,
+    // ferry patch 6: whether a passive reply (227/229) went out yet
+    pub(crate) passive_replied: bool,
 }
 
 impl<Storage, User> Session<Storage, User>
@@ -148,6 +150,7 @@ where
             cert_chain: None,
             failed_logins: None,
             binder: None,
+            passive_replied: false,
         }
     }
 

@@ -104,6 +104,8 @@ where
     let reply = cmd.build_reply(&args, port).await?;
     if reply.is_positive() {
         setup_inter_loop_comms(args.session.clone(), args.tx_control_chan.clone()).await;
+        // ferry patch 6: see FIRST_PASSIVE_REPLY_DELAY.
+        let first_reply = !std::mem::replace(&mut args.session.lock().await.passive_replied, true);
         // Open the data connection in a new task and process it.
         // We cannot await this since we first need to let the client know where to connect :-)
         tokio::spawn(async move {
@@ -115,10 +117,23 @@ where
                 Err(_) => slog::warn!(args.logger, "Client did not connect to data port in time"),
             }
         });
+        if first_reply {
+            tokio::time::sleep(FIRST_PASSIVE_REPLY_DELAY).await;
+        }
     }
 
     Ok(reply)
 }
+
+/// ferry patch 6 (FERRY-PATCHES.md): how long a session's first 227/229
+/// waits. curl 7.88 (Debian 12) sends EPSV as the first command of a
+/// transfer and then looks for the reply once without waiting. When the
+/// reply is already there, it sets the data connection up but starts it
+/// only when a timer fires, up to 200 ms later, since nothing else can wake
+/// it. ferry answered that fast in a third of curl's transfers; vsftpd
+/// answers more slowly and never did. Once per session, the wait costs
+/// clients that list or mirror many files nothing they notice.
+const FIRST_PASSIVE_REPLY_DELAY: Duration = Duration::from_millis(1);
 
 // For delegated mode, we prepare the session and let the listener loop know (via channel) that it
 // should choose a data port and check for connections on it.
