@@ -1,5 +1,5 @@
 //! Issue 15: FTP and FTPS against the same users, homes and quotas, through
-//! the real binary with real clients (curl, Python's ftplib, lftp). A test
+//! the real binary with real clients (curl, Python's ftplib, lftp, rclone). A test
 //! skips, saying why, only when a client binary is missing.
 
 use std::net::SocketAddr;
@@ -241,6 +241,75 @@ fn issue15_lftp_mirror_both_ways() {
     same_file(&tree.join("big.bin"), &tmp.path().join("pget.bin"));
 }
 
+/// rclone (Debian's package) with its FTP backend over explicit FTPS,
+/// configured through the environment only: `obscured` is the password as
+/// `rclone obscure` gives it.
+fn rclone(s: &FtpServer, obscured: &str, args: &[&str]) -> Output {
+    let remote = [
+        ("TYPE", "ftp".to_string()),
+        ("HOST", "127.0.0.1".to_string()),
+        ("PORT", s.ftp.port().to_string()),
+        ("USER", "alice".to_string()),
+        ("PASS", obscured.to_string()),
+        ("EXPLICIT_TLS", "true".to_string()),
+        ("NO_CHECK_CERTIFICATE", "true".to_string()),
+    ];
+    let mut cmd = Command::new("rclone");
+    for (key, value) in remote {
+        cmd.env(format!("RCLONE_CONFIG_FERRY_{key}"), value);
+    }
+    cmd.arg("--config")
+        .arg(s.tmp.join("rclone.conf"))
+        .args(["--low-level-retries", "1", "--retries", "1", "--contimeout", "20s", "--timeout", "60s"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn issue15_rclone_ftp_backend_copies_lists_and_deletes() {
+    if skip("rclone") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let s = FtpServer::start(tmp.path(), false, "1GiB", "");
+    std::fs::write(s.tmp.join("rclone.conf"), b"").unwrap();
+    let obscure = Command::new("rclone").args(["obscure", PW]).output().unwrap();
+    ok(&obscure, "rclone obscure");
+    let obscured = String::from_utf8(obscure.stdout).unwrap().trim().to_string();
+    let tree = tmp.path().join("tree");
+    std::fs::create_dir_all(tree.join("sub/deeper")).unwrap();
+    write_random_file(&tree.join("big.bin"), 3 * 1024 * 1024 + 5, 7).unwrap();
+    for i in 0..10 {
+        write_random_file(&tree.join(format!("sub/f{i}.txt")), 50 + i * 91, 100 + i).unwrap();
+    }
+    std::fs::write(tree.join("sub/deeper/empty"), b"").unwrap();
+    ok(&rclone(&s, &obscured, &["copy", tree.to_str().unwrap(), "ferry:/tree"]), "rclone copy up");
+    let back = tmp.path().join("back");
+    ok(&rclone(&s, &obscured, &["copy", "ferry:/tree", back.to_str().unwrap()]), "rclone copy down");
+    let mut files = Vec::new();
+    for entry in walk(&tree) {
+        let rel = entry.strip_prefix(&tree).unwrap();
+        same_file(&entry, &s.home("alice").join("tree").join(rel));
+        same_file(&entry, &back.join(rel));
+        files.push(rel.to_string_lossy().into_owned());
+    }
+    assert_eq!(files.len(), 12);
+    // rclone's own comparison (sizes over MLSD), then its listing, file by file.
+    ok(&rclone(&s, &obscured, &["check", "--size-only", tree.to_str().unwrap(), "ferry:/tree"]), "rclone check");
+    let lsf = rclone(&s, &obscured, &["lsf", "-R", "--files-only", "ferry:/tree"]);
+    ok(&lsf, "rclone lsf");
+    let mut listed: Vec<String> = String::from_utf8_lossy(&lsf.stdout).lines().map(str::to_string).collect();
+    listed.sort();
+    files.sort();
+    assert_eq!(listed, files);
+    ok(&rclone(&s, &obscured, &["deletefile", "ferry:/tree/sub/f3.txt"]), "rclone deletefile");
+    assert!(!s.home("alice").join("tree/sub/f3.txt").exists());
+    ok(&rclone(&s, &obscured, &["purge", "ferry:/tree"]), "rclone purge");
+    assert!(!s.home("alice").join("tree").exists(), "purge left the tree behind");
+}
+
 fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).unwrap() {
@@ -479,6 +548,37 @@ fn issue15_first_passive_reply_of_a_session_is_not_sooner_than_curl_looks() {
         assert_eq!(got, b"in alice's home");
         assert!(raw.reply().starts_with("226"));
     }
+}
+
+/// ferry patch 7 to libunftp: a listing of what is not there is a plain
+/// `550`, with no `150` before it (rclone reads a 550 after a 150 as a
+/// failed transfer), and the unused data connection is closed.
+#[test]
+fn issue15_listing_a_missing_directory_is_550_without_150() {
+    use std::io::Read;
+    let tmp = tempfile::tempdir().unwrap();
+    let s = FtpServer::start(tmp.path(), true, "1GiB", "");
+    std::fs::write(s.home("alice").join("f.txt"), b"a file").unwrap();
+    let mut raw = Raw::connect(s.ftp);
+    assert!(raw.cmd("USER alice").starts_with("331"));
+    assert!(raw.cmd(&format!("PASS {PW}")).starts_with("230"));
+    for listing in ["MLSD /nope", "LIST /nope", "NLST nope/deeper", "MLSD f.txt"] {
+        let port = pasv_port(&raw.cmd("PASV"));
+        let mut data = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        data.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+        let reply = raw.cmd(listing);
+        assert!(reply.starts_with("550"), "{listing}: {reply}");
+        let mut got = Vec::new();
+        assert_eq!(data.read_to_end(&mut got).unwrap(), 0, "{listing}: the data connection got {got:?}");
+    }
+    // The session goes on: the home is listed as before.
+    let port = pasv_port(&raw.cmd("PASV"));
+    let mut data = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    assert!(raw.cmd("MLSD /").starts_with("150"));
+    let mut listing = String::new();
+    data.read_to_string(&mut listing).unwrap();
+    assert!(listing.contains("f.txt"), "{listing}");
+    assert!(raw.reply().starts_with("226"));
 }
 
 /// A control connection from `from` and the server's first line (its

@@ -15,11 +15,12 @@
 // to system, this information may be hard to use automatically
 // in a program, but may be quite useful to a human user.
 
+use super::list_common;
 use crate::server::chancomms::DataChanCmd;
 use crate::{
     auth::UserDetail,
     server::controlchan::{
-        Command, Reply, ReplyCode,
+        Command, Reply,
         error::ControlChanError,
         handler::{CommandContext, CommandHandler},
     },
@@ -39,32 +40,14 @@ where
 {
     #[tracing_attributes::instrument]
     async fn handle(&self, args: CommandContext<Storage, User>) -> Result<Reply, ControlChanError> {
-        let mut session = args.session.lock().await;
-        let (cmd, path_opt): (DataChanCmd, Option<String>) = match args.parsed_command.clone() {
+        // ferry patch 7: 150 only once the path is found (list_common.rs).
+        let (cmd, path) = match args.parsed_command.clone() {
             Command::List { path, options } => {
                 let path_clone = path.clone();
                 (DataChanCmd::List { path, options }, path_clone)
             }
             _ => panic!("Programmer error, expected command to be LIST"),
         };
-        let logger = args.logger;
-        match session.data_cmd_tx.take() {
-            Some(tx) => {
-                tokio::spawn(async move {
-                    if let Err(err) = tx.send(cmd).await {
-                        slog::warn!(logger, "LIST: could not notify data channel to respond with LIST. {}", err);
-                    }
-                });
-                Ok(Reply::new(ReplyCode::FileStatusOkay, "Sending directory list"))
-            }
-            None => {
-                if let Some(path) = path_opt {
-                    slog::warn!(logger, "LIST: no data connection established for LISTing {:?}", path);
-                } else {
-                    slog::warn!(logger, "LIST: no data connection established for LIST");
-                }
-                Ok(Reply::new(ReplyCode::CantOpenDataConnection, "No data connection established"))
-            }
-        }
+        list_common::list_if_found(args, cmd, path, false, "LIST").await
     }
 }

@@ -6,11 +6,12 @@
 // format defined in RFC 3659, making it much easier for FTP clients to parse
 // compared to the traditional LIST command output.
 
+use super::list_common;
 use crate::server::chancomms::DataChanCmd;
 use crate::{
     auth::UserDetail,
     server::controlchan::{
-        Command, Reply, ReplyCode,
+        Command, Reply,
         error::ControlChanError,
         handler::{CommandContext, CommandHandler},
     },
@@ -30,32 +31,14 @@ where
 {
     #[tracing_attributes::instrument]
     async fn handle(&self, args: CommandContext<Storage, User>) -> Result<Reply, ControlChanError> {
-        let mut session = args.session.lock().await;
-        let (cmd, path_opt): (DataChanCmd, Option<String>) = match args.parsed_command.clone() {
+        // ferry patch 7: 150 only once the path is found (list_common.rs).
+        let (cmd, path) = match args.parsed_command.clone() {
             Command::Mlsd { path } => {
                 let path_clone = path.clone();
                 (DataChanCmd::Mlsd { path }, path_clone)
             }
             _ => panic!("Programmer error, expected command to be MLSD"),
         };
-        let logger = args.logger;
-        match session.data_cmd_tx.take() {
-            Some(tx) => {
-                tokio::spawn(async move {
-                    if let Err(err) = tx.send(cmd).await {
-                        slog::warn!(logger, "MLSD: could not notify data channel to respond with MLSD. {}", err);
-                    }
-                });
-                Ok(Reply::new(ReplyCode::FileStatusOkay, "Sending directory list"))
-            }
-            None => {
-                if let Some(path) = path_opt {
-                    slog::warn!(logger, "MLSD: no data connection established for MLSDing {:?}", path);
-                } else {
-                    slog::warn!(logger, "MLSD: no data connection established for MLSD");
-                }
-                Ok(Reply::new(ReplyCode::CantOpenDataConnection, "No data connection established"))
-            }
-        }
+        list_common::list_if_found(args, cmd, path, true, "MLSD").await
     }
 }

@@ -17,6 +17,7 @@ mod epsv;
 mod feat;
 mod help;
 mod list;
+mod list_common; // ferry patch 7
 mod md5;
 mod mdtm;
 mod mkd;

@@ -13,11 +13,12 @@
 // further process the files automatically.  For example, in
 // the implementation of a "multiple get" function.
 
+use super::list_common;
 use crate::server::chancomms::DataChanCmd;
 use crate::{
     auth::UserDetail,
     server::controlchan::{
-        Reply, ReplyCode,
+        Reply,
         command::Command,
         error::ControlChanError,
         handler::{CommandContext, CommandHandler},
@@ -38,32 +39,14 @@ where
 {
     #[tracing_attributes::instrument]
     async fn handle(&self, args: CommandContext<Storage, User>) -> Result<Reply, ControlChanError> {
-        let mut session = args.session.lock().await;
-        let (cmd, path_opt): (DataChanCmd, Option<String>) = match args.parsed_command.clone() {
+        // ferry patch 7: 150 only once the path is found (list_common.rs).
+        let (cmd, path) = match args.parsed_command.clone() {
             Command::Nlst { path } => {
                 let path_clone = path.clone();
                 (DataChanCmd::Nlst { path }, path_clone)
             }
             _ => panic!("Programmer error, expected command to be NLST"),
         };
-        let logger = args.logger;
-        match session.data_cmd_tx.take() {
-            Some(tx) => {
-                tokio::spawn(async move {
-                    if let Err(err) = tx.send(cmd).await {
-                        slog::warn!(logger, "NLST: could not notify data channel to respond with NLST. {}", err);
-                    }
-                });
-                Ok(Reply::new(ReplyCode::FileStatusOkay, "Sending directory list"))
-            }
-            None => {
-                if let Some(path) = path_opt {
-                    slog::warn!(logger, "NLST: no data connection established for NLSTing {:?}", path);
-                } else {
-                    slog::warn!(logger, "NLST: no data connection established for NLST");
-                }
-                Ok(Reply::new(ReplyCode::CantOpenDataConnection, "No data connection established"))
-            }
-        }
+        list_common::list_if_found(args, cmd, path, false, "NLST").await
     }
 }
