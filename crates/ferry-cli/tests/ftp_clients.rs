@@ -349,6 +349,14 @@ impl Raw {
         panic!("reply too long");
     }
 
+    /// Connected and logged in as `user` (plain FTP).
+    fn logged_in(addr: SocketAddr, user: &str) -> Raw {
+        let mut raw = Raw::connect(addr);
+        assert!(raw.cmd(&format!("USER {user}")).starts_with("331"));
+        assert!(raw.cmd(&format!("PASS {PW}")).starts_with("230"));
+        raw
+    }
+
     fn cmd(&mut self, line: &str) -> String {
         use std::io::Write;
         self.stream.write_all(format!("{line}\r\n").as_bytes()).unwrap();
@@ -492,9 +500,7 @@ fn issue15_data_connection_from_another_address_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let s = FtpServer::start(tmp.path(), true, "1GiB", "");
     std::fs::write(s.home("alice").join("secret.txt"), b"for alice only").unwrap();
-    let mut raw = Raw::connect(s.ftp);
-    assert!(raw.cmd("USER alice").starts_with("331"));
-    assert!(raw.cmd(&format!("PASS {PW}")).starts_with("230"));
+    let mut raw = Raw::logged_in(s.ftp, "alice");
     let port = pasv_port(&raw.cmd("PASV"));
     // Another host (127.0.0.2 is another address on the loopback) races to
     // the announced port: it is closed and gets nothing.
@@ -530,9 +536,7 @@ fn issue15_first_passive_reply_of_a_session_is_not_sooner_than_curl_looks() {
     let tmp = tempfile::tempdir().unwrap();
     let s = FtpServer::start(tmp.path(), true, "1GiB", "");
     std::fs::write(s.home("alice").join("f.txt"), b"in alice's home").unwrap();
-    let mut raw = Raw::connect(s.ftp);
-    assert!(raw.cmd("USER alice").starts_with("331"));
-    assert!(raw.cmd(&format!("PASS {PW}")).starts_with("230"));
+    let mut raw = Raw::logged_in(s.ftp, "alice");
     for (i, passive) in ["EPSV", "EPSV", "PASV"].into_iter().enumerate() {
         let asked = Instant::now();
         let reply = raw.cmd(passive);
@@ -559,9 +563,7 @@ fn issue15_listing_a_missing_directory_is_550_without_150() {
     let tmp = tempfile::tempdir().unwrap();
     let s = FtpServer::start(tmp.path(), true, "1GiB", "");
     std::fs::write(s.home("alice").join("f.txt"), b"a file").unwrap();
-    let mut raw = Raw::connect(s.ftp);
-    assert!(raw.cmd("USER alice").starts_with("331"));
-    assert!(raw.cmd(&format!("PASS {PW}")).starts_with("230"));
+    let mut raw = Raw::logged_in(s.ftp, "alice");
     for listing in ["MLSD /nope", "LIST /nope", "NLST nope/deeper", "MLSD f.txt"] {
         let port = pasv_port(&raw.cmd("PASV"));
         let mut data = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
