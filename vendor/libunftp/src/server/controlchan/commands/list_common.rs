@@ -45,11 +45,14 @@ where
     drop(session);
     let control = args.tx_control_chan;
     tokio::spawn(async move {
-        let Some(user) = user.as_ref().as_ref() else { return };
-        let found = match storage.metadata(user, &listed).await {
-            Ok(meta) if need_dir && !meta.is_dir() => Err(Error::new(ErrorKind::PermanentDirectoryNotAvailable, "not a directory")),
-            Ok(_) => Ok(()),
-            Err(e) => Err(e),
+        let found = match user.as_ref() {
+            // Not reached: listing needs a login. Still answered, never left hanging.
+            None => Err(Error::from(ErrorKind::PermissionDenied)),
+            Some(user) => match storage.metadata(user, &listed).await {
+                Ok(meta) if need_dir && !meta.is_dir() => Err(Error::new(ErrorKind::PermanentDirectoryNotAvailable, "not a directory")),
+                Ok(_) => Ok(()),
+                Err(e) => Err(e),
+            },
         };
         match found {
             Ok(()) => {
